@@ -1,0 +1,33 @@
+/*
+ * ps_error.c - descriptions of return codes, and the library version.
+ */
+#include <string.h>
+
+#include "pystate.h"
+
+const char *ps_strerror(int rc)
+{
+    switch (rc) {
+    case PS_OK:
+        return "success";
+    case PS_NOTFOUND:
+        return "no such scope or key";
+    case PS_CONFLICT:
+        return "the value changed since it was read";
+    case PS_TOOBIG:
+        return "scope, key or value longer than 4 GiB - 1";
+    }
+    if (rc > 0)
+        return strerror(rc);
+    return "unknown pystate error code";
+}
+
+void ps_version(int *major, int *minor, int *patch)
+{
+    if (major)
+        *major = PS_VERSION_MAJOR;
+    if (minor)
+        *minor = PS_VERSION_MINOR;
+    if (patch)
+        *patch = PS_VERSION_PATCH;
+}

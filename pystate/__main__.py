@@ -1,0 +1,51 @@
+"""``python -m pystate``: a short tour of the store that proves it works."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pystate
+
+
+def demo() -> int:
+    """Write, update, list and read back on an in-memory store."""
+    with pystate.State() as st:
+        print(f"pystate {pystate.__version__} ({pystate.backend} backend), in-memory store")
+        old = st.set("users", "ada", {"name": "Ada", "visits": 0, "tags": []})
+        print(f"set users/ada            -> old value {json.dumps(old)}")
+        st.set("users", "grace", {"name": "Grace", "visits": 3, "tags": ["admiral"]})
+        r = st.update(
+            "users",
+            "ada",
+            [
+                {"type": "increment", "path": "visits", "by": 1},
+                {"type": "append", "path": "tags", "value": "math"},
+                {"type": "increment", "path": "name", "by": 1},
+            ],
+        )
+        print(f"update users/ada         -> {json.dumps(r.new_value)}")
+        for e in r.errors:
+            print(f"  op {e['op_index']} skipped: {e['code']}: {e['message']}")
+        print(f"list users               -> {json.dumps(st.list('users'))}")
+        print(f"list_groups              -> {json.dumps(st.list_groups())}")
+        value = st.trigger("state::get", {"scope": "users", "key": "ada"})
+        print(f"trigger state::get       -> {json.dumps(value)}")
+        assert value == {"name": "Ada", "visits": 1, "tags": ["math"]}, value
+        print(f"stats                    -> {json.dumps(st.stats())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pystate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="write, update, list and read back on an in-memory store")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo()
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+# Mirror of csrc/pystate.h, one declaration per C declaration. Functions are
+# marked nogil because the C library never touches Python; the binding
+# still calls them with the GIL held when a call is too short to be worth
+# releasing it.
+from libc.stdint cimport uint64_t
+
+
+cdef extern from "pystate.h" nogil:
+    enum:
+        PS_OK
+        PS_NOTFOUND
+        PS_CONFLICT
+        PS_TOOBIG
+        PS_RC_END
+        PS_VERSION_MAJOR
+        PS_VERSION_MINOR
+        PS_VERSION_PATCH
+
+    ctypedef struct ps_store:
+        pass
+
+    ctypedef struct ps_allocator:
+        void *(*malloc)(void *ctx, size_t size)
+        void *(*realloc)(void *ctx, void *ptr, size_t size)
+        void (*free)(void *ctx, void *ptr)
+        void *ctx
+
+    ctypedef struct ps_options:
+        const ps_allocator *allocator
+        uint64_t hash_seed
+
+    # The sink's alloc is declared without nogil: the binding's sinks build
+    # Python bytes objects, which is legal because it only ever passes them
+    # to calls made with the GIL held.
+    ctypedef struct ps_sink:
+        void *(*alloc)(void *ctx, size_t n) noexcept
+        void *ctx
+
+    ctypedef struct ps_stats:
+        uint64_t scopes
+        uint64_t keys
+        uint64_t key_bytes
+        uint64_t value_bytes
+        uint64_t dead_bytes
+        uint64_t heap_bytes
+
+    int ps_store_open(ps_store **out, const ps_options *opts)
+    void ps_store_close(ps_store *st)
+
+    int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
+               size_t klen, const ps_sink *value)
+    int ps_list(ps_store *st, const char *scope, size_t slen, const ps_sink *out)
+    int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
+    void ps_stats_get(ps_store *st, ps_stats *out)
+
+    int ps_put(ps_store *st, const char *scope, size_t slen, const char *key,
+               size_t klen, const char *value, size_t vlen, const ps_sink *old,
+               int *existed)
+    int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key,
+                  size_t klen, const char *value, size_t vlen, const char *expect,
+                  size_t elen)
+    int ps_del(ps_store *st, const char *scope, size_t slen, const char *key,
+               size_t klen, const ps_sink *old)
+
+    const char *ps_strerror(int rc)
+    void ps_version(int *major, int *minor, int *patch)

@@ -1,0 +1,6 @@
+# The JSON boundary: every encode and decode in pystate goes through here.
+cdef bytes encode(object value)
+cdef bytes encode_trusted(object value)
+cdef object decode(object data)
+cdef object to_json(object value, str where)
+cdef object copy_containers(object value)

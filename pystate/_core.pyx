@@ -1,0 +1,420 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Cython binding of the C core (csrc/pystate.h): convert, call, check.
+
+Every value the C store hands out arrives through a sink that allocates a
+Python ``bytes`` object of the exact size and lets the store copy into it
+while it holds its lock: one copy, no pointer into the store ever escapes,
+and the bytes go straight to the JSON decoder.
+
+Calls into the C store keep the GIL. They are in-memory operations of a
+few hundred nanoseconds, which is less than releasing and re-taking the
+GIL would cost; the store's own mutex keeps it consistent should a caller
+ever enter it without the GIL.
+"""
+from libc.stdint cimport uint32_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+
+from pystate._cdefs cimport *
+from pystate._codec cimport encode, encode_trusted, decode, copy_containers
+from pystate._ops cimport apply
+
+from pystate.errors import (
+    ClosedError,
+    ConfigError,
+    PayloadError,
+    ValueTooLargeError,
+    error_for_rc,
+)
+
+cdef extern from "Python.h":
+    PyObject *PyBytes_FromStringAndSize(const char *v, Py_ssize_t n)
+    char *raw_bytes_data "PyBytes_AS_STRING" (PyObject *o)
+    void PyErr_Clear()
+
+#: Names and values of the C core's status codes, from the header itself.
+RC_CODES = {
+    "PS_OK": PS_OK,
+    "PS_NOTFOUND": PS_NOTFOUND,
+    "PS_CONFLICT": PS_CONFLICT,
+    "PS_TOOBIG": PS_TOOBIG,
+}
+#: One past the last status code (the header's sentinel).
+RC_END = PS_RC_END
+
+
+def strerror(int rc) -> str:
+    """The C core's description of a return code."""
+    return ps_strerror(rc).decode("utf-8", "replace")
+
+
+def version() -> tuple:
+    """(major, minor, patch) of the linked C library."""
+    cdef int a, b, c
+    ps_version(&a, &b, &c)
+    return (a, b, c)
+
+
+_major, _minor, _patch = version()
+if (_major, _minor) != (PS_VERSION_MAJOR, PS_VERSION_MINOR):
+    raise ImportError(
+        f"pystate's C core is {_major}.{_minor}.{_patch}, but the binding was "
+        f"compiled against {PS_VERSION_MAJOR}.{PS_VERSION_MINOR}")
+
+
+# ---- sinks: how values leave the store ------------------------------------
+
+cdef void *_bytes_sink(void *ctx, size_t n) noexcept:
+    # Called by the C store, with the GIL held (we never release it around
+    # calls that take a sink). ctx is a PyObject* slot that receives a new
+    # reference.
+    cdef PyObject **slot = <PyObject **>ctx
+    cdef PyObject *b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+    if b == NULL:
+        PyErr_Clear()  # reported as ENOMEM by the store
+        return NULL
+    Py_XDECREF(slot[0])
+    slot[0] = b
+    return raw_bytes_data(b)
+
+
+cdef inline object _take(PyObject **slot):
+    """Own the bytes a sink produced (None when it produced nothing)."""
+    if slot[0] == NULL:
+        return None
+    cdef object b = <object>slot[0]
+    Py_XDECREF(slot[0])
+    slot[0] = NULL
+    return b
+
+
+cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
+    """UTF-8 of a scope or key, borrowed from the str object (CPython caches
+    it, and ASCII strings need no conversion at all)."""
+    if type(s) is not str and not isinstance(s, str):
+        raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
+    try:
+        return PyUnicode_AsUTF8AndSize(s, n)
+    except UnicodeEncodeError:
+        raise PayloadError(
+            f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+
+
+cdef class UpdateResult:
+    """What ``update`` returns: the value before and after, and the errors
+    of the ops that could not apply (empty when all applied).
+
+    Unpacks like a tuple: ``old, new, errors = st.update(...)``.
+    ``old_value`` and ``new_value`` share no dict or list.
+    """
+
+    cdef readonly object old_value
+    cdef readonly object new_value
+    cdef readonly list errors
+
+    def __init__(self, old_value=None, new_value=None, errors=None):
+        self.old_value = old_value
+        self.new_value = new_value
+        self.errors = [] if errors is None else list(errors)
+
+    def to_response(self) -> dict:
+        """The engine's ``state::update`` response: ``errors`` only when
+        there are any."""
+        r = {"old_value": self.old_value, "new_value": self.new_value}
+        if self.errors:
+            r["errors"] = self.errors
+        return r
+
+    def __iter__(self):
+        return iter((self.old_value, self.new_value, self.errors))
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return (self.old_value, self.new_value, self.errors)[i]
+
+    def __eq__(self, other):
+        if isinstance(other, UpdateResult):
+            other = tuple(other)
+        if isinstance(other, tuple):
+            return (self.old_value, self.new_value, self.errors) == other
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"UpdateResult(old_value={self.old_value!r}, "
+                f"new_value={self.new_value!r}, errors={self.errors!r})")
+
+
+cdef class Store:
+    """An in-memory store of JSON values by (scope, key), on the C core.
+
+    Use it through :class:`pystate.State`, which adds the engine-shaped
+    ``trigger`` API; this class holds the fast paths.
+    """
+
+    cdef ps_store *_st
+    cdef Py_ssize_t _max_value_bytes  # -1: no limit
+
+    def __cinit__(self, *args, **kwargs):
+        self._st = NULL
+        self._max_value_bytes = -1
+
+    def __init__(self, *, max_value_bytes=None):
+        if max_value_bytes is not None:
+            if type(max_value_bytes) is not int or max_value_bytes < 1:
+                raise ConfigError(
+                    f"max_value_bytes: expected a positive integer or None, "
+                    f"got {max_value_bytes!r}")
+            self._max_value_bytes = max_value_bytes
+        if self._st != NULL:
+            return
+        cdef ps_store *st = NULL
+        cdef int rc = ps_store_open(&st, NULL)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "open")
+        self._st = st
+
+    def __dealloc__(self):
+        if self._st != NULL:
+            ps_store_close(self._st)
+            self._st = NULL
+
+    cdef inline int _open(self) except -1:
+        if self._st == NULL:
+            raise ClosedError("the store is closed")
+        return 0
+
+    @property
+    def max_value_bytes(self):
+        """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
+        return None if self._max_value_bytes < 0 else self._max_value_bytes
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._st == NULL
+
+    def close(self) -> None:
+        """Free the store. Later calls raise ClosedError; closing twice is fine."""
+        if self._st != NULL:
+            ps_store_close(self._st)
+            self._st = NULL
+
+    def __enter__(self):
+        self._open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # ---- the six functions ----------------------------------------------
+
+    def set(self, scope, key, value):
+        """Store ``value`` at (scope, key); return the previous value or None.
+
+        >>> st = State()
+        >>> st.set("users", "u1", {"name": "Ada"}) is None
+        True
+        >>> st.set("users", "u1", {"name": "Grace"})
+        {'name': 'Ada'}
+        """
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef bytes data = encode(value)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self._max_value_bytes >= 0 and n > self._max_value_bytes:
+            raise ValueTooLargeError(
+                f"value of {n} bytes exceeds the configured max_value_bytes "
+                f"limit of {self._max_value_bytes}")
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        cdef int existed = 0
+        self._open()  # encode() may have run code that closed us
+        cdef int rc = ps_put(self._st, s, sl, k, kl, PyBytes_AS_STRING(data), n,
+                             &sink, &existed)
+        old = _take(&slot)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "set")
+        return decode(old) if existed else None
+
+    def get(self, scope, key, default=None):
+        """The value at (scope, key), or ``default`` when there is none.
+
+        A stored JSON null is a value: it reads as None, not as ``default``.
+
+        >>> st = State()
+        >>> st.get("users", "nobody", "?")
+        '?'
+        """
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        self._open()
+        cdef int rc = ps_get(self._st, s, sl, k, kl, &sink)
+        data = _take(&slot)
+        if rc == PS_NOTFOUND:
+            return default
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "get")
+        return decode(data)
+
+    def delete(self, scope, key):
+        """Remove (scope, key); return the removed value or None.
+
+        >>> st = State()
+        >>> _ = st.set("s", "k", [1])
+        >>> st.delete("s", "k"), st.delete("s", "k")
+        ([1], None)
+        """
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        self._open()
+        cdef int rc = ps_del(self._st, s, sl, k, kl, &sink)
+        old = _take(&slot)
+        if rc == PS_NOTFOUND:
+            return None
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "delete")
+        return decode(old)
+
+    def update(self, scope, key, ops):
+        """Apply ``ops`` to the value at (scope, key) atomically.
+
+        Returns an :class:`UpdateResult`. Ops that cannot apply are skipped
+        and reported in ``errors``; the rest still apply, and the result is
+        stored even when every op failed. A missing key starts as ``{}``.
+
+        >>> st = State()
+        >>> st.update("c", "hits", [{"type": "increment", "path": "n", "by": 1}])
+        UpdateResult(old_value=None, new_value={'n': 1}, errors=[])
+        """
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        cdef int rc
+        cdef bytes new_data
+        cdef const char *expect
+        cdef Py_ssize_t elen
+        cdef UpdateResult result
+        while True:
+            self._open()
+            rc = ps_get(self._st, s, sl, k, kl, &sink)
+            old_data = _take(&slot)
+            if rc == PS_NOTFOUND:
+                old = None
+                new, errors = apply(None, True, ops)
+                expect = NULL
+                elen = 0
+            elif rc:
+                raise error_for_rc(rc, RC_CODES, "update")
+            else:
+                old = decode(old_data)
+                new, errors = apply(copy_containers(old), False, ops)
+                expect = PyBytes_AS_STRING(old_data)
+                elen = PyBytes_GET_SIZE(old_data)
+            new_data = encode_trusted(new)
+            self._open()
+            # Compare-and-set against the bytes we read: if another thread
+            # wrote this key meanwhile, start over from its value instead of
+            # overwriting it. No lock is held while the ops run.
+            rc = ps_put_if(self._st, s, sl, k, kl, PyBytes_AS_STRING(new_data),
+                           PyBytes_GET_SIZE(new_data), expect, elen)
+            if rc == PS_CONFLICT:
+                continue
+            if rc:
+                raise error_for_rc(rc, RC_CODES, "update")
+            result = UpdateResult.__new__(UpdateResult)
+            result.old_value = old
+            result.new_value = new
+            result.errors = errors
+            return result
+
+    def list(self, scope):
+        """All values of ``scope`` in key insertion order ([] if none).
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", 1); _ = st.set("s", "b", 2)
+        >>> st.list("s")
+        [1, 2]
+        """
+        cdef Py_ssize_t sl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        self._open()
+        cdef int rc = ps_list(self._st, s, sl, &sink)
+        data = _take(&slot)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "list")
+        return decode(data)
+
+    def list_groups(self):
+        """Names of the scopes that hold at least one key, sorted.
+
+        >>> st = State()
+        >>> _ = st.set("b", "k", 1); _ = st.set("a", "k", 1)
+        >>> st.list_groups()
+        ['a', 'b']
+        """
+        cdef PyObject *slot = NULL
+        cdef ps_sink sink
+        sink.alloc = _bytes_sink
+        sink.ctx = &slot
+        cdef size_t count = 0, i
+        cdef uint32_t n
+        self._open()
+        cdef int rc = ps_groups(self._st, &sink, &count)
+        data = _take(&slot)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "list_groups")
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef list names = []
+        for i in range(count):
+            n = (<unsigned char>p[0]) | (<uint32_t>(<unsigned char>p[1]) << 8) | \
+                (<uint32_t>(<unsigned char>p[2]) << 16) | (<uint32_t>(<unsigned char>p[3]) << 24)
+            names.append(PyUnicode_DecodeUTF8(p + 4, n, NULL))
+            p += 4 + n
+        return names
+
+    def stats(self) -> dict:
+        """Counters: scopes, keys, key/value bytes, reclaimable (dead) bytes
+        and the memory the store holds (heap_bytes).
+
+        >>> State().stats()["keys"]
+        0
+        """
+        cdef ps_stats s
+        self._open()
+        ps_stats_get(self._st, &s)
+        return {
+            "scopes": s.scopes,
+            "keys": s.keys,
+            "key_bytes": s.key_bytes,
+            "value_bytes": s.value_bytes,
+            "dead_bytes": s.dead_bytes,
+            "heap_bytes": s.heap_bytes,
+        }

@@ -1,0 +1,1 @@
+cpdef tuple apply(object current, bint missing, object ops)

@@ -1,0 +1,164 @@
+"""Exceptions raised by pystate.
+
+Every exception pystate raises on purpose derives from :class:`StateError`
+and carries a stable, machine-readable ``code``. Where the iii engine has a
+code for the same failure, the code is the engine's (``deserialization_error``,
+``function_not_found``, ``VALUE_TOO_LARGE``, ...), so programs written against
+the engine can keep matching on it. Each class also derives from the Python
+built-in that best describes it (``ValueError``, ``LookupError``,
+``MemoryError``), so generic ``except`` clauses keep working.
+
+>>> import pystate
+>>> try:
+...     pystate.State().set("scope", 1, "v")
+... except pystate.StateError as e:
+...     print(e.code)
+deserialization_error
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "StateError",
+    "PayloadError",
+    "InvalidValueError",
+    "ValueTooLargeError",
+    "FunctionNotFoundError",
+    "UnsupportedActionError",
+    "ClosedError",
+    "ConfigError",
+    "NotFoundError",
+    "ConflictError",
+    "StoreMemoryError",
+    "StoreOSError",
+    "error_for_rc",
+]
+
+
+class StateError(Exception):
+    """Base class of every pystate error.
+
+    ``code`` is stable across releases; ``message`` is for humans and may
+    change. ``rc`` is the C core's return code when the error came from it.
+    """
+
+    code: str = "state_error"
+
+    def __init__(self, message: str, *, code: str | None = None, rc: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.rc = rc
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class PayloadError(StateError, ValueError):
+    """A request is malformed: a missing or mistyped field, an unknown op.
+
+    Same code as the engine gives when it cannot deserialize a request.
+    Nothing was changed.
+    """
+
+    code = "deserialization_error"
+
+
+class InvalidValueError(StateError, ValueError):
+    """A value cannot be stored as JSON (NaN, a set, an int beyond 64 bits...).
+
+    Nothing was changed.
+    """
+
+    code = "invalid_value"
+
+
+class ValueTooLargeError(StateError, ValueError):
+    """A value is longer than the store accepts (``max_value_bytes``)."""
+
+    code = "VALUE_TOO_LARGE"
+
+
+class FunctionNotFoundError(StateError, LookupError):
+    """``trigger`` was given a function id nobody registered."""
+
+    code = "function_not_found"
+
+
+class UnsupportedActionError(StateError, ValueError):
+    """``trigger`` was asked for an action this store cannot perform.
+
+    The code is the engine's answer to an enqueue without a queue provider.
+    """
+
+    code = "enqueue_error"
+
+
+class ClosedError(StateError, ValueError):
+    """The store was used after ``close()``."""
+
+    code = "closed"
+
+
+class ConfigError(StateError, ValueError):
+    """A configuration value is missing, mistyped or out of range."""
+
+    code = "invalid_config"
+
+
+class NotFoundError(StateError, KeyError):
+    """A scope or key does not exist (C core: ``PS_NOTFOUND``)."""
+
+    code = "not_found"
+
+    def __str__(self) -> str:  # KeyError would print the repr
+        return StateError.__str__(self)
+
+
+class ConflictError(StateError):
+    """A compare-and-set lost a race (C core: ``PS_CONFLICT``).
+
+    pystate retries internally; users only see it from custom loops.
+    """
+
+    code = "conflict"
+
+
+class StoreMemoryError(StateError, MemoryError):
+    """The store could not allocate memory. Nothing was changed."""
+
+    code = "out_of_memory"
+
+
+class StoreOSError(StateError, OSError):
+    """The operating system refused an operation; ``errno`` says why."""
+
+    code = "os_error"
+
+
+def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
+    """Build the exception for a non-zero C return code.
+
+    ``names`` maps the C core's ``PS_*`` names to their values (given by the
+    binding, so the table cannot drift from the header); ``what`` names the
+    operation for the message.
+    """
+    from pystate import _core
+
+    detail = _core.strerror(rc)
+    if rc == names["PS_NOTFOUND"]:
+        return NotFoundError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_CONFLICT"]:
+        return ConflictError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_TOOBIG"]:
+        return ValueTooLargeError(f"{what}: {detail}", rc=rc)
+    if rc == _errno.ENOMEM:
+        return StoreMemoryError(f"{what}: out of memory", rc=rc)
+    if rc > 0:
+        err = StoreOSError(f"{what}: {detail}", rc=rc)
+        err.errno = rc
+        return err
+    return StateError(f"{what}: {detail} (code {rc})", code="internal", rc=rc)
