@@ -2,5 +2,5 @@
 cdef bytes encode(object value)
 cdef bytes encode_trusted(object value)
 cdef object decode(object data)
-cdef object to_json(object value, str where)
+cdef object to_json(object value, Py_ssize_t index, str field)
 cdef object copy_containers(object value)

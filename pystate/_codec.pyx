@@ -19,16 +19,31 @@ import orjson
 
 from libc.math cimport isfinite
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Copy
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SET_ITEM
+from cpython.dict cimport PyDict_Copy, PyDict_Next
+from cpython.ref cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_GetSlice
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.ref cimport Py_INCREF, Py_DECREF
 
 from pystate.errors import InvalidValueError
 
 cdef extern from "<string.h>" nogil:
-    # GNU extension; CMake compiles every module with _GNU_SOURCE.
-    void *memmem(const void *haystack, size_t hlen, const void *needle, size_t nlen)
+    const void *memchr(const void *s, int c, size_t n)
+    int memcmp(const void *a, const void *b, size_t n)
+
+
+cdef inline bint _has_null(bytes data):
+    # memchr is vectorised; glibc's general memmem is several times slower
+    # on short texts like ours.
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef const char *end = p + PyBytes_GET_SIZE(data)
+    while True:
+        p = <const char *>memchr(p, b'n', end - p)
+        if p == NULL or end - p < 4:
+            return False
+        if memcmp(p, b"null", 4) == 0:
+            return True
+        p += 1
 
 cdef object _dumps = orjson.dumps
 cdef object _loads = orjson.loads
@@ -47,8 +62,8 @@ cdef bytes encode(object value):
         raise InvalidValueError(f"value is not JSON: {e}") from None
     # orjson writes NaN and the infinities as null. Only when a null is in
     # the output can one have been a float, so the common case costs one
-    # memmem over the text and no walk over the value.
-    if memmem(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), b"null", 4) != NULL:
+    # scan of the text and no walk over the value.
+    if _has_null(data):
         if _has_nonfinite(value, 0):
             raise InvalidValueError(
                 "value contains NaN or an infinity, which JSON cannot represent")
@@ -93,7 +108,13 @@ cdef bint _has_nonfinite(object v, int depth) except -1:
     return False
 
 
-cdef object _check_int(object v, str where):
+cdef str _where(Py_ssize_t index, str field):
+    # Built only when there is an error to report: formatting costs more
+    # than the check itself.
+    return field if index < 0 else f"ops[{index}].{field}"
+
+
+cdef object _check_int(object v, Py_ssize_t index, str field):
     cdef int overflow = 0
     PyLong_AsLongLongAndOverflow(v, &overflow)
     if overflow > 0:
@@ -105,51 +126,62 @@ cdef object _check_int(object v, str where):
             overflow = 0
     if overflow:
         raise InvalidValueError(
-            f"{where}: integer {v} is outside the 64-bit range JSON values can hold")
+            f"{_where(index, field)}: integer {v} is outside the 64-bit range "
+            "JSON values can hold")
     return v
 
 
-cdef object to_json(object v, str where):
+cdef object to_json(object v, Py_ssize_t index, str field):
     """A private copy of ``v`` made of plain JSON types only (dict with str
     keys, list, str, int, float, bool, None), refusing what JSON cannot hold.
+    ``index`` and ``field`` name the value in error messages (``ops[i].field``,
+    or just ``field`` when index < 0).
 
     Update ops insert values into stored documents: copying them means the
     caller's objects never alias the result, and normalising them (tuple ->
     list, str subclass -> str, datetime -> its JSON string) means the value
     returned is the value a later read gives back.
     """
-    return _to_json(v, where, 0)
+    cdef type t = type(v)
+    # Scalars first: most operands are one.
+    if t is str or v is None or t is bool:
+        return v
+    if t is int:
+        return _check_int(v, index, field)
+    return _to_json(v, index, field, 0)
 
 
-cdef object _to_json(object v, str where, int depth):
+cdef object _to_json(object v, Py_ssize_t index, str field, int depth):
     cdef type t = type(v)
     cdef dict d
     cdef list out
     if t is str or v is None or t is bool:
         return v
     if t is int:
-        return _check_int(v, where)
+        return _check_int(v, index, field)
     if t is float:
         if not isfinite(<double>v):
             raise InvalidValueError(
-                f"{where}: NaN and infinities cannot be represented in JSON")
+                f"{_where(index, field)}: NaN and infinities cannot be represented in JSON")
         return v
     if depth >= MAX_DEPTH:
-        raise InvalidValueError(f"{where}: value nests deeper than {MAX_DEPTH} levels")
+        raise InvalidValueError(
+            f"{_where(index, field)}: value nests deeper than {MAX_DEPTH} levels")
     if t is dict:
         d = {}
         for k, x in (<dict>v).items():
             if type(k) is not str:
                 if not isinstance(k, str):
                     raise InvalidValueError(
-                        f"{where}: object keys must be strings, got {type(k).__name__}")
+                        f"{_where(index, field)}: object keys must be strings, "
+                        f"got {type(k).__name__}")
                 k = str.__str__(k)
-            d[k] = _to_json(x, where, depth + 1)
+            d[k] = _to_json(x, index, field, depth + 1)
         return d
     if t is list or t is tuple:
         out = []
         for x in v:
-            out.append(_to_json(x, where, depth + 1))
+            out.append(_to_json(x, index, field, depth + 1))
         return out
     # Subclasses and types orjson encodes natively (datetime, UUID, enum,
     # dataclass...): let orjson define their JSON, then read that back.
@@ -163,15 +195,18 @@ cdef object copy_containers(object v):
     cdef dict d
     cdef list l
     cdef Py_ssize_t i, n
+    cdef PyObject *key
+    cdef PyObject *val
+    cdef Py_ssize_t pos = 0
     if t is dict:
         d = PyDict_Copy(v)
-        for k, x in (<dict>v).items():
-            if type(x) is dict or type(x) is list:
-                d[k] = copy_containers(x)
+        while PyDict_Next(v, &pos, &key, &val):
+            if type(<object>val) is dict or type(<object>val) is list:
+                d[<object>key] = copy_containers(<object>val)
         return d
     if t is list:
         n = PyList_GET_SIZE(v)
-        l = list(v)
+        l = PyList_GetSlice(v, 0, n)
         for i in range(n):
             x = <object>PyList_GET_ITEM(l, i)
             if type(x) is dict or type(x) is list:
@@ -192,4 +227,4 @@ def loads(data):
 
 def json_copy(value, where: str = "value"):
     """A plain-JSON private copy of ``value`` (see to_json)."""
-    return to_json(value, where)
+    return to_json(value, -1, where)

@@ -19,7 +19,10 @@ the ops and two decodes.
 """
 from libc.math cimport isfinite
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check
+from cpython.dict cimport PyDict_Next
+from cpython.ref cimport PyObject
+cimport cython
 
 from pystate._codec cimport to_json
 from pystate.errors import PayloadError
@@ -49,7 +52,13 @@ cdef dict _KINDS = {
     "set": K_SET, "merge": K_MERGE, "increment": K_INCREMENT,
     "decrement": K_DECREMENT, "append": K_APPEND, "remove": K_REMOVE,
 }
-cdef tuple _NAMES = ("set", "merge", "increment", "decrement", "append", "remove")
+cdef str _F_TYPE = "type"
+cdef str _F_PATH = "path"
+cdef str _F_VALUE = "value"
+cdef str _F_BY = "by"
+cdef str _S_SET = "set"
+cdef str _S_INCREMENT = "increment"
+cdef str _S_APPEND = "append"
 cdef tuple _ROOT = ()
 cdef object _I64_MIN = -(1 << 63)
 cdef object _I64_MAX = (1 << 63) - 1
@@ -81,12 +90,19 @@ cdef inline str _label(str path):
     return "root" if not path else path
 
 
-cdef str _segments_label(tuple segs):
+cdef str _segments_label(object path):
     # Bracketed, never dot-joined: a dot is an ordinary character in a key.
-    return "root" if not segs else "[" + ", ".join(segs) + "]"
+    if not path:
+        return "root"
+    if type(path) is str:
+        return "[" + <str>path + "]"
+    return "[" + ", ".join(path) + "]"
 
 
 # ---- request parsing: malformed input fails the whole call ---------------
+#
+# Field locations ("ops[2].by") are formatted only when there is an error to
+# report: on the happy path formatting would cost more than the op itself.
 
 cdef str _describe(object v):
     r = repr(v)
@@ -95,112 +111,191 @@ cdef str _describe(object v):
     return f"{r} ({type(v).__name__})"
 
 
-cdef str _need_str(object v, str where):
+cdef inline str _at(Py_ssize_t i, str field):
+    return f"ops[{i}].{field}" if field else f"ops[{i}]"
+
+
+cdef str _need_str(object v, Py_ssize_t i, str field):
     if type(v) is str:
         return <str>v
     if isinstance(v, str):
         return str.__str__(v)
-    raise PayloadError(f"{where}: expected a string, got {_describe(v)}")
+    raise PayloadError(f"{_at(i, field)}: expected a string, got {_describe(v)}")
 
 
-cdef tuple _need_path(object v, str where):
-    """merge/append path: absent or null (root), a string (one field, or the
-    root when empty), or an array of strings (nested)."""
+cdef object _need_path(object v, Py_ssize_t i, str field):
+    """A merge/append path, normalised: "" for the root (absent, null, "" or
+    []), a str for one first-level field ("a" or ["a"]), else a tuple of
+    segments. A one-element [""] stays a tuple so that it is reported as an
+    empty segment, as in the engine."""
     cdef list segs
+    cdef Py_ssize_t j
     if v is _MISSING or v is None:
-        return _ROOT
-    if type(v) is str or isinstance(v, str):
-        s = _need_str(v, where)
-        return _ROOT if not s else (s,)
+        return ""
+    if type(v) is str:
+        return v
+    if isinstance(v, str):
+        return _need_str(v, i, field)
     if type(v) is list or type(v) is tuple:
         segs = []
-        for i, seg in enumerate(v):
-            segs.append(_need_str(seg, f"{where}[{i}]"))
+        for j, seg in enumerate(v):
+            if type(seg) is not str:
+                seg = _need_str(seg, i, f"{field}[{j}]")
+            segs.append(seg)
+        if not segs:
+            return ""
+        if len(segs) == 1 and segs[0]:
+            return segs[0]
         return tuple(segs)
     raise PayloadError(
-        f"{where}: expected a string, an array of strings or null, got {_describe(v)}")
+        f"{_at(i, field)}: expected a string, an array of strings or null, got {_describe(v)}")
 
 
-cdef object _need_by(object v, str where):
+cdef object _need_by(object v, Py_ssize_t i, str field):
     cdef int overflow = 0
     if v is _MISSING:
-        raise PayloadError(f"{where}: missing field (an integer is required)")
+        raise PayloadError(f"{_at(i, field)}: missing field (an integer is required)")
     if type(v) is not int:
-        raise PayloadError(
-            f"{where}: expected an integer between {_I64_MIN} and {_I64_MAX}, got {_describe(v)}")
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = int(v)
+        else:
+            raise PayloadError(
+                f"{_at(i, field)}: expected an integer between {_I64_MIN} and {_I64_MAX}, "
+                f"got {_describe(v)}")
     PyLong_AsLongLongAndOverflow(v, &overflow)
     if overflow:
         raise PayloadError(
-            f"{where}: expected an integer between {_I64_MIN} and {_I64_MAX}, got {v}")
+            f"{_at(i, field)}: expected an integer between {_I64_MIN} and {_I64_MAX}, got {v}")
     return v
 
 
-cdef tuple _parse(object op, Py_ssize_t i):
-    """(kind, path, operand) of ops[i], from the wire form
-    {"type": ..., "path": ..., "value"/"by": ...} or a documented one-key
-    shorthand. path is a str for set/increment/decrement/remove and a tuple
-    of segments for merge/append."""
-    cdef str where = f"ops[{i}]"
+@cython.no_gc
+@cython.final
+cdef class _Op:
+    """One parsed op. apply() reuses a single instance for all ops of a
+    call, which saves an allocation per op."""
+    cdef int kind
+    cdef object path     # str for set/increment/decrement/remove, tuple of segments otherwise
+    cdef object operand  # the value (private JSON copy) or `by`
+
+
+cdef int _kind_of(object t, Py_ssize_t i) except -1:
+    # Identity first: op names usually arrive as interned literals.
+    if t is _S_INCREMENT:
+        return K_INCREMENT
+    if t is _S_APPEND:
+        return K_APPEND
+    if t is _S_SET:
+        return K_SET
+    k = _KINDS.get(t) if type(t) is str else None
+    if k is None:
+        name = _need_str(t, i, "type")
+        raise PayloadError(
+            f"{_at(i, 'type')}: unknown op {name!r}; expected one of "
+            "set, merge, increment, decrement, append, remove")
+    return <int>k
+
+
+cdef int _parse(object op, Py_ssize_t i, _Op out) except -1:
+    """Fill `out` from ops[i], given in the wire form
+    {"type": ..., "path": ..., "value"/"by": ...} or as a documented one-key
+    shorthand."""
     cdef dict d
-    if not isinstance(op, dict):
-        raise PayloadError(f"{where}: expected an object, got {_describe(op)}")
+    cdef int kind
+    cdef PyObject *k
+    cdef PyObject *v
+    cdef PyObject *t_ref = NULL
+    cdef PyObject *path_ref = NULL
+    cdef PyObject *value_ref = NULL
+    cdef PyObject *by_ref = NULL
+    cdef Py_ssize_t pos = 0
+    if type(op) is not dict:
+        if not isinstance(op, dict):
+            raise PayloadError(f"{_at(i, '')}: expected an object, got {_describe(op)}")
     d = <dict>op
-    t = d.get("type", _MISSING)
-    if t is not _MISSING:
-        name = _need_str(t, where + ".type")
-        kind = _KINDS.get(name)
-        if kind is None:
-            raise PayloadError(
-                f"{where}.type: unknown op {name!r}; expected one of "
-                "set, merge, increment, decrement, append, remove")
-        path = d.get("path", _MISSING)
+    # One pass over the (few) items instead of a lookup per field: keys are
+    # nearly always the interned literals, so identity settles most of them.
+    # The references are borrowed from `d`, which outlives this call.
+    while PyDict_Next(d, &pos, &k, &v):
+        if k == <PyObject *>_F_TYPE:
+            t_ref = v
+        elif k == <PyObject *>_F_PATH:
+            path_ref = v
+        elif k == <PyObject *>_F_VALUE:
+            value_ref = v
+        elif k == <PyObject *>_F_BY:
+            by_ref = v
+        elif PyUnicode_Check(<object>k):
+            key = <object>k
+            if key == _F_TYPE:
+                t_ref = v
+            elif key == _F_PATH:
+                path_ref = v
+            elif key == _F_VALUE:
+                value_ref = v
+            elif key == _F_BY:
+                by_ref = v
+    if t_ref != NULL:
+        kind = _kind_of(<object>t_ref, i)
+        out.kind = kind
         if kind == K_SET:
-            if path is _MISSING:
-                raise PayloadError(f"{where}.path: missing field (a string is required)")
-            value = d.get("value")  # absent or null: JSON null
-            return (K_SET, _need_str(path, where + ".path"), to_json(value, where + ".value"))
-        if kind == K_MERGE or kind == K_APPEND:
-            value = d.get("value", _MISSING)
-            if value is _MISSING:
-                raise PayloadError(f"{where}.value: missing field")
-            return (kind, _need_path(path, where + ".path"), to_json(value, where + ".value"))
-        if path is _MISSING:
-            raise PayloadError(f"{where}.path: missing field (a string is required)")
-        if kind == K_REMOVE:
-            return (K_REMOVE, _need_str(path, where + ".path"), None)
-        return (kind, _need_str(path, where + ".path"),
-                _need_by(d.get("by", _MISSING), where + ".by"))
+            if path_ref == NULL:
+                raise PayloadError(f"{_at(i, 'path')}: missing field (a string is required)")
+            out.path = _need_str(<object>path_ref, i, "path")
+            # An absent value is JSON null, as is an explicit null.
+            out.operand = None if value_ref == NULL else to_json(<object>value_ref, i, "value")
+        elif kind == K_MERGE or kind == K_APPEND:
+            if value_ref == NULL:
+                raise PayloadError(f"{_at(i, 'value')}: missing field")
+            out.path = _need_path(_MISSING if path_ref == NULL else <object>path_ref, i, "path")
+            out.operand = to_json(<object>value_ref, i, "value")
+        else:
+            if path_ref == NULL:
+                raise PayloadError(f"{_at(i, 'path')}: missing field (a string is required)")
+            out.path = _need_str(<object>path_ref, i, "path")
+            if kind == K_REMOVE:
+                out.operand = None
+            else:
+                out.operand = _need_by(_MISSING if by_ref == NULL else <object>by_ref, i, "by")
+        return 0
 
     # Shorthand: exactly one key naming the op.
     if len(d) == 1:
         (name, arg), = d.items()
         if name == "set":
-            return (K_SET, "", to_json(arg, where + ".set"))
+            out.kind, out.path, out.operand = K_SET, "", to_json(arg, i, "set")
+            return 0
         if name == "merge":
-            return (K_MERGE, _ROOT, to_json(arg, where + ".merge"))
+            out.kind, out.path, out.operand = K_MERGE, _ROOT, to_json(arg, i, "merge")
+            return 0
         if name == "remove":
-            return (K_REMOVE, _need_str(arg, where + ".remove"), None)
+            out.kind, out.path, out.operand = K_REMOVE, _need_str(arg, i, "remove"), None
+            return 0
         if name == "increment" or name == "decrement":
-            w = f"{where}.{name}"
             if not isinstance(arg, dict):
                 raise PayloadError(
-                    f'{w}: expected {{"field": string, "by": integer}}, got {_describe(arg)}')
+                    f'{_at(i, name)}: expected {{"field": string, "by": integer}}, '
+                    f"got {_describe(arg)}")
             field = (<dict>arg).get("field", _MISSING)
             if field is _MISSING:
-                raise PayloadError(f"{w}.field: missing field (a string is required)")
-            return (K_INCREMENT if name == "increment" else K_DECREMENT,
-                    _need_str(field, w + ".field"),
-                    _need_by((<dict>arg).get("by", _MISSING), w + ".by"))
+                raise PayloadError(f"{_at(i, name + '.field')}: missing field (a string is required)")
+            out.kind = K_INCREMENT if name == "increment" else K_DECREMENT
+            out.path = _need_str(field, i, name + ".field")
+            out.operand = _need_by((<dict>arg).get("by", _MISSING), i, name + ".by")
+            return 0
     raise PayloadError(
-        f'{where}: expected {{"type": ...}} or a one-key shorthand '
+        f'{_at(i, "")}: expected {{"type": ...}} or a one-key shorthand '
         f'(set, merge, increment, decrement, remove), got keys {sorted(map(str, d))}')
 
 
 # ---- validation that yields per-op errors -------------------------------
 
-cdef bint _valid_path(str op, Py_ssize_t index, tuple segs, list errors) except -1:
-    cdef Py_ssize_t nbytes
+cdef bint _valid_path(str op, Py_ssize_t index, object path, list errors) except -1:
+    """Check a normalised merge/append path (see _need_path)."""
     cdef str seg
+    if type(path) is str:
+        return _valid_field(op, index, <str>path, errors)
+    cdef tuple segs = <tuple>path
     if len(segs) > MAX_PATH_DEPTH:
         errors.append(_error(index, f"{op}.path.too_deep",
                              f"Path depth {len(segs)} exceeds maximum of {MAX_PATH_DEPTH}"))
@@ -210,25 +305,35 @@ cdef bint _valid_path(str op, Py_ssize_t index, tuple segs, list errors) except 
             errors.append(_error(index, f"{op}.path.empty_segment",
                                  "Path contains an empty segment"))
             return False
-        try:
-            PyUnicode_AsUTF8AndSize(seg, &nbytes)
-        except UnicodeEncodeError:
-            raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
-        if nbytes > MAX_SEGMENT_BYTES:
-            errors.append(_error(
-                index, f"{op}.path.segment_too_long",
-                f"Path segment of {nbytes} bytes exceeds maximum of {MAX_SEGMENT_BYTES}"))
-            return False
-        if seg in _PROTO:
-            errors.append(_error(
-                index, f"{op}.path.proto_polluted",
-                f"Path segment '{seg}' is not allowed (prototype pollution)."))
+        if not _valid_segment(op, index, seg, errors):
             return False
     return True
 
 
-cdef inline tuple _field_segments(str path):
-    return _ROOT if not path else (path,)
+cdef bint _valid_segment(str op, Py_ssize_t index, str seg, list errors) except -1:
+    cdef Py_ssize_t nbytes
+    try:
+        PyUnicode_AsUTF8AndSize(seg, &nbytes)
+    except UnicodeEncodeError:
+        raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
+    if nbytes > MAX_SEGMENT_BYTES:
+        errors.append(_error(
+            index, f"{op}.path.segment_too_long",
+            f"Path segment of {nbytes} bytes exceeds maximum of {MAX_SEGMENT_BYTES}"))
+        return False
+    if (nbytes == 9 or nbytes == 11) and seg in _PROTO:
+        errors.append(_error(
+            index, f"{op}.path.proto_polluted",
+            f"Path segment '{seg}' is not allowed (prototype pollution)."))
+        return False
+    return True
+
+
+cdef inline bint _valid_field(str op, Py_ssize_t index, str path, list errors) except -1:
+    # A string path is one first-level field, or the root when empty.
+    if not path:
+        return True
+    return _valid_segment(op, index, path, errors)
 
 
 cdef Py_ssize_t _depth(object v):
@@ -305,11 +410,18 @@ cdef object _step(object v, object by, bint down):
 
 # ---- the engine -------------------------------------------------------------
 
-cdef dict _walk_or_create(dict root, tuple segs):
-    """The dict at segs under root, creating missing levels and replacing
-    any non-object on the way by an empty object (RFC 7396 style)."""
+cdef dict _walk_or_create(dict root, object path):
+    """The dict at path (a field name or a tuple of them) under root,
+    creating missing levels and replacing any non-object on the way by an
+    empty object (RFC 7396 style)."""
     cdef dict node = root
-    for seg in segs:
+    if type(path) is str:
+        child = node.get(path)
+        if type(child) is not dict:
+            child = {}
+            node[path] = child
+        return <dict>child
+    for seg in <tuple>path:
         child = node.get(seg)
         if type(child) is not dict:
             child = {}
@@ -367,6 +479,8 @@ cpdef tuple apply(object current, bint missing, object ops):
     cdef str path
     cdef dict target
     cdef Py_ssize_t last
+    cdef bint down, nested
+    cdef str name
     # The engine remembers whether the value is still the stand-in `{}` of
     # a missing key: a root increment, decrement or append then starts from
     # the operand instead of failing on an object.
@@ -376,11 +490,15 @@ cpdef tuple apply(object current, bint missing, object ops):
     if type(ops) is not list and type(ops) is not tuple:
         raise PayloadError(f"ops: expected an array of operations, got {_describe(ops)}")
     n = len(ops)
+    cdef _Op op = _Op.__new__(_Op)
     for i in range(n):
-        kind, arg_path, operand = _parse(ops[i], i)
+        _parse(ops[i], i, op)
+        kind = op.kind
+        arg_path = op.path
+        operand = op.operand
         if kind == K_SET:
             path = <str>arg_path
-            if not _valid_path("set", i, _field_segments(path), errors):
+            if not _valid_field("set", i, path, errors):
                 continue
             if not path:
                 current = operand
@@ -394,12 +512,11 @@ cpdef tuple apply(object current, bint missing, object ops):
                     f"Cannot set at path '{path}': target is {_type_name(current)}, expected object."))
 
         elif kind == K_MERGE:
-            segs = <tuple>arg_path
-            if not _valid_path("merge", i, segs, errors):
+            if not _valid_path("merge", i, arg_path, errors):
                 continue
             if not _valid_merge_value(i, operand, errors):
                 continue
-            if not segs:
+            if not arg_path:
                 # A root merge into a non-object is silently ignored, as in
                 # the engine (it only logs a warning).
                 if type(current) is dict:
@@ -408,13 +525,13 @@ cpdef tuple apply(object current, bint missing, object ops):
             else:
                 if type(current) is not dict:
                     current = {}
-                _walk_or_create(<dict>current, segs).update(<dict>operand)
+                _walk_or_create(<dict>current, arg_path).update(<dict>operand)
                 fresh = False
 
         elif kind == K_INCREMENT or kind == K_DECREMENT:
             path = <str>arg_path
             name = "increment" if kind == K_INCREMENT else "decrement"
-            if not _valid_path(name, i, _field_segments(path), errors):
+            if not _valid_field(name, i, path, errors):
                 continue
             down = kind == K_DECREMENT
             if not path:
@@ -449,12 +566,11 @@ cpdef tuple apply(object current, bint missing, object ops):
                     f"Cannot {name} at path '{path}': target is {_type_name(current)}, expected object."))
 
         elif kind == K_APPEND:
-            segs = <tuple>arg_path
             # Order matters (as in the engine): validate the path, then
             # require an object root, and only then create intermediates.
-            if not _valid_path("append", i, segs, errors):
+            if not _valid_path("append", i, arg_path, errors):
                 continue
-            if not segs:
+            if not arg_path:
                 if fresh:
                     current = None
                 current = _append_to(current, operand, "root", i, errors, &ok)
@@ -463,24 +579,28 @@ cpdef tuple apply(object current, bint missing, object ops):
             elif type(current) is not dict:
                 errors.append(_error(
                     i, "append.target_not_object",
-                    f"Cannot append at path '{_segments_label(segs)}': target is "
+                    f"Cannot append at path '{_segments_label(arg_path)}': target is "
                     f"{_type_name(current)}, expected object."))
             else:
-                last = len(segs) - 1
-                if last == 0:
+                if type(arg_path) is str:
+                    nested = False
                     target = <dict>current
+                    leaf = arg_path
                 else:
+                    segs = <tuple>arg_path
+                    last = len(segs) - 1
+                    nested = True
                     target = _walk_or_create(<dict>current, segs[:last])
-                leaf = segs[last]
+                    leaf = segs[last]
                 old = target.get(leaf, _MISSING)
                 if old is _MISSING:
                     # A missing first-level field follows the value's kind
                     # (string concat tier); a missing nested leaf is always
                     # an array.
-                    target[leaf] = _initial_append(operand) if last == 0 else [operand]
+                    target[leaf] = [operand] if nested else _initial_append(operand)
                 else:
                     res = _append_to(old, operand, leaf, i, errors, &ok)
-                    if ok:
+                    if ok and res is not old:  # a list grows in place
                         target[leaf] = res
                 # The engine clears the missing-key flag here even when the
                 # append itself failed.
@@ -488,7 +608,7 @@ cpdef tuple apply(object current, bint missing, object ops):
 
         else:  # K_REMOVE
             path = <str>arg_path
-            if not _valid_path("remove", i, _field_segments(path), errors):
+            if not _valid_field("remove", i, path, errors):
                 continue
             if not path:
                 current = None
