@@ -185,7 +185,10 @@ cdef object _to_json(object v, Py_ssize_t index, str field, int depth):
         return out
     # Subclasses and types orjson encodes natively (datetime, UUID, enum,
     # dataclass...): let orjson define their JSON, then read that back.
-    return _loads(encode(v))
+    try:
+        return _loads(encode(v))
+    except InvalidValueError as e:
+        raise InvalidValueError(f"{_where(index, field)}: {e.message}") from None
 
 
 cdef object copy_containers(object v):

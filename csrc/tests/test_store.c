@@ -1,0 +1,423 @@
+/*
+ * test_store.c - unit tests of the public API (pystate.h): every call,
+ * every return code, refusing sinks, injected allocation failures, and a
+ * long random run checked against a simple model.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "pystate.h"
+
+static ps_store *open_store(const ps_allocator *a)
+{
+    ps_options o;
+    memset(&o, 0, sizeof o);
+    o.allocator = a;
+    o.hash_seed = 7;
+    ps_store *st = NULL;
+    if (ps_store_open(&st, &o) != PS_OK)
+        return NULL;
+    return st;
+}
+
+static int get_str(ps_store *st, const char *scope, const char *key, buf_sink *b)
+{
+    ps_sink s = sink_of(b);
+    return ps_get(st, scope, strlen(scope), key, strlen(key), &s);
+}
+
+static int put_str(ps_store *st, const char *scope, const char *key, const char *v)
+{
+    return ps_put(st, scope, strlen(scope), key, strlen(key), v, strlen(v), NULL, NULL);
+}
+
+TEST(put_get_delete)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    CHECK_RC(get_str(st, "s", "k", &b), PS_NOTFOUND);
+    CHECK(b.calls == 0);
+
+    int existed = -1;
+    ps_sink old = sink_of(&b);
+    CHECK_RC(ps_put(st, S("s"), S("k"), S("\"v1\""), &old, &existed), PS_OK);
+    CHECK(existed == 0);
+    CHECK(b.calls == 0); /* nothing to hand back on a create */
+    CHECK_RC(ps_put(st, S("s"), S("k"), S("\"v2\""), &old, &existed), PS_OK);
+    CHECK(existed == 1);
+    CHECK(b.len == 4 && memcmp(b.data, "\"v1\"", 4) == 0);
+
+    buf_reset(&b);
+    CHECK_RC(get_str(st, "s", "k", &b), PS_OK);
+    CHECK(strcmp(b.data, "\"v2\"") == 0);
+
+    buf_reset(&b);
+    ps_sink del_old = sink_of(&b);
+    CHECK_RC(ps_del(st, S("s"), S("k"), &del_old), PS_OK);
+    CHECK(strcmp(b.data, "\"v2\"") == 0);
+    CHECK_RC(ps_del(st, S("s"), S("k"), &del_old), PS_NOTFOUND);
+    CHECK_RC(ps_del(st, S("nope"), S("k"), NULL), PS_NOTFOUND);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(put_without_old_sink_or_existed)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    CHECK_RC(put_str(st, "s", "k", "1"), PS_OK);
+    CHECK_RC(put_str(st, "s", "k", "2"), PS_OK);
+    buf_sink b = {0};
+    CHECK_RC(get_str(st, "s", "k", &b), PS_OK);
+    CHECK(strcmp(b.data, "2") == 0);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(put_if_compares_exact_bytes)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    /* expect absent */
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), S("1"), NULL, 0), PS_OK);
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), S("2"), NULL, 0), PS_CONFLICT);
+    /* expect a value */
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), S("2"), S("0")), PS_CONFLICT);
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), S("2"), S("1 ")), PS_CONFLICT);
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), S("2"), S("1")), PS_OK);
+    CHECK_RC(ps_put_if(st, S("s"), S("other"), S("2"), S("1")), PS_CONFLICT);
+    CHECK_RC(ps_put_if(st, S("no-scope"), S("k"), S("2"), S("1")), PS_CONFLICT);
+    buf_sink b = {0};
+    CHECK_RC(get_str(st, "s", "k", &b), PS_OK);
+    CHECK(strcmp(b.data, "2") == 0);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(list_joins_values_in_key_order)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    ps_sink s = sink_of(&b);
+    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK(strcmp(b.data, "[]") == 0);
+    put_str(st, "s", "b", "{\"x\":1}");
+    put_str(st, "s", "a", "2");
+    put_str(st, "s", "c", "\"three\"");
+    put_str(st, "t", "a", "99");
+    put_str(st, "s", "b", "null"); /* overwrite keeps its place */
+    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK(strcmp(b.data, "[null,2,\"three\"]") == 0);
+    CHECK_RC(ps_del(st, S("s"), S("a"), NULL), PS_OK);
+    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK(strcmp(b.data, "[null,\"three\"]") == 0);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+static int next_name(const char **p, const char *end, char *out, size_t cap)
+{
+    if (end - *p < 4)
+        return 0;
+    const unsigned char *u = (const unsigned char *)*p;
+    uint32_t n = u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+    if (n >= cap || (size_t)(end - *p) < 4 + n)
+        return 0;
+    memcpy(out, *p + 4, n);
+    out[n] = 0;
+    *p += 4 + n;
+    return 1;
+}
+
+TEST(groups_are_sorted_and_only_non_empty)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    ps_sink s = sink_of(&b);
+    size_t count = 99;
+    CHECK_RC(ps_groups(st, &s, &count), PS_OK);
+    CHECK(count == 0 && b.len == 0);
+    put_str(st, "zeta", "k", "1");
+    put_str(st, "alpha", "k", "1");
+    put_str(st, "alp", "k", "1");
+    put_str(st, "\xc3\xa9t\xc3\xa9", "k", "1"); /* "été": sorts after ASCII */
+    put_str(st, "gone", "k", "1");
+    CHECK_RC(ps_del(st, S("gone"), S("k"), NULL), PS_OK);
+    CHECK_RC(ps_groups(st, &s, &count), PS_OK);
+    CHECK(count == 4);
+    const char *p = b.data, *end = b.data + b.len;
+    char name[64];
+    const char *want[] = {"alp", "alpha", "zeta", "\xc3\xa9t\xc3\xa9"};
+    for (int i = 0; i < 4; i++) {
+        REQUIRE(next_name(&p, end, name, sizeof name));
+        CHECK(strcmp(name, want[i]) == 0);
+    }
+    CHECK(p == end);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(stats_count_scopes_keys_and_bytes)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    ps_stats s;
+    ps_stats_get(st, &s);
+    CHECK(s.scopes == 0 && s.keys == 0 && s.heap_bytes == 0);
+    put_str(st, "s1", "ab", "123");
+    put_str(st, "s1", "c", "4");
+    put_str(st, "s2", "d", "56");
+    ps_stats_get(st, &s);
+    CHECK(s.scopes == 2);
+    CHECK(s.keys == 3);
+    CHECK(s.key_bytes == 4);
+    CHECK(s.value_bytes == 6);
+    CHECK(s.heap_bytes > 0);
+    put_str(st, "s1", "ab", "7");
+    ps_stats_get(st, &s);
+    CHECK(s.value_bytes == 4);
+    CHECK(s.dead_bytes > 0);
+    ps_del(st, S("s1"), S("ab"), NULL);
+    ps_del(st, S("s1"), S("c"), NULL);
+    ps_del(st, S("s2"), S("d"), NULL);
+    ps_stats_get(st, &s);
+    CHECK(s.scopes == 0 && s.keys == 0 && s.value_bytes == 0);
+    CHECK(s.heap_bytes == 0); /* everything given back */
+    ps_store_close(st);
+}
+
+TEST(refusing_sink_changes_nothing)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    put_str(st, "s", "k", "old");
+    buf_sink no = {0};
+    no.refuse = 1;
+    ps_sink s = sink_of(&no);
+    CHECK_RC(ps_get(st, S("s"), S("k"), &s), ENOMEM);
+    CHECK_RC(ps_put(st, S("s"), S("k"), S("new"), &s, NULL), ENOMEM);
+    CHECK_RC(ps_del(st, S("s"), S("k"), &s), ENOMEM);
+    CHECK_RC(ps_list(st, S("s"), &s), ENOMEM);
+    size_t count;
+    CHECK_RC(ps_groups(st, &s, &count), ENOMEM);
+    buf_sink b = {0};
+    CHECK_RC(get_str(st, "s", "k", &b), PS_OK);
+    CHECK(strcmp(b.data, "old") == 0);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(lengths_beyond_the_format_are_refused_before_reading)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    size_t huge = (size_t)UINT32_MAX + 1;
+    /* The pointers are never read: the length check comes first. */
+    CHECK_RC(ps_put(st, "s", huge, S("k"), S("1"), NULL, NULL), PS_TOOBIG);
+    CHECK_RC(ps_put(st, S("s"), "k", huge, S("1"), NULL, NULL), PS_TOOBIG);
+    CHECK_RC(ps_put(st, S("s"), S("k"), "1", huge, NULL, NULL), PS_TOOBIG);
+    CHECK_RC(ps_put_if(st, S("s"), S("k"), "1", huge, NULL, 0), PS_TOOBIG);
+    ps_stats s;
+    ps_stats_get(st, &s);
+    CHECK(s.keys == 0);
+    ps_store_close(st);
+}
+
+TEST(strerror_covers_every_code)
+{
+    for (int rc = PS_NOTFOUND; rc < PS_RC_END; rc++) {
+        const char *msg = ps_strerror(rc);
+        CHECK(msg && strcmp(msg, "unknown pystate error code") != 0);
+    }
+    CHECK(strcmp(ps_strerror(PS_OK), "success") == 0);
+    CHECK(strlen(ps_strerror(ENOMEM)) > 0);
+    CHECK(strcmp(ps_strerror(PS_RC_END), "unknown pystate error code") == 0);
+    int a = -1, b = -1, c = -1;
+    ps_version(&a, &b, &c);
+    CHECK(a == PS_VERSION_MAJOR && b == PS_VERSION_MINOR && c == PS_VERSION_PATCH);
+    ps_version(NULL, NULL, NULL);
+    ps_store_close(NULL);
+}
+
+/* ---- injected allocation failures ----------------------------------------- */
+
+/* A fingerprint of the whole store: groups, then each scope's list. */
+static void snapshot(ps_store *st, char *out, size_t cap)
+{
+    buf_sink g = {0}, l = {0};
+    ps_sink gs = sink_of(&g), ls = sink_of(&l);
+    size_t count = 0, n = 0;
+    out[0] = 0;
+    if (ps_groups(st, &gs, &count) != PS_OK)
+        abort();
+    const char *p = g.data, *end = g.data + g.len;
+    char name[128];
+    while (next_name(&p, end, name, sizeof name)) {
+        if (ps_list(st, name, strlen(name), &ls) != PS_OK)
+            abort();
+        n += (size_t)snprintf(out + n, cap - n, "%s=%s;", name, l.data);
+    }
+    buf_reset(&g);
+    buf_reset(&l);
+}
+
+TEST(every_allocation_failure_is_clean)
+{
+    /* Run a scripted workload with the n-th allocation failing, for every
+     * n until the workload completes without hitting the failure. Each
+     * failing call must return ENOMEM and leave the store as it was; the
+     * store must keep working; nothing may leak. */
+    char before[8192], after[8192], key[32], val[64];
+    int completed = 0;
+    for (long fail_at = 1; !completed && fail_at < 5000; fail_at++) {
+        test_alloc ta = {0, 0, 0};
+        ps_allocator a = ta_allocator(&ta);
+        ps_store *st = open_store(&a);
+        REQUIRE(st);
+        ta.fail_at = fail_at;
+        int failed = 0;
+        for (int i = 0; i < 300 && !failed; i++) {
+            snprintf(key, sizeof key, "k%d", i % 37);
+            snprintf(val, sizeof val, "{\"i\":%d}", i);
+            const char *scope = (i % 3 == 0) ? "a" : (i % 3 == 1) ? "b" : "c";
+            ta.fail_at = 0; /* the snapshot itself must not fail */
+            snapshot(st, before, sizeof before);
+            ta.fail_at = fail_at;
+            int rc;
+            buf_sink b = {0};
+            ps_sink s = sink_of(&b);
+            if (i % 5 == 4)
+                rc = ps_del(st, scope, 1, key, strlen(key), &s);
+            else
+                rc = ps_put(st, scope, 1, key, strlen(key), val, strlen(val), &s, NULL);
+            buf_reset(&b);
+            if (rc == ENOMEM) {
+                failed = 1;
+                ta.fail_at = 0;
+                snapshot(st, after, sizeof after);
+                CHECK(strcmp(before, after) == 0);
+                /* Still usable. */
+                CHECK_RC(put_str(st, "z", "after", "1"), PS_OK);
+            } else {
+                CHECK(rc == PS_OK || rc == PS_NOTFOUND);
+            }
+        }
+        if (!failed)
+            completed = 1;
+        ps_store_close(st);
+        CHECK(ta.live == 0);
+    }
+    CHECK(completed);
+}
+
+TEST(open_fails_cleanly_without_memory)
+{
+    test_alloc ta = {0, 0, 1};
+    ps_allocator a = ta_allocator(&ta);
+    ps_options o;
+    memset(&o, 0, sizeof o);
+    o.allocator = &a;
+    ps_store *st = (ps_store *)&ta; /* must stay untouched */
+    CHECK_RC(ps_store_open(&st, &o), ENOMEM);
+    CHECK(st == (ps_store *)&ta);
+    CHECK(ta.live == 0);
+}
+
+/* ---- a long random run against a model ------------------------------------ */
+
+#define MODEL_KEYS 64
+#define MODEL_SCOPES 4
+
+typedef struct model {
+    char val[MODEL_SCOPES][MODEL_KEYS][24];
+    int present[MODEL_SCOPES][MODEL_KEYS];
+    long order[MODEL_SCOPES][MODEL_KEYS]; /* insertion stamp */
+} model;
+
+static uint64_t rng_state = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+TEST(random_run_matches_model)
+{
+    static model m;
+    memset(&m, 0, sizeof m);
+    test_alloc ta = {0, 0, 0};
+    ps_allocator a = ta_allocator(&ta);
+    ps_store *st = open_store(&a);
+    REQUIRE(st);
+    char scope[8], key[16], expect[2048], *p;
+    long stamp = 0;
+    buf_sink b = {0};
+    ps_sink s = sink_of(&b);
+    for (long step = 0; step < 200000; step++) {
+        int sc = (int)(rnd() % MODEL_SCOPES), k = (int)(rnd() % MODEL_KEYS);
+        snprintf(scope, sizeof scope, "s%d", sc);
+        snprintf(key, sizeof key, "key%d", k);
+        uint64_t op = rnd() % 10;
+        if (op < 5) {
+            char v[24];
+            snprintf(v, sizeof v, "%llu", (unsigned long long)(rnd() % 100000));
+            int existed = -1;
+            REQUIRE(ps_put(st, scope, strlen(scope), key, strlen(key), v, strlen(v), &s, &existed) == PS_OK);
+            REQUIRE(existed == m.present[sc][k]);
+            if (existed)
+                REQUIRE(strcmp(b.data, m.val[sc][k]) == 0);
+            else
+                m.order[sc][k] = stamp++;
+            strcpy(m.val[sc][k], v);
+            m.present[sc][k] = 1;
+        } else if (op < 8) {
+            int rc = ps_del(st, scope, strlen(scope), key, strlen(key), &s);
+            REQUIRE(rc == (m.present[sc][k] ? PS_OK : PS_NOTFOUND));
+            if (rc == PS_OK)
+                REQUIRE(strcmp(b.data, m.val[sc][k]) == 0);
+            m.present[sc][k] = 0;
+        } else if (op < 9) {
+            int rc = ps_get(st, scope, strlen(scope), key, strlen(key), &s);
+            REQUIRE(rc == (m.present[sc][k] ? PS_OK : PS_NOTFOUND));
+            if (rc == PS_OK)
+                REQUIRE(strcmp(b.data, m.val[sc][k]) == 0);
+        } else {
+            /* list must give the model's values in insertion order */
+            REQUIRE(ps_list(st, scope, strlen(scope), &s) == PS_OK);
+            p = expect;
+            *p++ = '[';
+            long last = -1;
+            for (;;) {
+                int best = -1;
+                for (int j = 0; j < MODEL_KEYS; j++)
+                    if (m.present[sc][j] && m.order[sc][j] > last &&
+                        (best < 0 || m.order[sc][j] < m.order[sc][best]))
+                        best = j;
+                if (best < 0)
+                    break;
+                if (p != expect + 1)
+                    *p++ = ',';
+                p += sprintf(p, "%s", m.val[sc][best]);
+                last = m.order[sc][best];
+            }
+            *p++ = ']';
+            *p = 0;
+            REQUIRE(strcmp(b.data, expect) == 0);
+        }
+    }
+    buf_reset(&b);
+    ps_store_close(st);
+    CHECK(ta.live == 0);
+}
+
+RUN_TESTS()

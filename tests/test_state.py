@@ -1,0 +1,334 @@
+"""The State API: the six functions, values, scopes and keys, limits,
+lifecycle."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import math
+
+import pytest
+
+import pystate
+from conftest import MISSING
+
+# ---- set / get / delete -----------------------------------------------------
+
+
+def test_set_returns_the_old_value(st):
+    assert st.set("s", "k", {"v": 1}) is None
+    assert st.set("s", "k", {"v": 2}) == {"v": 1}
+    assert st.get("s", "k") == {"v": 2}
+
+
+def test_get_missing_returns_default(st):
+    assert st.get("s", "k") is None
+    assert st.get("s", "k", "dflt") == "dflt"
+    st.set("s", "other", 1)
+    assert st.get("s", "k", MISSING) is MISSING
+
+
+def test_stored_null_is_a_value_not_missing(st):
+    st.set("s", "k", None)
+    assert st.get("s", "k", "dflt") is None
+    assert st.list("s") == [None]
+    assert st.set("s", "k", 1) is None  # old value was null
+
+
+def test_delete_returns_old_value_and_missing_gives_none(st):
+    st.set("s", "k", [1, 2])
+    assert st.delete("s", "k") == [1, 2]
+    assert st.delete("s", "k") is None
+    assert st.delete("never", "k") is None
+    assert st.get("s", "k", MISSING) is MISSING
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        -0.0,
+        5e-324,
+        1.7976931348623157e308,
+        "",
+        "héllo \u2028 \x00 \"quoted\" \\",
+        "😀",
+        [],
+        {},
+        [1, "a", None, [{}]],
+        {"nested": {"deep": [1, {"x": None}]}, "": "empty key"},
+    ],
+)
+def test_json_values_round_trip_exactly(st, value):
+    st.set("s", "k", value)
+    got = st.get("s", "k")
+    assert got == value and type(got) is type(value)
+    if isinstance(value, float):
+        assert math.copysign(1, got) == math.copysign(1, value)
+
+
+def test_deep_values_round_trip(st):
+    v = []
+    for _ in range(200):
+        v = [v]
+    st.set("s", "k", v)
+    assert st.get("s", "k") == v
+
+
+def test_values_are_copies(st):
+    v = {"a": [1]}
+    st.set("s", "k", v)
+    v["a"].append(2)
+    got = st.get("s", "k")
+    assert got == {"a": [1]}
+    got["a"].append(3)
+    assert st.get("s", "k") == {"a": [1]}
+
+
+def test_values_orjson_encodes_natively_are_stored_as_their_json(st):
+    class Color(enum.Enum):
+        RED = "red"
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: float
+
+    st.set("s", "k", {"when": datetime.date(2026, 11, 23), "c": Color.RED, "p": Point(1, 2.5), "t": (1, 2)})
+    assert st.get("s", "k") == {"when": "2026-11-23", "c": "red", "p": {"x": 1, "y": 2.5}, "t": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        [1.0, float("nan")],
+        {"a": {"b": float("inf")}},
+        2**64,
+        -(2**63) - 1,
+        {1: "non-string key"},
+        {"a": {1, 2}},
+        b"bytes",
+        object(),
+        "\ud800 lone surrogate",
+    ],
+)
+def test_non_json_values_are_refused_and_change_nothing(st, value):
+    st.set("s", "k", "before")
+    with pytest.raises(pystate.InvalidValueError) as e:
+        st.set("s", "k", value)
+    assert e.value.code == "invalid_value"
+    assert isinstance(e.value, ValueError)
+    assert st.get("s", "k") == "before"
+    with pytest.raises(pystate.InvalidValueError):
+        st.set("s", "new", value)
+    assert st.get("s", "new", MISSING) is MISSING
+
+
+def test_nan_inside_a_dataclass_is_refused(st):
+    @dataclasses.dataclass
+    class P:
+        x: float
+
+    with pytest.raises(pystate.InvalidValueError):
+        st.set("s", "k", {"p": P(float("nan")), "n": None})
+
+
+def test_null_values_with_finite_floats_are_accepted(st):
+    st.set("s", "k", {"a": None, "b": 1.5, "c": [None, 2.0]})
+    assert st.get("s", "k") == {"a": None, "b": 1.5, "c": [None, 2.0]}
+
+
+# ---- scopes and keys ---------------------------------------------------------
+
+ODD_NAMES = ["", " ", "a/b", "../..", "a\x00b", "é", "É", "😀", "x" * 10_000, "a.b", "\n"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES, ids=repr)
+def test_any_string_is_a_scope_and_a_key(st, name):
+    st.set(name, name, name)
+    assert st.get(name, name) == name
+    assert st.list(name) == [name]
+    assert st.list_groups() == [name]
+    assert st.delete(name, name) == name
+    assert st.list_groups() == []
+
+
+def test_names_differing_only_in_case_are_distinct(st):
+    st.set("Users", "Key", 1)
+    st.set("users", "key", 2)
+    assert st.get("Users", "Key") == 1 and st.get("users", "key") == 2
+    assert st.get("users", "Key") is None
+
+
+@pytest.mark.parametrize("bad", [1, None, b"bytes", ("t",), 1.5])
+def test_scope_and_key_must_be_strings(st, bad):
+    for call in (
+        lambda: st.set(bad, "k", 1),
+        lambda: st.set("s", bad, 1),
+        lambda: st.get(bad, "k"),
+        lambda: st.delete("s", bad),
+        lambda: st.update(bad, "k", []),
+        lambda: st.list(bad),
+    ):
+        with pytest.raises(pystate.PayloadError) as e:
+            call()
+        assert e.value.code == "deserialization_error"
+        assert "expected a string" in e.value.message
+    assert st.list_groups() == []
+
+
+def test_lone_surrogate_in_key_is_refused(st):
+    with pytest.raises(pystate.PayloadError, match="lone surrogate"):
+        st.set("s", "\udcff", 1)
+
+
+def test_str_subclass_keys_work(st):
+    class Name(str):
+        pass
+
+    st.set(Name("s"), Name("k"), 1)
+    assert st.get("s", "k") == 1
+
+
+# ---- list / list_groups -----------------------------------------------------------
+
+
+def test_list_is_in_insertion_order(st):
+    for k in ["c", "a", "b"]:
+        st.set("s", k, k)
+    st.set("s", "c", "C")  # overwrite keeps its place
+    st.delete("s", "a")  # others keep their order
+    st.set("s", "a", "A")  # re-insert goes to the end
+    st.set("other", "z", 0)
+    assert st.list("s") == ["C", "b", "A"]
+    assert st.list("missing") == []
+
+
+def test_list_groups_sorted_unique_and_non_empty(st):
+    for scope in ["b", "a", "é", "B", "a"]:
+        st.set(scope, "k", 1)
+    st.set("gone", "k", 1)
+    st.delete("gone", "k")
+    assert st.list_groups() == sorted(["b", "a", "é", "B"])
+    st.update("made-by-update", "k", [])
+    assert "made-by-update" in st.list_groups()
+
+
+def test_many_scopes(st):
+    for i in range(2000):
+        st.set(f"scope-{i:05d}", "k", i)
+    assert st.list_groups() == [f"scope-{i:05d}" for i in range(2000)]
+    for i in range(0, 2000, 2):
+        st.delete(f"scope-{i:05d}", "k")
+    assert len(st.list_groups()) == 1000
+
+
+# ---- limits -------------------------------------------------------------------------
+
+
+def test_max_value_bytes_guards_set(st):
+    small = pystate.State(max_value_bytes=10)
+    small.set("s", "k", "12345678")  # 10 bytes with quotes
+    with pytest.raises(pystate.ValueTooLargeError) as e:
+        small.set("s", "k", "123456789")
+    assert e.value.code == "VALUE_TOO_LARGE"
+    assert e.value.message == "value of 11 bytes exceeds the configured max_value_bytes limit of 10"
+    assert small.get("s", "k") == "12345678"
+    assert small.max_value_bytes == 10
+    # As in the engine, update results are not size-guarded.
+    small.update("s", "k2", [{"type": "set", "path": "x", "value": "long enough to pass 10"}])
+    small.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True])
+def test_max_value_bytes_must_be_positive_int(bad):
+    with pytest.raises(pystate.ConfigError):
+        pystate.State(max_value_bytes=bad)
+
+
+def test_large_values(st):
+    big = {"blob": "x" * 5_000_000, "list": list(range(100_000))}
+    st.set("s", "k", big)
+    assert st.get("s", "k") == big
+
+
+# ---- stats ---------------------------------------------------------------------------
+
+
+def test_stats_counts(st):
+    assert st.stats()["keys"] == 0
+    st.set("a", "k1", "xy")
+    st.set("a", "k2", 1)
+    st.set("b", "k", [])
+    s = st.stats()
+    assert (s["scopes"], s["keys"]) == (2, 3)
+    assert s["key_bytes"] == len("k1") + len("k2") + len("k")
+    assert s["value_bytes"] == len(b'"xy"') + len(b"1") + len(b"[]")
+    assert s["heap_bytes"] > 0
+    for scope, key in [("a", "k1"), ("a", "k2"), ("b", "k")]:
+        st.delete(scope, key)
+    s = st.stats()
+    assert s["scopes"] == s["keys"] == s["value_bytes"] == s["heap_bytes"] == 0
+
+
+# ---- lifecycle ------------------------------------------------------------------------
+
+
+def test_context_manager_closes():
+    with pystate.State() as st:
+        st.set("s", "k", 1)
+        assert not st.closed
+    assert st.closed
+
+
+def test_use_after_close_raises_and_close_twice_is_fine():
+    st = pystate.State()
+    st.set("s", "k", 1)
+    st.close()
+    st.close()
+    for call in (
+        lambda: st.get("s", "k"),
+        lambda: st.set("s", "k", 1),
+        lambda: st.delete("s", "k"),
+        lambda: st.update("s", "k", []),
+        lambda: st.list("s"),
+        lambda: st.list_groups(),
+        lambda: st.stats(),
+        lambda: st.trigger("state::get", {"scope": "s", "key": "k"}),
+    ):
+        with pytest.raises(pystate.ClosedError) as e:
+            call()
+        assert e.value.code == "closed"
+    with pytest.raises(pystate.ClosedError):
+        with st:
+            pass
+
+
+def test_stores_are_independent():
+    a, b = pystate.State(), pystate.State()
+    a.set("s", "k", 1)
+    assert b.get("s", "k") is None
+    a.close()
+    b.set("s", "k", 2)
+    assert b.get("s", "k") == 2
+
+
+def test_repr_and_module_facts(st):
+    st.set("s", "k", 1)
+    assert "1 scopes, 1 keys" in repr(st)
+    assert pystate.backend == "cython"
+    assert isinstance(pystate.__version__, str)
+    st.close()
+    assert "closed" in repr(st)
