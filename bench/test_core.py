@@ -15,7 +15,7 @@ import pystate
 from workload import SCOPES, UPDATE_OPS, DictFloor
 
 IMPLS = {"dict_floor": DictFloor, "pystate": pystate.State}
-ROUNDS = 5
+ROUNDS = 7
 
 
 def filled(impl, keys, values):

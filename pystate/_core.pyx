@@ -64,6 +64,18 @@ if (_major, _minor) != (PS_VERSION_MAJOR, PS_VERSION_MINOR):
         f"compiled against {PS_VERSION_MAJOR}.{PS_VERSION_MINOR}")
 
 
+# Tests set this to run code between an update's read and its write, to
+# prove that a concurrent writer makes the update start over.
+cdef object _race_hook = None
+
+
+def _set_race_hook(hook) -> None:
+    """Testing aid: call ``hook()`` inside every update, after the read and
+    before the compare-and-set. None removes it."""
+    global _race_hook
+    _race_hook = hook
+
+
 # ---- sinks: how values leave the store ------------------------------------
 
 cdef void *_bytes_sink(void *ctx, size_t n) noexcept:
@@ -335,6 +347,8 @@ cdef class Store:
                 expect = PyBytes_AS_STRING(old_data)
                 elen = PyBytes_GET_SIZE(old_data)
             new_data = encode_trusted(new)
+            if _race_hook is not None:
+                _race_hook()
             self._open()
             # Compare-and-set against the bytes we read: if another thread
             # wrote this key meanwhile, start over from its value instead of

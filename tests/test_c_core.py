@@ -1,0 +1,81 @@
+"""Build the C core's unit tests (csrc/tests) with CMake and run them:
+plain, under AddressSanitizer + UndefinedBehaviorSanitizer, and under
+valgrind's leak checker.
+
+They need a C compiler, CMake and libxxhash-dev, which building pystate
+needs anyway, and valgrind for the last one. A missing tool skips a test on
+a developer machine and fails it in CI (CI=true), so CI cannot pass without
+having run them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+C_TESTS = ["test_table", "test_store"]
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        msg = f"{tool} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}; CI must run the C tests")
+        pytest.skip(msg)
+    return path
+
+
+def build(tmp: Path, *flags: str) -> Path:
+    cmake = need("cmake")
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    out = tmp / "build"
+    subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(out), *gen, "-DCMAKE_BUILD_TYPE=Debug",
+         "-DPYSTATE_BUILD_TESTS=ON", "-DPYSTATE_WERROR=ON", *flags],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    r = subprocess.run([cmake, "--build", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def ctest(build_dir: Path, env: dict | None = None) -> None:
+    r = subprocess.run(
+        [need("ctest"), "--output-on-failure", "--timeout", "600"],
+        cwd=build_dir, capture_output=True, text=True, timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"100% tests passed out of {len(C_TESTS)}" in r.stdout, r.stdout
+
+
+@pytest.fixture(scope="module")
+def plain_build(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("c-plain"))
+
+
+def test_c_unit_tests_pass(plain_build):
+    ctest(plain_build)
+
+
+def test_c_unit_tests_pass_under_asan_and_ubsan(tmp_path):
+    out = build(tmp_path, "-DPYSTATE_SANITIZE=ON")
+    ctest(out, {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+                "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"})
+
+
+@pytest.mark.parametrize("name", C_TESTS)
+def test_c_unit_tests_leak_nothing_under_valgrind(plain_build, name):
+    valgrind = need("valgrind")
+    r = subprocess.run(
+        [valgrind, "--leak-check=full", "--show-leak-kinds=all", "--errors-for-leak-kinds=all",
+         "--error-exitcode=99", "-q", str(plain_build / name)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

@@ -1,0 +1,170 @@
+"""State against the plain-Python model (model.py) over random calls.
+
+Values are compared as orjson text, so a difference in type (1 vs 1.0 vs
+True) or in object member order is a failure, not an accident of ==.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as hs
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import pystate
+from model import ABSENT, Malformed, ModelStore
+
+I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+
+
+def canon(v):
+    return orjson.dumps(v)
+
+
+names = hs.one_of(
+    hs.sampled_from(["", "a", "b", "users", "a.b", "é", "😀", "x" * 300, "\x00", "K", "k"]),
+    hs.text(max_size=12),
+)
+keys_ = hs.sampled_from(["k1", "k2", "", "é", "a.b", "__proto__", "n", "tags", "x" * 257])
+good_fields = hs.sampled_from(["n", "tags", "s", "o", "a.b", "é", "e"])
+bad_fields = hs.sampled_from(["", "__proto__", "constructor", "prototype", "x" * 257])
+fields = hs.one_of(good_fields, good_fields, good_fields, bad_fields)
+
+ints = hs.one_of(
+    hs.integers(I64_MIN, U64_MAX),
+    hs.sampled_from([I64_MIN, I64_MIN + 1, -1, 0, 1, I64_MAX - 1, I64_MAX, I64_MAX + 1, U64_MAX - 1, U64_MAX]),
+)
+scalars = hs.one_of(
+    hs.none(),
+    hs.booleans(),
+    ints,
+    hs.floats(allow_nan=False, allow_infinity=False),
+    hs.text(max_size=20),
+)
+json_values = hs.recursive(
+    scalars,
+    lambda children: hs.one_of(
+        hs.lists(children, max_size=4),
+        hs.dictionaries(hs.one_of(fields, hs.text(max_size=6)), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+bys = hs.one_of(hs.integers(I64_MIN, I64_MAX), hs.sampled_from([I64_MIN, I64_MAX, 0, 1, -1]))
+seg_paths = hs.one_of(
+    hs.none(),
+    fields,
+    hs.lists(good_fields, min_size=2, max_size=3),
+    hs.lists(fields, max_size=4),
+    hs.just([f"d{i}" for i in range(33)]),
+)
+
+
+def deep(n):
+    v = {}
+    for _ in range(n):
+        v = {"d": v}
+    return v
+
+
+merge_values = hs.one_of(
+    hs.dictionaries(hs.one_of(fields, hs.text(max_size=4)), json_values, max_size=4),
+    json_values,
+    hs.sampled_from([deep(15), deep(16), {"__proto__": 1}]),
+)
+
+wire_ops = hs.one_of(
+    hs.builds(lambda p, v: {"type": "set", "path": p, "value": v}, fields, json_values),
+    hs.builds(lambda p, v: {"type": "merge", "path": p, "value": v}, seg_paths, merge_values),
+    hs.builds(lambda k, p, b: {"type": k, "path": p, "by": b}, hs.sampled_from(["increment", "decrement"]), fields, bys),
+    hs.builds(lambda p, v: {"type": "append", "path": p, "value": v}, seg_paths, json_values),
+    hs.builds(lambda p: {"type": "remove", "path": p}, fields),
+)
+short_ops = hs.one_of(
+    hs.builds(lambda v: {"set": v}, json_values),
+    hs.builds(lambda v: {"merge": v}, merge_values),
+    hs.builds(lambda k, f, b: {k: {"field": f, "by": b}}, hs.sampled_from(["increment", "decrement"]), fields, bys),
+    hs.builds(lambda f: {"remove": f}, fields),
+)
+bad_ops = hs.sampled_from(
+    [
+        {"type": "nope", "path": "a"},
+        {"type": "increment", "path": "a", "by": 1.5},
+        {"type": "set", "value": 1},
+        {"append": 1},
+        "not an op",
+        {"type": "merge", "path": 7, "value": {}},
+    ]
+)
+op_lists = hs.lists(hs.one_of(wire_ops, wire_ops, short_ops), max_size=6)
+
+
+class StateMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.real = pystate.State()
+        self.model = ModelStore()
+
+    def teardown(self):
+        self.real.close()
+
+    @rule(scope=names, key=keys_, value=json_values)
+    def set(self, scope, key, value):
+        assert canon(self.real.set(scope, key, value)) == canon(self.model.set(scope, key, value))
+
+    @rule(scope=names, key=keys_)
+    def get(self, scope, key):
+        missing = object()
+        real, model = self.real.get(scope, key, missing), self.model.get(scope, key, missing)
+        assert (real is missing) == (model is missing)
+        if real is not missing:
+            assert canon(real) == canon(model)
+
+    @rule(scope=names, key=keys_)
+    def delete(self, scope, key):
+        assert canon(self.real.delete(scope, key)) == canon(self.model.delete(scope, key))
+
+    @rule(scope=names, key=keys_, ops=op_lists)
+    def update(self, scope, key, ops):
+        old, new, errs = self.model.update(scope, key, ops)
+        r = self.real.update(scope, key, ops)
+        assert canon(r.old_value) == canon(old)
+        assert canon(r.new_value) == canon(new)
+        assert [(e["op_index"], e["code"]) for e in r.errors] == errs
+
+    @rule(scope=names, key=keys_, ops=op_lists, bad=bad_ops, at=hs.integers(0, 6))
+    def malformed_update(self, scope, key, ops, bad, at):
+        ops = ops[:at] + [bad] + ops[at:]
+        with pytest.raises(Malformed):
+            self.model.update(scope, key, ops)
+        with pytest.raises(pystate.PayloadError):
+            self.real.update(scope, key, ops)
+
+    @rule(scope=names)
+    def list(self, scope):
+        assert canon(self.real.list(scope)) == canon(self.model.list(scope))
+
+    @invariant()
+    def groups_match(self):
+        assert self.real.list_groups() == self.model.list_groups()
+
+    @invariant()
+    def key_count_matches(self):
+        assert self.real.stats()["keys"] == sum(len(t) for t in self.model.scopes.values())
+
+
+StateMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestStateAgainstModel = StateMachine.TestCase
+
+
+def test_model_flags_absent_correctly():
+    # The model itself must distinguish a stored null from a missing key.
+    m = ModelStore()
+    m.set("s", "k", None)
+    assert m.get("s", "k", ABSENT) is None
+    assert m.get("s", "zz", ABSENT) is ABSENT
