@@ -15,7 +15,13 @@ import pystate
 from workload import SCOPES, UPDATE_OPS, DictFloor
 
 IMPLS = {"dict_floor": DictFloor, "pystate": pystate.State}
-ROUNDS = 7
+ROUNDS = 12
+_filled: dict = {}
+
+# Parametrized per test function, so the floor and pystate run back to back
+# for each operation: this machine's load drifts, and a pair measured
+# minutes apart would compare the drift rather than the code.
+pair = pytest.mark.parametrize("impl", list(IMPLS))
 
 
 def filled(impl, keys, values):
@@ -25,14 +31,13 @@ def filled(impl, keys, values):
     return st
 
 
-@pytest.fixture(params=list(IMPLS), scope="module")
-def impl(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def store(impl, keys, values):
-    return filled(impl, keys, values)
+    """A filled store, built once per implementation and shared by the
+    benchmarks that leave its keys in place."""
+    if impl not in _filled:
+        _filled[impl] = filled(impl, keys, values)
+    return _filled[impl]
 
 
 def per_round(benchmark, impl, op, n):
@@ -40,6 +45,7 @@ def per_round(benchmark, impl, op, n):
     benchmark.extra_info.update(impl=impl, op=op, ops_per_round=n)
 
 
+@pair
 def test_insert(benchmark, impl, keys, values):
     per_round(benchmark, impl, "insert", len(keys))
 
@@ -53,6 +59,7 @@ def test_insert(benchmark, impl, keys, values):
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
 
 
+@pair
 def test_overwrite(benchmark, impl, store, keys, values, values2):
     per_round(benchmark, impl, "overwrite", len(keys))
     flip = [values2, values]
@@ -67,6 +74,7 @@ def test_overwrite(benchmark, impl, store, keys, values, values2):
     benchmark.pedantic(run, rounds=ROUNDS)
 
 
+@pair
 def test_get_hit(benchmark, impl, store, keys):
     per_round(benchmark, impl, "get_hit", len(keys))
     get = store.get
@@ -78,6 +86,7 @@ def test_get_hit(benchmark, impl, store, keys):
     benchmark.pedantic(run, rounds=ROUNDS)
 
 
+@pair
 def test_get_miss(benchmark, impl, store, keys):
     per_round(benchmark, impl, "get_miss", len(keys))
     get = store.get
@@ -90,6 +99,7 @@ def test_get_miss(benchmark, impl, store, keys):
     benchmark.pedantic(run, rounds=ROUNDS)
 
 
+@pair
 def test_update(benchmark, impl, keys, values):
     per_round(benchmark, impl, "update", len(keys))
 
@@ -104,6 +114,7 @@ def test_update(benchmark, impl, keys, values):
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
 
 
+@pair
 def test_list(benchmark, impl, store, keys):
     per_round(benchmark, impl, "list", len(keys))  # per value listed
     scopes = [f"scope-{i}" for i in range(SCOPES)]
@@ -115,6 +126,7 @@ def test_list(benchmark, impl, store, keys):
     benchmark.pedantic(run, rounds=ROUNDS)
 
 
+@pair
 def test_delete(benchmark, impl, keys, values):
     per_round(benchmark, impl, "delete", len(keys))
 

@@ -102,11 +102,11 @@ static unsigned char *new_item(ps_table *t, ps_mem *m, const void *key,
     return it;
 }
 
-static void drop_item(ps_table *t, const unsigned char *it)
+static void drop_item(ps_table *t, ps_mem *m, const unsigned char *it)
 {
     t->key_bytes -= ps_item_klen(it);
     t->value_bytes -= ps_item_vlen(it);
-    ps_arena_release(&t->arena, ps_item_size(it));
+    ps_arena_release(&t->arena, m, it, ps_item_size(it));
 }
 
 /* Copy live items into one fresh chunk, in order, and free the old
@@ -140,10 +140,26 @@ int ps_table_replace(ps_table *t, ps_mem *m, const ps_where *w,
 {
     unsigned char *old = t->entries[w->pos];
     uint32_t klen = ps_item_klen(old);
+    uint32_t old_vlen = ps_item_vlen(old);
+    if (vlen <= old_vlen) {
+        /* Values are often rewritten at the same size (counters, status
+         * fields): reuse the item's space. Its cache lines are hot from the
+         * lookup, and no new arena space is touched. A shorter value leaves
+         * its tail as dead space for the next compaction. */
+        uint32_t v32 = (uint32_t)vlen;
+        if (vlen)
+            memcpy(old + PS_ITEM_HEADER + klen, value, vlen);
+        memcpy(old + 4, &v32, 4);
+        if (vlen < old_vlen)
+            ps_arena_release(&t->arena, m, old + PS_ITEM_HEADER + klen + vlen, old_vlen - vlen);
+        t->value_bytes -= old_vlen - vlen;
+        after_write(t, m);
+        return 0;
+    }
     unsigned char *it = new_item(t, m, ps_item_key(old), klen, value, vlen);
     if (!it)
         return ENOMEM;
-    drop_item(t, old);
+    drop_item(t, m, old);
     t->entries[w->pos] = it;
     t->key_bytes += klen;
     t->value_bytes += vlen;
@@ -266,7 +282,7 @@ int ps_table_insert(ps_table *t, ps_mem *m, const ps_hasher *hs,
 
 void ps_table_remove(ps_table *t, ps_mem *m, const ps_hasher *hs, const ps_where *w)
 {
-    drop_item(t, t->entries[w->pos]);
+    drop_item(t, m, t->entries[w->pos]);
     t->entries[w->pos] = NULL;
     t->index[w->slot] = pos_mask(t->bits); /* DUMMY */
     t->n_live--;
@@ -311,7 +327,7 @@ int ps_table_check(const ps_table *t, const ps_hasher *hs)
     }
     if (live != t->n_live || kb != t->key_bytes || vb != t->value_bytes)
         return 4;
-    if (bytes != t->arena.live)
+    if (bytes != t->arena.live || ps_arena_check(&t->arena) != 0)
         return 5;
     if (t->index) {
         uint32_t used = 0, mask = pos_mask(t->bits);

@@ -10,9 +10,10 @@
  *            in `entries` and tag holds hash bits the slot number does not
  *            use, so most mismatches are rejected without touching the item.
  *   entries  item pointers in insertion order; NULL where a key was deleted.
- *            Overwriting a key replaces its pointer in place, so it keeps its
- *            position; a deleted key leaves a hole that the next rebuild
- *            squeezes out, keeping everyone else's order.
+ *            Overwriting a key keeps its position: a value that fits is
+ *            written over the old one, a longer one gets a new item whose
+ *            pointer replaces the old. A deleted key leaves a hole that the
+ *            next rebuild squeezes out, keeping everyone else's order.
  *   arena    the items themselves (see ps_arena.h).
  *
  * At most two thirds of the index is ever in use, holes and dummies
