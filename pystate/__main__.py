@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import pystate
+from pystate._codec import dumps
+
+
+def _json(value) -> str:
+    # Printed through pystate's own codec: the one place JSON is written.
+    return dumps(value).decode()
 
 
 def demo() -> int:
@@ -14,7 +19,7 @@ def demo() -> int:
     with pystate.State() as st:
         print(f"pystate {pystate.__version__} ({pystate.backend} backend), in-memory store")
         old = st.set("users", "ada", {"name": "Ada", "visits": 0, "tags": []})
-        print(f"set users/ada            -> old value {json.dumps(old)}")
+        print(f"set users/ada            -> old value {_json(old)}")
         st.set("users", "grace", {"name": "Grace", "visits": 3, "tags": ["admiral"]})
         r = st.update(
             "users",
@@ -25,15 +30,15 @@ def demo() -> int:
                 {"type": "increment", "path": "name", "by": 1},
             ],
         )
-        print(f"update users/ada         -> {json.dumps(r.new_value)}")
+        print(f"update users/ada         -> {_json(r.new_value)}")
         for e in r.errors:
             print(f"  op {e['op_index']} skipped: {e['code']}: {e['message']}")
-        print(f"list users               -> {json.dumps(st.list('users'))}")
-        print(f"list_groups              -> {json.dumps(st.list_groups())}")
+        print(f"list users               -> {_json(st.list('users'))}")
+        print(f"list_groups              -> {_json(st.list_groups())}")
         value = st.trigger("state::get", {"scope": "users", "key": "ada"})
-        print(f"trigger state::get       -> {json.dumps(value)}")
+        print(f"trigger state::get       -> {_json(value)}")
         assert value == {"name": "Ada", "visits": 1, "tags": ["math"]}, value
-        print(f"stats                    -> {json.dumps(st.stats())}")
+        print(f"stats                    -> {_json(st.stats())}")
     return 0
 
 

@@ -92,13 +92,25 @@ cdef void *_bytes_sink(void *ctx, size_t n) noexcept:
     return raw_bytes_data(b)
 
 
-cdef inline object _take(PyObject **slot):
+cdef struct _Out:
+    # A sink and the slot it fills: one per value a call may hand back.
+    ps_sink sink
+    PyObject *obj
+
+
+cdef inline void _out_init(_Out *o) noexcept:
+    o.obj = NULL
+    o.sink.alloc = _bytes_sink
+    o.sink.ctx = &o.obj
+
+
+cdef inline object _take(_Out *o):
     """Own the bytes a sink produced (None when it produced nothing)."""
-    if slot[0] == NULL:
+    if o.obj == NULL:
         return None
-    cdef object b = <object>slot[0]
-    Py_XDECREF(slot[0])
-    slot[0] = NULL
+    cdef object b = <object>o.obj
+    Py_XDECREF(o.obj)
+    o.obj = NULL
     return b
 
 
@@ -245,15 +257,13 @@ cdef class Store:
             raise ValueTooLargeError(
                 f"value of {n} bytes exceeds the configured max_value_bytes "
                 f"limit of {self._max_value_bytes}")
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         cdef int existed = 0
         self._open()  # encode() may have run code that closed us
         cdef int rc = ps_put(self._st, s, sl, k, kl, PyBytes_AS_STRING(data), n,
-                             &sink, &existed)
-        old = _take(&slot)
+                             &out.sink, &existed)
+        old = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "set")
         return decode(old) if existed else None
@@ -270,13 +280,11 @@ cdef class Store:
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         self._open()
-        cdef int rc = ps_get(self._st, s, sl, k, kl, &sink)
-        data = _take(&slot)
+        cdef int rc = ps_get(self._st, s, sl, k, kl, &out.sink)
+        data = _take(&out)
         if rc == PS_NOTFOUND:
             return default
         if rc:
@@ -294,13 +302,11 @@ cdef class Store:
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         self._open()
-        cdef int rc = ps_del(self._st, s, sl, k, kl, &sink)
-        old = _take(&slot)
+        cdef int rc = ps_del(self._st, s, sl, k, kl, &out.sink)
+        old = _take(&out)
         if rc == PS_NOTFOUND:
             return None
         if rc:
@@ -321,10 +327,8 @@ cdef class Store:
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         cdef int rc
         cdef bytes new_data
         cdef const char *expect
@@ -332,8 +336,8 @@ cdef class Store:
         cdef UpdateResult result
         while True:
             self._open()
-            rc = ps_get(self._st, s, sl, k, kl, &sink)
-            old_data = _take(&slot)
+            rc = ps_get(self._st, s, sl, k, kl, &out.sink)
+            old_data = _take(&out)
             if rc == PS_NOTFOUND:
                 old = None
                 new, errors = apply(None, True, ops)
@@ -375,13 +379,11 @@ cdef class Store:
         """
         cdef Py_ssize_t sl
         cdef const char *s = _text(scope, &sl, "scope")
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         self._open()
-        cdef int rc = ps_list(self._st, s, sl, &sink)
-        data = _take(&slot)
+        cdef int rc = ps_list(self._st, s, sl, &out.sink)
+        data = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "list")
         return decode(data)
@@ -394,15 +396,13 @@ cdef class Store:
         >>> st.list_groups()
         ['a', 'b']
         """
-        cdef PyObject *slot = NULL
-        cdef ps_sink sink
-        sink.alloc = _bytes_sink
-        sink.ctx = &slot
+        cdef _Out out
+        _out_init(&out)
         cdef size_t count = 0, i
         cdef uint32_t n
         self._open()
-        cdef int rc = ps_groups(self._st, &sink, &count)
-        data = _take(&slot)
+        cdef int rc = ps_groups(self._st, &out.sink, &count)
+        data = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "list_groups")
         cdef const char *p = PyBytes_AS_STRING(data)

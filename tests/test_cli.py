@@ -10,7 +10,7 @@ def test_demo_writes_updates_lists_and_reads_back(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pystate", "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "update users/ada         -> {\"name\": \"Ada\", \"visits\": 1, \"tags\": [\"math\"]}" in out
+    assert 'update users/ada         -> {"name":"Ada","visits":1,"tags":["math"]}' in out
     assert "op 2 skipped: increment.not_number" in out
     assert 'list_groups              -> ["users"]' in out
     assert "trigger state::get" in out

@@ -99,6 +99,21 @@ bad_ops = hs.sampled_from(
 op_lists = hs.lists(hs.one_of(wire_ops, wire_ops, short_ops), max_size=6)
 
 
+def nested(depth):
+    v = "leaf"
+    for i in range(depth):
+        v = [v] if i % 2 else {"n": v}
+    return v
+
+
+# Values the store must refuse: beyond 64-bit integers, NaN, infinities.
+not_json = hs.one_of(
+    hs.integers(min_value=U64_MAX + 1),
+    hs.integers(max_value=I64_MIN - 1),
+    hs.sampled_from([float("nan"), float("inf"), -float("inf")]),
+).map(lambda bad: {"ok": 1, "bad": [bad]})
+
+
 class StateMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -111,6 +126,18 @@ class StateMachine(RuleBasedStateMachine):
     @rule(scope=names, key=keys_, value=json_values)
     def set(self, scope, key, value):
         assert canon(self.real.set(scope, key, value)) == canon(self.model.set(scope, key, value))
+
+    @rule(scope=names, key=keys_, depth=hs.integers(20, 250))
+    def set_deep(self, scope, key, depth):
+        value = nested(depth)
+        assert canon(self.real.set(scope, key, value)) == canon(self.model.set(scope, key, value))
+
+    @rule(scope=names, key=keys_, value=not_json)
+    def set_refused(self, scope, key, value):
+        with pytest.raises(pystate.InvalidValueError):
+            self.real.set(scope, key, value)
+        with pytest.raises(pystate.InvalidValueError):
+            self.real.update(scope, key, [{"type": "set", "path": "x", "value": value}])
 
     @rule(scope=names, key=keys_)
     def get(self, scope, key):
