@@ -24,3 +24,22 @@ def values():
 @pytest.fixture(scope="session")
 def values2():
     return [make_value(i + 1) for i in range(N)]
+
+
+_shared: dict = {}
+
+
+@pytest.fixture(scope="session")
+def shared(keys, values):
+    """make(cls) for benchmarks that leave the store's keys as they were:
+    one filled store per implementation for the whole session."""
+
+    def make(cls):
+        if cls not in _shared:
+            st = cls()
+            for (s, k), v in zip(keys, values):
+                st.set(s, k, v)
+            _shared[cls] = st
+        return _shared[cls]
+
+    return make

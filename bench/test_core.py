@@ -1,141 +1,131 @@
 """pystate's in-memory core against the dict floor, same workload, same run.
 
-Each benchmark times one pass over all keys; divide by the key count for
-per-operation time (bench/ratios.py does it and prints the ratios).
+This machine's load drifts by tens of percent over minutes, so the two are
+measured in pairs: every round times one pass of the floor (in the round's
+setup, by hand) and then one pass of pystate (by pytest-benchmark), back to
+back. pytest-benchmark's statistics are pystate's; the floor's times ride
+along in ``extra_info["floor_times"]``. bench/ratios.py prints the ratios.
 
-    pytest bench/test_core.py --benchmark-json=bench-core.json
-    python bench/ratios.py bench-core.json
+    python -m pytest bench/test_core.py --benchmark-json=bench-core.json
+    python bench/ratios.py bench-core.json --memory
 """
 
 from __future__ import annotations
 
-import pytest
+import gc
+import time
 
 import pystate
 from workload import SCOPES, UPDATE_OPS, DictFloor
 
-IMPLS = {"dict_floor": DictFloor, "pystate": pystate.State}
-ROUNDS = 12
-_filled: dict = {}
-
-# Parametrized per test function, so the floor and pystate run back to back
-# for each operation: this machine's load drifts, and a pair measured
-# minutes apart would compare the drift rather than the code.
-pair = pytest.mark.parametrize("impl", list(IMPLS))
+ROUNDS = 15
 
 
-def filled(impl, keys, values):
-    st = IMPLS[impl]()
+def filled(cls, keys, values):
+    st = cls()
     for (s, k), v in zip(keys, values):
         st.set(s, k, v)
     return st
 
 
-@pytest.fixture
-def store(impl, keys, values):
-    """A filled store, built once per implementation and shared by the
-    benchmarks that leave its keys in place."""
-    if impl not in _filled:
-        _filled[impl] = filled(impl, keys, values)
-    return _filled[impl]
+def paired(benchmark, op, n, make, run):
+    """Benchmark run(pystate_store) against run(floor_store), in pairs.
 
-
-def per_round(benchmark, impl, op, n):
+    make(cls) returns a store for one round: a fresh one, or a shared one
+    for operations that leave it as it was.
+    """
     benchmark.group = op
-    benchmark.extra_info.update(impl=impl, op=op, ops_per_round=n)
-
-
-@pair
-def test_insert(benchmark, impl, keys, values):
-    per_round(benchmark, impl, "insert", len(keys))
+    floor_times: list[float] = []
+    benchmark.extra_info.update(op=op, ops_per_round=n, floor_times=floor_times)
 
     def setup():
-        return (IMPLS[impl](),), {}
+        floor = make(DictFloor)
+        ours = make(pystate.State)
+        gc.collect()
+        gc.disable()
+        try:
+            t = time.perf_counter()
+            run(floor)
+            floor_times.append(time.perf_counter() - t)
+        finally:
+            gc.enable()
+        gc.collect()
+        return (ours,), {}
 
+    def timed(st):
+        # The same conditions as the floor's pass, whatever the flags.
+        gc.disable()
+        try:
+            run(st)
+        finally:
+            gc.enable()
+
+    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
+
+
+def test_insert(benchmark, keys, values):
     def run(st):
         for (s, k), v in zip(keys, values):
             st.set(s, k, v)
 
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
+    paired(benchmark, "insert", len(keys), lambda cls: cls(), run)
 
 
-@pair
-def test_overwrite(benchmark, impl, store, keys, values, values2):
-    per_round(benchmark, impl, "overwrite", len(keys))
-    flip = [values2, values]
+def test_overwrite(benchmark, shared, keys, values, values2):
+    flip = {DictFloor: [values2, values], pystate.State: [values2, values]}
 
-    def run():
-        vs = flip[0]
-        flip.reverse()
-        for (s, k), v in zip(keys, vs):
-            st_set(s, k, v)
+    def run(st):
+        vs = flip[type(st)]
+        vs.reverse()  # alternate, so every pass really changes the values
+        for (s, k), v in zip(keys, vs[0]):
+            st.set(s, k, v)
 
-    st_set = store.set
-    benchmark.pedantic(run, rounds=ROUNDS)
+    paired(benchmark, "overwrite", len(keys), shared, run)
 
 
-@pair
-def test_get_hit(benchmark, impl, store, keys):
-    per_round(benchmark, impl, "get_hit", len(keys))
-    get = store.get
-
-    def run():
+def test_get_hit(benchmark, shared, keys):
+    def run(st):
+        get = st.get
         for s, k in keys:
             get(s, k)
 
-    benchmark.pedantic(run, rounds=ROUNDS)
+    paired(benchmark, "get_hit", len(keys), shared, run)
 
 
-@pair
-def test_get_miss(benchmark, impl, store, keys):
-    per_round(benchmark, impl, "get_miss", len(keys))
-    get = store.get
+def test_get_miss(benchmark, shared, keys):
     missing = [(s, k + "-missing") for s, k in keys]
 
-    def run():
+    def run(st):
+        get = st.get
         for s, k in missing:
             get(s, k)
 
-    benchmark.pedantic(run, rounds=ROUNDS)
+    paired(benchmark, "get_miss", len(keys), shared, run)
 
 
-@pair
-def test_update(benchmark, impl, keys, values):
-    per_round(benchmark, impl, "update", len(keys))
-
-    def setup():
-        return (filled(impl, keys, values),), {}
-
+def test_update(benchmark, keys, values):
     def run(st):
         update = st.update
         for s, k in keys:
             old, new, errors = update(s, k, UPDATE_OPS)
 
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
+    paired(benchmark, "update", len(keys), lambda cls: filled(cls, keys, values), run)
 
 
-@pair
-def test_list(benchmark, impl, store, keys):
-    per_round(benchmark, impl, "list", len(keys))  # per value listed
+def test_list(benchmark, shared, keys):
     scopes = [f"scope-{i}" for i in range(SCOPES)]
 
-    def run():
+    def run(st):
         for s in scopes:
-            store.list(s)
+            st.list(s)
 
-    benchmark.pedantic(run, rounds=ROUNDS)
+    paired(benchmark, "list", len(keys), shared, run)  # per value listed
 
 
-@pair
-def test_delete(benchmark, impl, keys, values):
-    per_round(benchmark, impl, "delete", len(keys))
-
-    def setup():
-        return (filled(impl, keys, values),), {}
-
+def test_delete(benchmark, keys, values):
     def run(st):
         delete = st.delete
         for s, k in keys:
             delete(s, k)
 
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS)
+    paired(benchmark, "delete", len(keys), lambda cls: filled(cls, keys, values), run)

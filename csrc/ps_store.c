@@ -151,39 +151,62 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     return rc;
 }
 
-int ps_list(ps_store *st, const char *scope, size_t slen, const ps_sink *out)
+/* Write "[" values[i..j) "]" into buf, skipping holes. */
+static void write_array(const ps_table *t, uint32_t i, uint32_t j, unsigned char *buf)
+{
+    unsigned char *p = buf;
+    *p++ = '[';
+    for (; i < j; i++) {
+        const unsigned char *it = t->entries[i];
+        if (!it)
+            continue;
+        if (p != buf + 1)
+            *p++ = ',';
+        uint32_t vlen = ps_item_vlen(it);
+        memcpy(p, ps_item_value(it), vlen);
+        p += vlen;
+    }
+    *p = ']';
+}
+
+int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch, const ps_sink *out)
 {
     int rc = 0;
     ps_where w;
     lock(st);
     ps_table *t = find_scope(st, scope, slen, &w);
-    /* Values are JSON texts, so "[" v1 "," v2 ... "]" is one JSON array
-     * the caller decodes in one pass instead of one call per value. */
-    size_t n = 2;
-    if (t) {
-        n += t->value_bytes;
-        if (t->n_live)
-            n += t->n_live - 1;
-    }
-    unsigned char *buf = out->alloc(out->ctx, n);
-    if (!buf) {
-        rc = ENOMEM;
-    } else {
-        unsigned char *p = buf;
-        *p++ = '[';
-        if (t) {
-            for (uint32_t i = 0; i < t->n_entries; i++) {
-                const unsigned char *it = t->entries[i];
-                if (!it)
-                    continue;
-                if (p != buf + 1)
-                    *p++ = ',';
-                uint32_t vlen = ps_item_vlen(it);
-                memcpy(p, ps_item_value(it), vlen);
-                p += vlen;
-            }
+    /* Values are JSON texts, so "[" v1 "," v2 ... "]" is a JSON array the
+     * caller decodes in one call. Several moderate arrays rather than one
+     * huge one: a decoder's working set then stays in cache, which
+     * measured faster than both one call per value and one call in all. */
+    uint32_t i = 0, end = t ? t->n_entries : 0;
+    int sent = 0;
+    while (rc == 0 && (i < end || !sent)) {
+        size_t size = 2, count = 0;
+        uint32_t j = i;
+        for (; j < end; j++) {
+            const unsigned char *it = t->entries[j];
+            if (!it)
+                continue;
+            size_t add = ps_item_vlen(it) + (count ? 1 : 0);
+            if (count && batch && size + add > batch)
+                break;
+            size += add;
+            count++;
         }
-        *p = ']';
+        if (!count && sent)
+            break; /* only holes were left */
+        unsigned char *buf = out->alloc(out->ctx, size);
+        if (!buf) {
+            rc = ENOMEM;
+            break;
+        }
+        if (count)
+            write_array(t, i, j, buf);
+        else
+            memcpy(buf, "[]", 2);
+        sent = 1;
+        i = j;
     }
     unlock(st);
     return rc;

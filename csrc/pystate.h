@@ -10,7 +10,7 @@
  * keys and values are byte strings given as (pointer, length) pairs and may
  * contain any byte, NUL included. The store never parses values: pystate's
  * binding stores JSON texts, and ps_list() relies on that (it joins values
- * into one JSON array). A scope exists exactly while it holds a key.
+ * into JSON arrays). A scope exists exactly while it holds a key.
  *
  * Keys of a scope keep their insertion order: overwriting a key keeps its
  * place, deleting a key keeps the order of the others, and a key inserted
@@ -124,10 +124,14 @@ void ps_store_close(ps_store *st);
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *value);
 
-/* Deliver all values of `scope`, in key order, as one JSON array text
- * "[v1,v2,...]" through `out` ("[]" for a scope that does not exist).
- * Returns PS_OK or ENOMEM. */
-int ps_list(ps_store *st, const char *scope, size_t slen, const ps_sink *out);
+/* Deliver all values of `scope`, in key order, as JSON array texts
+ * "[v1,v2,...]" through `out`: one call per array, each array at most
+ * `batch` bytes long (a single longer value gets an array of its own;
+ * batch 0 puts everything in one array). An empty or missing scope gives
+ * one "[]". All arrays come from one consistent state of the scope.
+ * Returns PS_OK or ENOMEM (what was delivered is then meaningless). */
+int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
+            const ps_sink *out);
 
 /* Deliver the names of all scopes, sorted bytewise (which is code point
  * order for UTF-8), packed as repeated [u32 length, little-endian][bytes].

@@ -49,7 +49,8 @@ cdef extern from "pystate.h" nogil:
 
     int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *value)
-    int ps_list(ps_store *st, const char *scope, size_t slen, const ps_sink *out)
+    int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
+                const ps_sink *out)
     int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
     void ps_stats_get(ps_store *st, ps_stats *out)
 

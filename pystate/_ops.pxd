@@ -1,1 +1,1 @@
-cpdef tuple apply(object current, bint missing, object ops)
+cdef object apply_into(object current, bint missing, object ops, list errors)

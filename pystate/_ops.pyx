@@ -461,7 +461,7 @@ cdef object _append_to(object target, object value, str label, Py_ssize_t index,
     return target
 
 
-cpdef tuple apply(object current, bint missing, object ops):
+def apply(current, missing, ops):
     """Apply ``ops`` in order and return ``(new_value, errors)``.
 
     ``current`` is the stored value, and is modified in place: pass a
@@ -472,6 +472,12 @@ cpdef tuple apply(object current, bint missing, object ops):
     skipped and reported in ``errors``, and the other ops still run.
     """
     cdef list errors = []
+    return apply_into(current, missing, ops, errors), errors
+
+
+cdef object apply_into(object current, bint missing, object ops, list errors):
+    """apply() for compiled callers: the new value is returned, and one
+    error per op that could not apply is appended to ``errors``."""
     cdef Py_ssize_t i, n
     cdef int kind
     cdef bint ok
@@ -620,4 +626,4 @@ cpdef tuple apply(object current, bint missing, object ops):
                 errors.append(_error(
                     i, "remove.target_not_object",
                     f"Cannot remove at path '{path}': target is {_type_name(current)}, expected object."))
-    return current, errors
+    return current

@@ -216,6 +216,16 @@ def test_list_is_in_insertion_order(st):
     assert st.list("missing") == []
 
 
+def test_list_of_a_big_scope_is_complete_and_ordered(st):
+    # Big enough to come out of the core in several arrays.
+    values = [{"i": i, "pad": "x" * (i % 200)} for i in range(3000)]
+    for i, v in enumerate(values):
+        st.set("big", f"k{i}", v)
+    for i in range(0, 3000, 3):
+        st.delete("big", f"k{i}")
+    assert st.list("big") == [v for i, v in enumerate(values) if i % 3]
+
+
 def test_list_groups_sorted_unique_and_non_empty(st):
     for scope in ["b", "a", "é", "B", "a"]:
         st.set(scope, "k", 1)

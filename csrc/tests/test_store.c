@@ -105,17 +105,17 @@ TEST(list_joins_values_in_key_order)
     REQUIRE(st);
     buf_sink b = {0};
     ps_sink s = sink_of(&b);
-    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK_RC(ps_list(st, S("s"), 0, &s), PS_OK);
     CHECK(strcmp(b.data, "[]") == 0);
     put_str(st, "s", "b", "{\"x\":1}");
     put_str(st, "s", "a", "2");
     put_str(st, "s", "c", "\"three\"");
     put_str(st, "t", "a", "99");
     put_str(st, "s", "b", "null"); /* overwrite keeps its place */
-    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK_RC(ps_list(st, S("s"), 0, &s), PS_OK);
     CHECK(strcmp(b.data, "[null,2,\"three\"]") == 0);
     CHECK_RC(ps_del(st, S("s"), S("a"), NULL), PS_OK);
-    CHECK_RC(ps_list(st, S("s"), &s), PS_OK);
+    CHECK_RC(ps_list(st, S("s"), 0, &s), PS_OK);
     CHECK(strcmp(b.data, "[null,\"three\"]") == 0);
     buf_reset(&b);
     ps_store_close(st);
@@ -133,6 +133,65 @@ static int next_name(const char **p, const char *end, char *out, size_t cap)
     out[n] = 0;
     *p += 4 + n;
     return 1;
+}
+
+/* A sink that keeps every buffer it hands out, joined with '|'. */
+typedef struct multi_sink {
+    char text[4096];
+    size_t len;
+    char *pending[64];
+    size_t sizes[64];
+    int n;
+} multi_sink;
+
+static void *multi_alloc(void *ctx, size_t n)
+{
+    multi_sink *m = ctx;
+    m->pending[m->n] = malloc(n + 1);
+    m->sizes[m->n] = n;
+    return m->pending[m->n++];
+}
+
+static const char *multi_join(multi_sink *m)
+{
+    m->len = 0;
+    for (int i = 0; i < m->n; i++) {
+        if (i)
+            m->text[m->len++] = '|';
+        memcpy(m->text + m->len, m->pending[i], m->sizes[i]);
+        m->len += m->sizes[i];
+        free(m->pending[i]);
+    }
+    m->text[m->len] = 0;
+    m->n = 0;
+    return m->text;
+}
+
+TEST(list_splits_into_arrays_of_at_most_batch_bytes)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    multi_sink m = {.n = 0};
+    ps_sink s = {multi_alloc, &m};
+    CHECK_RC(ps_list(st, S("s"), 8, &s), PS_OK);
+    CHECK(strcmp(multi_join(&m), "[]") == 0);
+    put_str(st, "s", "a", "111");
+    put_str(st, "s", "b", "22");
+    put_str(st, "s", "c", "3");
+    put_str(st, "s", "d", "\"a long value\"");
+    put_str(st, "s", "e", "5");
+    ps_del(st, S("s"), S("c"), NULL); /* a hole in the middle */
+    CHECK_RC(ps_list(st, S("s"), 8, &s), PS_OK);
+    /* "[111,22]" is exactly 8 bytes; the long value gets its own array. */
+    CHECK(strcmp(multi_join(&m), "[111,22]|[\"a long value\"]|[5]") == 0);
+    CHECK_RC(ps_list(st, S("s"), 0, &s), PS_OK);
+    CHECK(strcmp(multi_join(&m), "[111,22,\"a long value\",5]") == 0);
+    CHECK_RC(ps_list(st, S("s"), 1, &s), PS_OK);
+    CHECK(strcmp(multi_join(&m), "[111]|[22]|[\"a long value\"]|[5]") == 0);
+    ps_del(st, S("s"), S("e"), NULL);
+    CHECK_RC(ps_list(st, S("s"), 8, &s), PS_OK);
+    CHECK(strcmp(multi_join(&m), "[111,22]|[\"a long value\"]") == 0);
+    ps_store_close(st);
 }
 
 TEST(groups_are_sorted_and_only_non_empty)
@@ -204,7 +263,7 @@ TEST(refusing_sink_changes_nothing)
     CHECK_RC(ps_get(st, S("s"), S("k"), &s), ENOMEM);
     CHECK_RC(ps_put(st, S("s"), S("k"), S("new"), &s, NULL), ENOMEM);
     CHECK_RC(ps_del(st, S("s"), S("k"), &s), ENOMEM);
-    CHECK_RC(ps_list(st, S("s"), &s), ENOMEM);
+    CHECK_RC(ps_list(st, S("s"), 0, &s), ENOMEM);
     size_t count;
     CHECK_RC(ps_groups(st, &s, &count), ENOMEM);
     buf_sink b = {0};
@@ -260,7 +319,7 @@ static void snapshot(ps_store *st, char *out, size_t cap)
     const char *p = g.data, *end = g.data + g.len;
     char name[128];
     while (next_name(&p, end, name, sizeof name)) {
-        if (ps_list(st, name, strlen(name), &ls) != PS_OK)
+        if (ps_list(st, name, strlen(name), 0, &ls) != PS_OK)
             abort();
         n += (size_t)snprintf(out + n, cap - n, "%s=%s;", name, l.data);
     }
@@ -393,7 +452,7 @@ TEST(random_run_matches_model)
                 REQUIRE(strcmp(b.data, m.val[sc][k]) == 0);
         } else {
             /* list must give the model's values in insertion order */
-            REQUIRE(ps_list(st, scope, strlen(scope), &s) == PS_OK);
+            REQUIRE(ps_list(st, scope, strlen(scope), 0, &s) == PS_OK);
             p = expect;
             *p++ = '[';
             long last = -1;
