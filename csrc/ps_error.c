@@ -16,6 +16,12 @@ const char *ps_strerror(int rc)
         return "the value changed since it was read";
     case PS_TOOBIG:
         return "scope, key or value longer than 4 GiB - 1";
+    case PS_CORRUPT:
+        return "a log file is damaged before its end";
+    case PS_LOCKED:
+        return "the store directory is in use by another process";
+    case PS_BADVERSION:
+        return "a log file was written in an unknown format version";
     }
     if (rc > 0)
         return strerror(rc);

@@ -1,36 +1,31 @@
 /*
  * ps_store.c - the public API of pystate.h: a registry of scopes, each a
- * ps_table, behind one mutex.
+ * ps_table, behind one mutex; for a file-based store, each change is
+ * logged by ps_disk.c before it is made.
  *
  * The registry is itself a ps_table mapping a scope name to the address of
- * that scope's table (8 bytes stored as the value), so scopes get the same
+ * its ps_scope (8 bytes stored as the value), so scopes get the same
  * hashing, order and memory accounting as keys.
  *
- * Why one mutex and not one per scope: every call here is short and never
- * waits on I/O, and the Python binding calls in with the GIL held, so the
- * lock is almost never contended; an uncontended lock costs two atomic
- * operations, a per-scope scheme would cost twice that on every call.
+ * Why one mutex and not one per scope: in memory every call is short and
+ * never waits on I/O, and the Python binding calls in with the GIL held, so
+ * the lock is almost never contended; an uncontended lock costs two atomic
+ * operations, a per-scope scheme twice that on every call. A file-based
+ * write holds it for one pwrite; the slow part, fdatasync, runs outside it
+ * (ps_disk_commit_wait).
  *
- * Every write follows the same order: look up, hand the old value to the
- * caller's sink, then change the table. A refusing sink or a failed
- * allocation therefore leaves the store exactly as it was.
+ * Every write follows the same order: look up; hand the old value to the
+ * caller's sink; allocate what the change will need; log it (file-based);
+ * change the table; unlock; wait for durability. Anything that fails before
+ * the change leaves the store exactly as it was.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ps_hash.h"
-#include "ps_mem.h"
-#include "ps_table.h"
-#include "pystate.h"
-
-struct ps_store {
-    pthread_mutex_t mu;
-    ps_mem mem;
-    ps_hasher hasher;
-    ps_table scopes; /* scope name -> (ps_table *) */
-};
+#include "ps_log.h"
+#include "ps_store_impl.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -44,23 +39,50 @@ static inline void unlock(ps_store *st)
     pthread_mutex_unlock(&st->mu);
 }
 
-static inline int too_long(size_t n)
+static int too_long(const ps_store *st, size_t slen, size_t klen, size_t vlen)
 {
-    return n > PS_MAX_LEN;
+    if (slen > PS_MAX_LEN || klen > PS_MAX_LEN || vlen > PS_MAX_LEN)
+        return 1;
+    /* A log record holds key and value in one u32-sized payload. */
+    return st->disk && (uint64_t)ps_varint_size(klen) + klen + vlen > PS_REC_MAX_PAYLOAD;
 }
 
-static ps_table *scope_table(const unsigned char *item)
-{
-    ps_table *t;
-    memcpy(&t, ps_item_value(item), sizeof t);
-    return t;
-}
-
-static ps_table *find_scope(ps_store *st, const char *scope, size_t slen, ps_where *w)
+ps_scope *ps_scope_find(ps_store *st, const void *name, size_t nlen, ps_where *w)
 {
     const unsigned char *it =
-        ps_table_find(&st->scopes, scope, slen, ps_hash(&st->hasher, scope, slen), w);
-    return it ? scope_table(it) : NULL;
+        ps_table_find(&st->scopes, name, nlen, ps_hash(&st->hasher, name, nlen), w);
+    return it ? ps_scope_of(it) : NULL;
+}
+
+ps_scope *ps_scope_add(ps_store *st, const ps_where *w, const void *name, size_t nlen)
+{
+    ps_scope *sc = ps_mem_alloc(&st->mem, sizeof *sc);
+    if (!sc)
+        return NULL;
+    ps_table_init(&sc->table);
+    sc->log = NULL;
+    if (ps_table_insert(&st->scopes, &st->mem, &st->hasher, w, name, nlen, &sc, sizeof sc) != 0) {
+        ps_mem_free(&st->mem, sc, sizeof *sc);
+        return NULL;
+    }
+    return sc;
+}
+
+void ps_scope_free(ps_store *st, ps_scope *sc)
+{
+    ps_table_free(&sc->table, &st->mem);
+    ps_mem_free(&st->mem, sc, sizeof *sc);
+}
+
+/* Remove an empty in-memory scope from the registry (w from its lookup).
+ * File-based scopes stay: their log outlives their keys until compaction
+ * removes it. */
+static void drop_if_empty(ps_store *st, ps_scope *sc, const ps_where *w)
+{
+    if (st->disk || sc->table.n_live)
+        return;
+    ps_table_remove(&st->scopes, &st->mem, &st->hasher, w);
+    ps_scope_free(st, sc);
 }
 
 static int deliver(const ps_sink *sink, const void *p, size_t n)
@@ -73,35 +95,12 @@ static int deliver(const ps_sink *sink, const void *p, size_t n)
     return 0;
 }
 
-static void free_scope_table(ps_store *st, ps_table *t)
-{
-    ps_table_free(t, &st->mem);
-    ps_mem_free(&st->mem, t, sizeof *t);
-}
-
-/* Create scope `scope` holding one key. Returns 0 or ENOMEM (no change). */
-static int create_scope(ps_store *st, const ps_where *sw, const char *scope, size_t slen,
-                        const char *key, size_t klen, const char *value, size_t vlen)
-{
-    ps_table *t = ps_mem_alloc(&st->mem, sizeof *t);
-    if (!t)
-        return ENOMEM;
-    ps_table_init(t);
-    ps_where kw;
-    uint64_t h = ps_hash(&st->hasher, key, klen);
-    (void)ps_table_find(t, key, klen, h, &kw);
-    int rc = ps_table_insert(t, &st->mem, &st->hasher, &kw, key, klen, value, vlen);
-    if (rc == 0)
-        rc = ps_table_insert(&st->scopes, &st->mem, &st->hasher, sw, scope, slen, &t, sizeof t);
-    if (rc)
-        free_scope_table(st, t);
-    return rc;
-}
-
 /* ---- lifecycle ---------------------------------------------------------- */
 
-int ps_store_open(ps_store **out, const ps_options *opts)
+int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
 {
+    if (report)
+        memset(report, 0, sizeof *report);
     const ps_allocator *a = opts && opts->allocator ? opts->allocator : &ps_libc_allocator;
     ps_store *st = a->malloc(a->ctx, sizeof *st);
     if (!st)
@@ -112,25 +111,34 @@ int ps_store_open(ps_store **out, const ps_options *opts)
         return ENOMEM;
     }
     st->mem.a = a;
-    st->mem.bytes = 0; /* the handle itself is not data: heap_bytes counts data */
     ps_hasher_init(&st->hasher, opts ? opts->hash_seed : 0);
     ps_table_init(&st->scopes);
+    if (opts && opts->path) {
+        int rc = ps_disk_open(st, opts, report);
+        if (rc) {
+            pthread_mutex_destroy(&st->mu);
+            a->free(a->ctx, st);
+            return rc;
+        }
+    }
     *out = st;
     return PS_OK;
 }
 
-void ps_store_close(ps_store *st)
+int ps_store_close(ps_store *st)
 {
     if (!st)
-        return;
+        return PS_OK;
+    int rc = st->disk ? ps_disk_close(st) : PS_OK;
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++)
         if (s->entries[i])
-            free_scope_table(st, scope_table(s->entries[i]));
+            ps_scope_free(st, ps_scope_of(s->entries[i]));
     ps_table_free(s, &st->mem);
     pthread_mutex_destroy(&st->mu);
     const ps_allocator *a = st->mem.a;
     a->free(a->ctx, st);
+    return rc;
 }
 
 /* ---- reads ---------------------------------------------------------------- */
@@ -141,9 +149,10 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     int rc = PS_NOTFOUND;
     ps_where w;
     lock(st);
-    ps_table *t = find_scope(st, scope, slen, &w);
-    if (t) {
-        const unsigned char *it = ps_table_find(t, key, klen, ps_hash(&st->hasher, key, klen), &w);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    if (sc) {
+        const unsigned char *it =
+            ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &w);
         if (it)
             rc = deliver(value, ps_item_value(it), ps_item_vlen(it));
     }
@@ -174,7 +183,8 @@ int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch, const ps
     int rc = 0;
     ps_where w;
     lock(st);
-    ps_table *t = find_scope(st, scope, slen, &w);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    const ps_table *t = sc ? &sc->table : NULL;
     /* Values are JSON texts, so "[" v1 "," v2 ... "]" is a JSON array the
      * caller decodes in one call. Several moderate arrays rather than one
      * huge one: a decoder's working set then stays in cache, which
@@ -232,24 +242,23 @@ int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
     int rc = 0;
     lock(st);
     ps_table *s = &st->scopes;
-    size_t k = s->n_live, total = 0;
+    size_t k = 0, total = 0;
     name_ref *names = NULL;
-    if (k) {
-        names = ps_mem_alloc(&st->mem, k * sizeof *names);
+    if (s->n_live) {
+        names = ps_mem_alloc(&st->mem, s->n_live * sizeof *names);
         if (!names) {
             unlock(st);
             return ENOMEM;
         }
     }
-    size_t j = 0;
     for (uint32_t i = 0; i < s->n_entries; i++) {
         const unsigned char *it = s->entries[i];
-        if (!it)
-            continue;
-        names[j].p = ps_item_key(it);
-        names[j].n = ps_item_klen(it);
-        total += 4 + names[j].n;
-        j++;
+        if (!it || ps_scope_of(it)->table.n_live == 0)
+            continue; /* a file-based scope whose keys are all deleted */
+        names[k].p = ps_item_key(it);
+        names[k].n = ps_item_klen(it);
+        total += 4 + names[k].n;
+        k++;
     }
     if (k > 1)
         qsort(names, k, sizeof *names, cmp_names);
@@ -269,10 +278,162 @@ int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
         if (count)
             *count = k;
     }
-    ps_mem_free(&st->mem, names, k * sizeof *names);
+    ps_mem_free(&st->mem, names, s->n_live * sizeof *names);
     unlock(st);
     return rc;
 }
+
+/* ---- writes -------------------------------------------------------------- */
+
+/* Store value at key in sc, logging it first in a file-based store.
+ * it/kw: the key's lookup in sc. */
+static int put_locked(ps_store *st, ps_scope *sc, const char *scope, size_t slen,
+                      const unsigned char *it, ps_where *kw, const char *key, size_t klen,
+                      const char *value, size_t vlen, ps_commit *c)
+{
+    ps_table *t = &sc->table;
+    ps_pending p;
+    size_t old_vlen = it ? ps_item_vlen(it) : 0;
+    int rc = it ? ps_table_prepare_replace(t, &st->mem, kw, value, vlen, &p)
+                : ps_table_prepare_insert(t, &st->mem, &st->hasher, kw, key, klen, value, vlen, &p);
+    if (rc)
+        return rc;
+    if (st->disk) {
+        rc = ps_disk_append(st, sc, scope, slen, PS_REC_PUT, key, klen, value, vlen, c);
+        if (rc) {
+            ps_table_abort(t, &st->mem, &p);
+            return rc;
+        }
+        if (it)
+            ps_disk_superseded(sc, klen, old_vlen);
+    }
+    if (it)
+        ps_table_commit_replace(t, &st->mem, kw, &p, value, vlen);
+    else
+        ps_table_commit_insert(t, kw, &p);
+    if (st->disk)
+        ps_disk_maybe_compact(st, sc, scope, slen);
+    return 0;
+}
+
+/* Find or create the scope (creation cannot leave an empty scope behind
+ * in memory: a failed write drops it again). */
+static ps_scope *scope_for_write(ps_store *st, const char *scope, size_t slen, ps_where *sw,
+                                 int *created)
+{
+    ps_scope *sc = ps_scope_find(st, scope, slen, sw);
+    *created = 0;
+    if (!sc) {
+        sc = ps_scope_add(st, sw, scope, slen);
+        if (sc) {
+            *created = 1;
+            (void)ps_scope_find(st, scope, slen, sw); /* the add moved things */
+        }
+    }
+    return sc;
+}
+
+int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
+           const char *value, size_t vlen, const ps_sink *old, int *existed)
+{
+    if (too_long(st, slen, klen, vlen))
+        return PS_TOOBIG;
+    int rc, created;
+    ps_where sw, kw;
+    ps_commit c = {NULL, 0, 0, -1};
+    lock(st);
+    ps_scope *sc = scope_for_write(st, scope, slen, &sw, &created);
+    if (!sc) {
+        unlock(st);
+        return ENOMEM;
+    }
+    const unsigned char *it =
+        ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    rc = (it && old) ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
+    if (rc == 0)
+        rc = put_locked(st, sc, scope, slen, it, &kw, key, klen, value, vlen, &c);
+    if (rc && created)
+        drop_if_empty(st, sc, &sw);
+    unlock(st);
+    if (rc == 0 && existed)
+        *existed = it != NULL;
+    if (rc == 0)
+        rc = ps_disk_commit_wait(st, &c);
+    return rc;
+}
+
+int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
+              const char *value, size_t vlen, const char *expect, size_t elen)
+{
+    if (too_long(st, slen, klen, vlen))
+        return PS_TOOBIG;
+    int rc, created = 0;
+    ps_where sw, kw;
+    ps_commit c = {NULL, 0, 0, -1};
+    lock(st);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &sw);
+    const unsigned char *it = NULL;
+    if (sc)
+        it = ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    if (!it) {
+        rc = expect ? PS_CONFLICT : 0;
+    } else if (!expect || ps_item_vlen(it) != elen ||
+               (elen && memcmp(ps_item_value(it), expect, elen) != 0)) {
+        rc = PS_CONFLICT;
+    } else {
+        rc = 0;
+    }
+    if (rc == 0 && !sc) {
+        sc = scope_for_write(st, scope, slen, &sw, &created);
+        if (!sc)
+            rc = ENOMEM;
+        else
+            (void)ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    }
+    if (rc == 0)
+        rc = put_locked(st, sc, scope, slen, it, &kw, key, klen, value, vlen, &c);
+    if (rc && created)
+        drop_if_empty(st, sc, &sw);
+    unlock(st);
+    if (rc == 0)
+        rc = ps_disk_commit_wait(st, &c);
+    return rc;
+}
+
+int ps_del(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
+           const ps_sink *old)
+{
+    int rc = PS_NOTFOUND;
+    ps_where sw, kw;
+    ps_commit c = {NULL, 0, 0, -1};
+    lock(st);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &sw);
+    if (sc) {
+        const unsigned char *it =
+            ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+        if (it) {
+            rc = old ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
+            if (rc == 0 && st->disk) {
+                size_t vlen = ps_item_vlen(it);
+                rc = ps_disk_append(st, sc, scope, slen, PS_REC_DEL, key, klen, NULL, 0, &c);
+                if (rc == 0)
+                    ps_disk_superseded(sc, klen, vlen);
+            }
+            if (rc == 0) {
+                ps_table_remove(&sc->table, &st->mem, &st->hasher, &kw);
+                if (st->disk)
+                    ps_disk_maybe_compact(st, sc, scope, slen);
+                drop_if_empty(st, sc, &sw);
+            }
+        }
+    }
+    unlock(st);
+    if (rc == 0)
+        rc = ps_disk_commit_wait(st, &c);
+    return rc;
+}
+
+/* ---- stats ------------------------------------------------------------------ */
 
 void ps_stats_get(ps_store *st, ps_stats *out)
 {
@@ -282,8 +443,8 @@ void ps_stats_get(ps_store *st, ps_stats *out)
     for (uint32_t i = 0; i < s->n_entries; i++) {
         if (!s->entries[i])
             continue;
-        const ps_table *t = scope_table(s->entries[i]);
-        out->scopes++;
+        const ps_table *t = &ps_scope_of(s->entries[i])->table;
+        out->scopes += t->n_live > 0;
         out->keys += t->n_live;
         out->key_bytes += t->key_bytes;
         out->value_bytes += t->value_bytes;
@@ -291,90 +452,6 @@ void ps_stats_get(ps_store *st, ps_stats *out)
     }
     out->heap_bytes = st->mem.bytes;
     unlock(st);
-}
-
-/* ---- writes -------------------------------------------------------------- */
-
-int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
-           const char *value, size_t vlen, const ps_sink *old, int *existed)
-{
-    if (too_long(slen) || too_long(klen) || too_long(vlen))
-        return PS_TOOBIG;
-    int rc, had = 0;
-    ps_where sw, kw;
-    lock(st);
-    ps_table *t = find_scope(st, scope, slen, &sw);
-    if (!t) {
-        rc = create_scope(st, &sw, scope, slen, key, klen, value, vlen);
-    } else {
-        const unsigned char *it =
-            ps_table_find(t, key, klen, ps_hash(&st->hasher, key, klen), &kw);
-        if (!it) {
-            rc = ps_table_insert(t, &st->mem, &st->hasher, &kw, key, klen, value, vlen);
-        } else {
-            had = 1;
-            rc = old ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
-            if (rc == 0)
-                rc = ps_table_replace(t, &st->mem, &kw, value, vlen);
-        }
-    }
-    unlock(st);
-    if (rc == 0 && existed)
-        *existed = had;
-    return rc;
-}
-
-int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
-              const char *value, size_t vlen, const char *expect, size_t elen)
-{
-    if (too_long(slen) || too_long(klen) || too_long(vlen))
-        return PS_TOOBIG;
-    int rc;
-    ps_where sw, kw;
-    lock(st);
-    ps_table *t = find_scope(st, scope, slen, &sw);
-    if (!t) {
-        rc = expect ? PS_CONFLICT
-                    : create_scope(st, &sw, scope, slen, key, klen, value, vlen);
-    } else {
-        const unsigned char *it =
-            ps_table_find(t, key, klen, ps_hash(&st->hasher, key, klen), &kw);
-        if (!it) {
-            rc = expect ? PS_CONFLICT
-                        : ps_table_insert(t, &st->mem, &st->hasher, &kw, key, klen, value, vlen);
-        } else if (!expect || ps_item_vlen(it) != elen ||
-                   (elen && memcmp(ps_item_value(it), expect, elen) != 0)) {
-            rc = PS_CONFLICT;
-        } else {
-            rc = ps_table_replace(t, &st->mem, &kw, value, vlen);
-        }
-    }
-    unlock(st);
-    return rc;
-}
-
-int ps_del(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
-           const ps_sink *old)
-{
-    int rc = PS_NOTFOUND;
-    ps_where sw, kw;
-    lock(st);
-    ps_table *t = find_scope(st, scope, slen, &sw);
-    if (t) {
-        const unsigned char *it =
-            ps_table_find(t, key, klen, ps_hash(&st->hasher, key, klen), &kw);
-        if (it) {
-            rc = old ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
-            if (rc == 0) {
-                ps_table_remove(t, &st->mem, &st->hasher, &kw);
-                if (t->n_live == 0) {
-                    /* A scope exists exactly while it holds a key. */
-                    ps_table_remove(&st->scopes, &st->mem, &st->hasher, &sw);
-                    free_scope_table(st, t);
-                }
-            }
-        }
-    }
-    unlock(st);
-    return rc;
+    if (st->disk)
+        ps_disk_stats(st, out);
 }

@@ -135,36 +135,58 @@ static void after_write(ps_table *t, ps_mem *m)
         compact_arena(t, m);
 }
 
-int ps_table_replace(ps_table *t, ps_mem *m, const ps_where *w,
-                     const void *value, size_t vlen)
+int ps_table_prepare_replace(ps_table *t, ps_mem *m, const ps_where *w,
+                             const void *value, size_t vlen, ps_pending *p)
+{
+    const unsigned char *old = t->entries[w->pos];
+    p->item = NULL;
+    /* Values are often rewritten at the same size (counters, status
+     * fields): a value that fits is written over the old one at commit.
+     * Its cache lines are hot from the lookup, and no arena space is used. */
+    if (vlen <= ps_item_vlen(old))
+        return 0;
+    p->item = new_item(t, m, ps_item_key(old), ps_item_klen(old), value, vlen);
+    return p->item ? 0 : ENOMEM;
+}
+
+void ps_table_commit_replace(ps_table *t, ps_mem *m, const ps_where *w, const ps_pending *p,
+                             const void *value, size_t vlen)
 {
     unsigned char *old = t->entries[w->pos];
-    uint32_t klen = ps_item_klen(old);
-    uint32_t old_vlen = ps_item_vlen(old);
-    if (vlen <= old_vlen) {
-        /* Values are often rewritten at the same size (counters, status
-         * fields): reuse the item's space. Its cache lines are hot from the
-         * lookup, and no new arena space is touched. A shorter value leaves
-         * its tail as dead space for the next compaction. */
+    uint32_t klen = ps_item_klen(old), old_vlen = ps_item_vlen(old);
+    if (!p->item) {
         uint32_t v32 = (uint32_t)vlen;
         if (vlen)
             memcpy(old + PS_ITEM_HEADER + klen, value, vlen);
         memcpy(old + 4, &v32, 4);
+        /* A shorter value leaves its old tail as dead space. */
         if (vlen < old_vlen)
             ps_arena_release(&t->arena, m, old + PS_ITEM_HEADER + klen + vlen, old_vlen - vlen);
         t->value_bytes -= old_vlen - vlen;
-        after_write(t, m);
-        return 0;
+    } else {
+        drop_item(t, m, old);
+        t->entries[w->pos] = p->item;
+        t->key_bytes += klen;
+        t->value_bytes += vlen;
     }
-    unsigned char *it = new_item(t, m, ps_item_key(old), klen, value, vlen);
-    if (!it)
-        return ENOMEM;
-    drop_item(t, m, old);
-    t->entries[w->pos] = it;
-    t->key_bytes += klen;
-    t->value_bytes += vlen;
     after_write(t, m);
-    return 0;
+}
+
+int ps_table_replace(ps_table *t, ps_mem *m, const ps_where *w,
+                     const void *value, size_t vlen)
+{
+    ps_pending p;
+    int rc = ps_table_prepare_replace(t, m, w, value, vlen, &p);
+    if (rc == 0)
+        ps_table_commit_replace(t, m, w, &p, value, vlen);
+    return rc;
+}
+
+void ps_table_abort(ps_table *t, ps_mem *m, ps_pending *p)
+{
+    if (p->item)
+        ps_arena_release(&t->arena, m, p->item, ps_item_size(p->item));
+    p->item = NULL;
 }
 
 /* Smallest index size that leaves room for twice `n` keys. */
@@ -258,26 +280,40 @@ static int reserve_position(ps_table *t, ps_mem *m, const ps_hasher *hs, ps_wher
     return 0;
 }
 
+int ps_table_prepare_insert(ps_table *t, ps_mem *m, const ps_hasher *hs, ps_where *w,
+                            const void *key, size_t klen, const void *value, size_t vlen,
+                            ps_pending *p)
+{
+    p->item = NULL;
+    int rc = reserve_position(t, m, hs, w);
+    if (rc)
+        return rc;
+    p->item = new_item(t, m, key, klen, value, vlen);
+    return p->item ? 0 : ENOMEM;
+}
+
+void ps_table_commit_insert(ps_table *t, const ps_where *w, const ps_pending *p)
+{
+    uint32_t pos = t->n_entries++;
+    t->entries[pos] = p->item;
+    if (t->index[w->slot] == 0)
+        t->n_filled++;
+    t->index[w->slot] = tag_of(w->hash, pos_mask(t->bits)) | (pos + 1);
+    t->n_live++;
+    t->key_bytes += ps_item_klen(p->item);
+    t->value_bytes += ps_item_vlen(p->item);
+}
+
 int ps_table_insert(ps_table *t, ps_mem *m, const ps_hasher *hs,
                     const ps_where *where, const void *key, size_t klen,
                     const void *value, size_t vlen)
 {
     ps_where w = *where;
-    int rc = reserve_position(t, m, hs, &w);
-    if (rc)
-        return rc;
-    unsigned char *it = new_item(t, m, key, klen, value, vlen);
-    if (!it)
-        return ENOMEM;
-    uint32_t pos = t->n_entries++;
-    t->entries[pos] = it;
-    if (t->index[w.slot] == 0)
-        t->n_filled++;
-    t->index[w.slot] = tag_of(w.hash, pos_mask(t->bits)) | (pos + 1);
-    t->n_live++;
-    t->key_bytes += klen;
-    t->value_bytes += vlen;
-    return 0;
+    ps_pending p;
+    int rc = ps_table_prepare_insert(t, m, hs, &w, key, klen, value, vlen, &p);
+    if (rc == 0)
+        ps_table_commit_insert(t, &w, &p);
+    return rc;
 }
 
 void ps_table_remove(ps_table *t, ps_mem *m, const ps_hasher *hs, const ps_where *w)

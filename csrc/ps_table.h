@@ -110,6 +110,26 @@ int ps_table_insert(ps_table *t, ps_mem *m, const ps_hasher *hs,
                     const ps_where *w, const void *key, size_t klen,
                     const void *value, size_t vlen);
 
+/* The same two writes in two steps, for callers that must do something
+ * that can fail in between (a file-based store appends to its log): first
+ * everything that can fail (allocation), then the change, which cannot.
+ * Between prepare and commit nothing else may touch the table; abort
+ * instead of commit gives the prepared space back. */
+typedef struct ps_pending {
+    unsigned char *item; /* a new item, or NULL: write over the old value */
+} ps_pending;
+
+int ps_table_prepare_replace(ps_table *t, ps_mem *m, const ps_where *w,
+                             const void *value, size_t vlen, ps_pending *p);
+void ps_table_commit_replace(ps_table *t, ps_mem *m, const ps_where *w, const ps_pending *p,
+                             const void *value, size_t vlen);
+/* May move the table around: updates *w. */
+int ps_table_prepare_insert(ps_table *t, ps_mem *m, const ps_hasher *hs, ps_where *w,
+                            const void *key, size_t klen, const void *value, size_t vlen,
+                            ps_pending *p);
+void ps_table_commit_insert(ps_table *t, const ps_where *w, const ps_pending *p);
+void ps_table_abort(ps_table *t, ps_mem *m, ps_pending *p);
+
 /* Remove the key found at *w. Cannot fail. */
 void ps_table_remove(ps_table *t, ps_mem *m, const ps_hasher *hs,
                      const ps_where *w);

@@ -26,10 +26,19 @@
  * Threads
  * -------
  * All functions taking a ps_store may be called from any thread at the same
- * time: each one locks the store for its (short, never blocking on I/O)
- * duration. ps_store_close() must not race with any other call on the same
- * store. A sink's alloc function is called with the store locked: it must
- * not call back into the store.
+ * time: each one locks the store for its duration. In memory that is short
+ * and never waits on I/O; in a file-based store a write holds the lock for
+ * its append (one pwrite), while fdatasync runs outside it, shared by
+ * concurrent writers (group commit). ps_store_close() must not race with
+ * any other call on the same store. A sink's alloc function is called with
+ * the store locked: it must not call back into the store.
+ *
+ * Durability
+ * ----------
+ * A file-based store writes every change to the scope's log before it
+ * changes memory, and returns only once the write has reached the
+ * operating system: a killed process loses nothing acknowledged. What
+ * survives a machine crash depends on the sync mode (ps_sync_mode).
  *
  * Return codes
  * ------------
@@ -58,7 +67,17 @@ enum ps_rc {
     PS_NOTFOUND = -30800, /* the scope or key does not exist */
     PS_CONFLICT = -30799, /* ps_put_if: the current value is not the expected one */
     PS_TOOBIG = -30798,   /* a scope, key or value is longer than PS_MAX_LEN */
-    PS_RC_END = -30797    /* sentinel: one past the last code */
+    PS_CORRUPT = -30797,  /* a log is damaged before its end (see ps_store_open) */
+    PS_LOCKED = -30796,   /* another process has the store directory open */
+    PS_BADVERSION = -30795, /* a log was written in an unknown format version */
+    PS_RC_END = -30794    /* sentinel: one past the last code */
+};
+
+/* When a file-based store makes its writes durable (see ps_options.sync). */
+enum ps_sync_mode {
+    PS_SYNC_INTERVAL = 0, /* a background fdatasync every sync_interval_ms */
+    PS_SYNC_NEVER = 1,    /* never: the operating system writes back when it likes */
+    PS_SYNC_ALWAYS = 2    /* fdatasync before every write returns (group commit) */
 };
 
 /* Longest scope, key or value the store accepts, in bytes. */
@@ -86,7 +105,49 @@ typedef struct ps_options {
      * hostile keys cannot be chosen to collide. Tests set it to get
      * repeatable layouts. */
     uint64_t hash_seed;
+
+    /* ---- file-based stores ---- */
+    /* NULL: an in-memory store. Else a directory (created if missing; its
+     * parent must exist) holding one append-only log per scope. The
+     * string is copied. */
+    const char *path;
+    int sync;                  /* a ps_sync_mode */
+    uint32_t sync_interval_ms; /* PS_SYNC_INTERVAL's period; 0: 5000 */
+    /* Damage followed by valid records makes open fail with PS_CORRUPT.
+     * Non-zero: salvage every valid record instead, keeping the damaged
+     * file beside the store as <file>.corrupt-<n>. */
+    int repair;
+    uint32_t max_open_files;   /* log files kept open at once; 0: 256 */
+    /* Compact a log once its dead bytes exceed both its live bytes and
+     * this many bytes; 0: 1 MiB. */
+    uint64_t compact_min_dead;
+    /* Testing aid: called at each step of a compaction (PS_HOOK_*), with
+     * the store locked. NULL: no calls. */
+    void (*hook)(void *ctx, int point);
+    void *hook_ctx;
 } ps_options;
+
+/* Points at which ps_options.hook is called during a compaction. */
+enum ps_hook_point {
+    PS_HOOK_COMPACT_WRITTEN = 1, /* new log written, not yet synced */
+    PS_HOOK_COMPACT_SYNCED = 2,  /* new log synced, not yet renamed */
+    PS_HOOK_COMPACT_RENAMED = 3, /* renamed over the old log, directory not synced */
+    PS_HOOK_COMPACT_DONE = 4     /* directory synced */
+};
+
+/* What opening a file-based store found and did. Also what ps_check found. */
+typedef struct ps_report {
+    uint64_t logs;        /* log files read */
+    uint64_t records;     /* valid records replayed (or checked) */
+    uint64_t torn_tails;  /* logs whose damaged end was cut off */
+    uint64_t bytes_cut;   /* bytes cut off those ends */
+    uint64_t repaired;    /* damaged logs salvaged (repair) */
+    uint64_t records_lost;/* repair: records that could not be salvaged (0 or more) */
+    uint64_t stray_files; /* leftovers of interrupted compactions removed */
+    /* When a call fails, or ps_check finds a problem: what and where, as
+     * one line naming the file and the byte offset. Empty otherwise. */
+    char message[1024];
+} ps_report;
 
 /* Where the store delivers a value it hands out: it calls
  * alloc(ctx, n) once, writes exactly n bytes at the address returned and
@@ -98,7 +159,7 @@ typedef struct ps_sink {
     void *ctx;
 } ps_sink;
 
-/* Counters returned by ps_stats(). */
+/* Counters returned by ps_stats_get(). */
 typedef struct ps_stats {
     uint64_t scopes;      /* scopes holding at least one key */
     uint64_t keys;        /* keys in all scopes */
@@ -106,16 +167,28 @@ typedef struct ps_stats {
     uint64_t value_bytes; /* sum of value lengths */
     uint64_t dead_bytes;  /* space of overwritten/deleted values not yet reclaimed */
     uint64_t heap_bytes;  /* memory the store holds from its allocator */
+    uint64_t log_bytes;   /* file-based: bytes in all logs */
+    uint64_t log_dead_bytes; /* file-based: log bytes compaction would drop */
+    uint64_t compactions; /* file-based: logs rewritten since open */
 } ps_stats;
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-/* Create an empty in-memory store in *out. opts may be NULL (defaults).
- * Returns PS_OK or ENOMEM. On failure *out is left unchanged. */
-int ps_store_open(ps_store **out, const ps_options *opts);
+/* Open a store in *out. opts may be NULL (an in-memory store with
+ * defaults). A file-based store replays every log of its directory: a
+ * damaged end (a torn tail) is cut off and counted; damage followed by a
+ * valid record fails with PS_CORRUPT and changes nothing on disk, unless
+ * opts->repair. report, when not NULL, receives what was found and, on
+ * failure, a message naming the file and offset.
+ * Returns PS_OK, ENOMEM, PS_LOCKED (another process has the directory),
+ * PS_CORRUPT, PS_BADVERSION, or an errno from the file system. On failure
+ * *out is left unchanged. */
+int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report);
 
-/* Free the store and everything in it. NULL is accepted. */
-void ps_store_close(ps_store *st);
+/* Make every write durable (file-based, whatever the sync mode), stop the
+ * background thread, free the store. NULL is accepted. Returns PS_OK or
+ * the errno of a failed final sync; the store is freed either way. */
+int ps_store_close(ps_store *st);
 
 /* ---- reads --------------------------------------------------------------- */
 
@@ -146,8 +219,11 @@ void ps_stats_get(ps_store *st, ps_stats *out);
 /* Store `value` at (scope, key), creating the scope if needed.
  * If the key existed, *existed is set to 1 and, when `old` is not NULL,
  * the previous value is delivered through it; otherwise *existed is 0.
- * existed may be NULL. Returns PS_OK, PS_TOOBIG or ENOMEM. On failure the
- * store is unchanged, and whatever `old` received is meaningless. */
+ * existed may be NULL. Returns PS_OK, PS_TOOBIG, ENOMEM, or for a
+ * file-based store the errno of a failed write or sync (ENOSPC, EIO...).
+ * On failure the store is unchanged (a failed sync excepted: the write
+ * was made but is not known durable), and whatever `old` received is
+ * meaningless. */
 int ps_put(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const char *value, size_t vlen, const ps_sink *old,
            int *existed);
@@ -167,6 +243,33 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key,
  * Cannot otherwise fail. */
 int ps_del(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *old);
+
+/* ---- durability (file-based stores; in memory they do nothing) ------------- */
+
+/* fdatasync every log written since its last sync. Returns PS_OK or errno. */
+int ps_sync(ps_store *st);
+
+/* Rewrite the log of `scope` (NULL: of every scope) to hold only its live
+ * records, crash-safely: new file, fdatasync, rename over the old one,
+ * fsync of the directory. Returns PS_OK or an errno (the old log is then
+ * kept as it was). */
+int ps_compact(ps_store *st, const char *scope, size_t slen);
+
+/* Read every log again and verify each record and that replaying them
+ * gives exactly the keys and values in memory. Changes nothing. Returns
+ * PS_OK, PS_CORRUPT (report->message says where) or an errno. */
+int ps_check(ps_store *st, ps_report *report);
+
+/* What opening the store found (copied into *out). */
+void ps_recovery_get(ps_store *st, ps_report *out);
+
+/* Per-scope figures, for every scope holding a key or a log file, packed
+ * as repeated [u32 name length][name][u64 keys][u64 live_bytes]
+ * [u64 dead_bytes][u64 file_bytes] (little-endian) through `out`. *count
+ * receives the number of scopes. live_bytes are the log bytes holding
+ * current values; dead_bytes the rest of the records. Returns PS_OK or
+ * ENOMEM. */
+int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count);
 
 /* ---- misc ----------------------------------------------------------------- */
 

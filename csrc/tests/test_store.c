@@ -19,7 +19,7 @@ static ps_store *open_store(const ps_allocator *a)
     o.allocator = a;
     o.hash_seed = 7;
     ps_store *st = NULL;
-    if (ps_store_open(&st, &o) != PS_OK)
+    if (ps_store_open(&st, &o, NULL) != PS_OK)
         return NULL;
     return st;
 }
@@ -384,7 +384,7 @@ TEST(open_fails_cleanly_without_memory)
     memset(&o, 0, sizeof o);
     o.allocator = &a;
     ps_store *st = (ps_store *)&ta; /* must stay untouched */
-    CHECK_RC(ps_store_open(&st, &o), ENOMEM);
+    CHECK_RC(ps_store_open(&st, &o, NULL), ENOMEM);
     CHECK(st == (ps_store *)&ta);
     CHECK(ta.live == 0);
 }

@@ -1,0 +1,1441 @@
+/*
+ * ps_disk.c - the file-based store: one append-only log per scope
+ * (format in ps_log.h), replayed at open, appended before every change,
+ * synced by policy, compacted when mostly dead.
+ *
+ * Directory layout
+ *   LOCK                 flock(2)ed while a process has the store open
+ *   <16 hex>[-<n>].log   one log per scope; the name is XXH3-64 of the
+ *                        scope name, so any scope (empty, "/", "..", NUL,
+ *                        10,000 characters, case twins) gives a safe name;
+ *                        the real name is inside the file
+ *   <log>.compact        a compaction in progress (removed at open)
+ *   <log>.corrupt-<n>    a damaged log kept aside by repair, byte for byte
+ *
+ * Durability
+ *   A write is pwrite()n before memory changes and before the call
+ *   returns, so a killed process loses nothing acknowledged. fdatasync
+ *   then follows the sync mode: after every write (sync=always; concurrent
+ *   writers wait for one leader's sync, a group commit), from a background
+ *   thread every interval (sync=interval), or never. New log files and
+ *   renames also need the directory synced; the same policy covers it.
+ *
+ * Recovery
+ *   Open reads every log before changing anything. A log whose damage has
+ *   no valid record after it has a torn tail, which is cut off; damage
+ *   with valid records after it is corruption: open fails (nothing on disk
+ *   changed) or, with repair, salvages every valid record and moves the
+ *   damaged file aside.
+ *
+ * Locks
+ *   st->mu guards logs' metadata and appends; disk->sync_mu guards what
+ *   is known durable. fdatasync never runs under st->mu: the thread doing
+ *   it works on a private descriptor (dup, or a fresh open by name), so a
+ *   log's own descriptor can be closed or replaced meanwhile.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ps_log.h"
+#include "ps_store_impl.h"
+
+#define LOG_SUFFIX ".log"
+#define COMPACT_SUFFIX ".compact"
+#define NAME_MAX_LEN 48
+#define DEFAULT_INTERVAL_MS 5000
+#define DEFAULT_MAX_OPEN 256
+#define DEFAULT_COMPACT_MIN_DEAD (1u << 20)
+#define WRITE_BUFFER (1u << 20)
+
+struct ps_logf {
+    char name[NAME_MAX_LEN]; /* file name in the directory */
+    int fd;                  /* -1 while not open */
+    uint64_t hsize;          /* header bytes */
+    uint64_t size;           /* header plus whole records */
+    uint64_t next_seq;
+    uint64_t live;           /* record bytes holding current values */
+    uint64_t gen;            /* bumped when compaction replaces the file */
+    _Atomic uint64_t appended; /* size, readable without st->mu */
+    /* under disk->sync_mu */
+    uint64_t durable;        /* bytes of generation durable_gen known durable */
+    uint64_t durable_gen;
+    int syncing;
+    int broken;              /* errno of a failed fdatasync: writes refused */
+    int present;             /* the file exists (an emptied scope's log is removed) */
+    /* LRU of open descriptors, most recent first, under st->mu */
+    ps_logf *prev, *next;
+};
+
+struct ps_disk {
+    char *path;
+    size_t path_cap;
+    int dirfd;
+    int lockfd;
+    int sync_mode;
+    uint32_t interval_ms;
+    uint32_t max_open;
+    uint32_t n_open;
+    uint64_t compact_min_dead;
+    ps_logf *lru_head, *lru_tail;
+    unsigned char *scratch;
+    size_t scratch_cap;
+    ps_report recovery;
+    uint64_t compactions;
+    void (*hook)(void *, int);
+    void *hook_ctx;
+    int repair;
+    /* durability */
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    int dir_dirty; /* under sync_mu: entries created or renamed, dir not synced */
+    /* background sync thread (sync=interval) */
+    pthread_t thread;
+    int thread_running;
+    int stopping; /* under sync_mu */
+};
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static void report(ps_report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void report(ps_report *rep, const char *fmt, ...)
+{
+    if (!rep)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rep->message, sizeof rep->message, fmt, ap);
+    va_end(ap);
+}
+
+/* A printable, bounded rendering of a scope name for messages. */
+static void printable(char *out, size_t cap, const void *name, size_t n)
+{
+    const unsigned char *p = name;
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 5 < cap; i++) {
+        unsigned char c = p[i];
+        if (c >= 0x20 && c != 0x7f && c != '\\' && c != '\'')
+            out[j++] = (char)c;
+        else
+            j += (size_t)snprintf(out + j, cap - j, "\\x%02x", c);
+    }
+    out[j] = 0;
+}
+
+static int fsync_dir(ps_disk *d)
+{
+    while (fsync(d->dirfd) != 0) {
+        if (errno != EINTR)
+            return errno;
+    }
+    return 0;
+}
+
+static int datasync(int fd)
+{
+    while (fdatasync(fd) != 0) {
+        if (errno != EINTR)
+            return errno;
+    }
+    return 0;
+}
+
+static void hook(ps_disk *d, int point)
+{
+    if (d->hook)
+        d->hook(d->hook_ctx, point);
+}
+
+static int ensure_scratch(ps_store *st, size_t n)
+{
+    ps_disk *d = st->disk;
+    if (n <= d->scratch_cap)
+        return 0;
+    size_t cap = d->scratch_cap ? d->scratch_cap : 4096;
+    while (cap < n)
+        cap *= 2;
+    unsigned char *p = ps_mem_realloc(&st->mem, d->scratch, d->scratch_cap, cap);
+    if (!p)
+        return ENOMEM;
+    d->scratch = p;
+    d->scratch_cap = cap;
+    return 0;
+}
+
+/* Give back a scratch buffer that a huge value grew. */
+static void trim_scratch(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (d->scratch_cap > (4u << 20)) {
+        ps_mem_free(&st->mem, d->scratch, d->scratch_cap);
+        d->scratch = NULL;
+        d->scratch_cap = 0;
+    }
+}
+
+/* ---- descriptors: at most max_open logs keep one open -------------------------- */
+
+static void lru_unlink(ps_disk *d, ps_logf *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        d->lru_head = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    else
+        d->lru_tail = l->prev;
+    l->prev = l->next = NULL;
+}
+
+static void lru_push(ps_disk *d, ps_logf *l)
+{
+    l->prev = NULL;
+    l->next = d->lru_head;
+    if (d->lru_head)
+        d->lru_head->prev = l;
+    d->lru_head = l;
+    if (!d->lru_tail)
+        d->lru_tail = l;
+}
+
+static void log_close_fd(ps_disk *d, ps_logf *l)
+{
+    if (l->fd < 0)
+        return;
+    lru_unlink(d, l);
+    close(l->fd);
+    l->fd = -1;
+    d->n_open--;
+}
+
+/* Make l's descriptor open and most recently used. */
+static int log_fd(ps_disk *d, ps_logf *l)
+{
+    if (l->fd >= 0) {
+        if (d->lru_head != l) {
+            lru_unlink(d, l);
+            lru_push(d, l);
+        }
+        return 0;
+    }
+    while (d->n_open >= d->max_open && d->lru_tail)
+        log_close_fd(d, d->lru_tail);
+    int fd = openat(d->dirfd, l->name, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    l->fd = fd;
+    lru_push(d, l);
+    d->n_open++;
+    return 0;
+}
+
+/* A descriptor of l's file for a thread working outside st->mu. */
+static int private_fd(ps_disk *d, ps_logf *l)
+{
+    if (l->fd >= 0)
+        return fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
+    return openat(d->dirfd, l->name, O_RDONLY | O_CLOEXEC);
+}
+
+static ps_logf *log_new(ps_store *st, const char *name)
+{
+    ps_logf *l = ps_mem_alloc(&st->mem, sizeof *l);
+    if (!l)
+        return NULL;
+    memset(l, 0, sizeof *l);
+    snprintf(l->name, sizeof l->name, "%s", name);
+    l->fd = -1;
+    l->next_seq = 1;
+    return l;
+}
+
+static void log_free(ps_store *st, ps_logf *l)
+{
+    log_close_fd(st->disk, l);
+    ps_mem_free(&st->mem, l, sizeof *l);
+}
+
+/* ---- creating a scope's log ----------------------------------------------------- */
+
+static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
+{
+    ps_disk *d = st->disk;
+    char name[NAME_MAX_LEN];
+    unsigned long long h = (unsigned long long)XXH3_64bits(scope, slen);
+    int fd = -1;
+    for (unsigned n = 0; fd < 0; n++) {
+        if (n == 0)
+            snprintf(name, sizeof name, "%016llx" LOG_SUFFIX, h);
+        else
+            snprintf(name, sizeof name, "%016llx-%u" LOG_SUFFIX, h, n);
+        while (d->n_open >= d->max_open && d->lru_tail)
+            log_close_fd(d, d->lru_tail);
+        fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno != EEXIST)
+            return errno;
+    }
+    size_t hsize = ps_log_header_size(slen);
+    int rc = ensure_scratch(st, hsize);
+    if (rc == 0) {
+        ps_log_header_encode(d->scratch, scope, slen);
+        rc = ps_file_append(fd, d->scratch, hsize, 0);
+    }
+    if (rc == 0 && d->sync_mode == PS_SYNC_ALWAYS) {
+        /* The first write must not be acknowledged before the file, and
+         * its name in the directory, are durable. */
+        rc = datasync(fd);
+        if (rc == 0)
+            rc = fsync_dir(d);
+    }
+    /* A scope whose log was removed (all its keys deleted, then compacted)
+     * gets its struct back: pointers to it may still be held by syncing
+     * threads, so a log struct lives as long as the store. */
+    ps_logf *l = rc ? NULL : sc->log ? sc->log : log_new(st, name);
+    if (!l) {
+        close(fd);
+        unlinkat(d->dirfd, name, 0);
+        return rc ? rc : ENOMEM;
+    }
+    snprintf(l->name, sizeof l->name, "%s", name);
+    l->present = 1;
+    l->next_seq = 1;
+    l->live = 0;
+    l->fd = fd;
+    lru_push(d, l);
+    d->n_open++;
+    l->hsize = l->size = hsize;
+    atomic_store(&l->appended, hsize);
+    pthread_mutex_lock(&d->sync_mu);
+    l->gen++;
+    l->durable_gen = l->gen;
+    l->durable = d->sync_mode == PS_SYNC_ALWAYS ? hsize : 0;
+    l->broken = 0;
+    if (d->sync_mode != PS_SYNC_ALWAYS)
+        d->dir_dirty = 1;
+    pthread_mutex_unlock(&d->sync_mu);
+    sc->log = l;
+    trim_scratch(st);
+    return 0;
+}
+
+/* ---- the write path ------------------------------------------------------------- */
+
+int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, int kind,
+                   const void *key, size_t klen, const void *value, size_t vlen, ps_commit *c)
+{
+    ps_disk *d = st->disk;
+    int rc;
+    if ((!sc->log || !sc->log->present) && (rc = create_log(st, sc, scope, slen)) != 0)
+        return rc;
+    ps_logf *l = sc->log;
+    if (l->broken)
+        return EIO; /* a failed fdatasync may have lost earlier writes */
+    size_t n = ps_rec_size(klen, vlen);
+    if ((rc = ensure_scratch(st, n)) != 0 || (rc = log_fd(d, l)) != 0)
+        return rc;
+    ps_rec_encode(d->scratch, kind, l->next_seq, key, klen, value, vlen);
+    rc = ps_file_append(l->fd, d->scratch, n, l->size);
+    trim_scratch(st);
+    if (rc)
+        return rc;
+    l->size += n;
+    l->next_seq++;
+    atomic_store_explicit(&l->appended, l->size, memory_order_release);
+    if (kind == PS_REC_PUT)
+        l->live += n;
+    if (d->sync_mode == PS_SYNC_ALWAYS) {
+        c->log = l;
+        c->gen = l->gen;
+        c->end = l->size;
+        c->fd = private_fd(d, l);
+        if (c->fd < 0) {
+            c->log = NULL;
+            return errno;
+        }
+    }
+    return 0;
+}
+
+void ps_disk_superseded(ps_scope *sc, size_t klen, size_t vlen)
+{
+    sc->log->live -= ps_rec_size(klen, vlen);
+}
+
+/* Is everything of c durable? Under sync_mu. */
+static int committed(const ps_logf *l, const ps_commit *c)
+{
+    return l->durable_gen > c->gen || (l->durable_gen == c->gen && l->durable >= c->end);
+}
+
+int ps_disk_commit_wait(ps_store *st, ps_commit *c)
+{
+    if (!c->log)
+        return 0;
+    ps_disk *d = st->disk;
+    ps_logf *l = c->log;
+    int rc = 0;
+    pthread_mutex_lock(&d->sync_mu);
+    while (!committed(l, c) && !l->broken) {
+        if (l->syncing) {
+            pthread_cond_wait(&d->sync_cv, &d->sync_mu);
+            continue;
+        }
+        /* Lead: one fdatasync covers every write appended before it starts,
+         * so writers that arrive meanwhile share the next one. */
+        l->syncing = 1;
+        uint64_t gen = l->gen, upto = atomic_load_explicit(&l->appended, memory_order_acquire);
+        pthread_mutex_unlock(&d->sync_mu);
+        int err = gen == c->gen ? datasync(c->fd) : 0;
+        pthread_mutex_lock(&d->sync_mu);
+        l->syncing = 0;
+        if (err)
+            l->broken = err;
+        else if (gen == l->durable_gen && upto > l->durable)
+            l->durable = upto;
+        pthread_cond_broadcast(&d->sync_cv);
+    }
+    if (!committed(l, c))
+        rc = l->broken ? l->broken : EIO;
+    pthread_mutex_unlock(&d->sync_mu);
+    close(c->fd);
+    c->fd = -1;
+    c->log = NULL;
+    return rc;
+}
+
+/* ---- compaction --------------------------------------------------------------------- */
+
+/* A buffered writer for rewriting a log. */
+typedef struct writer {
+    int fd;
+    uint64_t off;
+    unsigned char *buf;
+    size_t used, cap;
+    int err;
+} writer;
+
+static void w_flush(writer *w)
+{
+    if (!w->err && w->used) {
+        w->err = ps_file_append(w->fd, w->buf, w->used, w->off);
+        w->off += w->used;
+    }
+    w->used = 0;
+}
+
+/* Room for n contiguous bytes, or NULL after an error. */
+static unsigned char *w_room(writer *w, size_t n)
+{
+    if (w->err)
+        return NULL;
+    if (w->cap - w->used < n)
+        w_flush(w);
+    if (w->err || n > w->cap)
+        return NULL;
+    unsigned char *p = w->buf + w->used;
+    w->used += n;
+    return p;
+}
+
+/* Write sc's live keys as a fresh log to `name` (records numbered from 1)
+ * and fdatasync it. *size receives the file's size. The caller renames. */
+static int write_fresh_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen,
+                           const char *name, int *fd_out, uint64_t *size)
+{
+    ps_disk *d = st->disk;
+    int fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno;
+    writer w = {fd, 0, NULL, 0, WRITE_BUFFER, 0};
+    w.buf = ps_mem_alloc(&st->mem, w.cap);
+    if (!w.buf)
+        w.err = ENOMEM;
+    size_t hsize = ps_log_header_size(slen);
+    /* A header longer than the buffer (a huge scope name) is written alone. */
+    if (!w.err && hsize > w.cap) {
+        unsigned char *h = ps_mem_alloc(&st->mem, hsize);
+        if (!h) {
+            w.err = ENOMEM;
+        } else {
+            ps_log_header_encode(h, scope, slen);
+            w.err = ps_file_append(fd, h, hsize, 0);
+            w.off = hsize;
+            ps_mem_free(&st->mem, h, hsize);
+        }
+    } else if (!w.err) {
+        ps_log_header_encode(w_room(&w, hsize), scope, slen);
+    }
+    uint64_t seq = 1;
+    const ps_table *t = &sc->table;
+    for (uint32_t i = 0; i < t->n_entries && !w.err; i++) {
+        const unsigned char *it = t->entries[i];
+        if (!it)
+            continue;
+        size_t klen = ps_item_klen(it), vlen = ps_item_vlen(it);
+        size_t n = ps_rec_size(klen, vlen);
+        if (n > w.cap) {
+            w_flush(&w);
+            unsigned char *big = w.err ? NULL : ps_mem_alloc(&st->mem, n);
+            if (!big) {
+                w.err = w.err ? w.err : ENOMEM;
+                break;
+            }
+            ps_rec_encode(big, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
+            w.err = ps_file_append(fd, big, n, w.off);
+            w.off += n;
+            ps_mem_free(&st->mem, big, n);
+            continue;
+        }
+        unsigned char *p = w_room(&w, n);
+        if (p)
+            ps_rec_encode(p, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
+    }
+    w_flush(&w);
+    ps_mem_free(&st->mem, w.buf, w.cap);
+    hook(d, PS_HOOK_COMPACT_WRITTEN);
+    int rc = w.err ? w.err : datasync(fd);
+    if (rc) {
+        close(fd);
+        unlinkat(d->dirfd, name, 0);
+        return rc;
+    }
+    hook(d, PS_HOOK_COMPACT_SYNCED);
+    *fd_out = fd;
+    *size = w.off;
+    return 0;
+}
+
+/* Replace sc's log by one holding only its live records (or remove it
+ * when sc holds no key). Crash-safe at every step: until the rename the
+ * old log is untouched, after it the new one is complete and synced. */
+static int compact_scope(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
+{
+    ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
+    if (!l || !l->present)
+        return 0;
+    if (sc->table.n_live == 0) {
+        /* Nothing to keep: the log goes, which is what its deletes meant. */
+        log_close_fd(d, l);
+        if (unlinkat(d->dirfd, l->name, 0) != 0 && errno != ENOENT)
+            return errno;
+        l->present = 0;
+        l->size = l->hsize = l->live = 0;
+        atomic_store(&l->appended, 0);
+        pthread_mutex_lock(&d->sync_mu);
+        l->gen++;
+        l->durable_gen = l->gen;
+        l->durable = 0;
+        if (d->sync_mode != PS_SYNC_ALWAYS)
+            d->dir_dirty = 1;
+        pthread_cond_broadcast(&d->sync_cv);
+        pthread_mutex_unlock(&d->sync_mu);
+        d->compactions++;
+        return d->sync_mode == PS_SYNC_ALWAYS ? fsync_dir(d) : 0;
+    }
+    char tmp[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
+    snprintf(tmp, sizeof tmp, "%s" COMPACT_SUFFIX, l->name);
+    int fd;
+    uint64_t size;
+    int rc = write_fresh_log(st, sc, scope, slen, tmp, &fd, &size);
+    if (rc)
+        return rc;
+    if (renameat(d->dirfd, tmp, d->dirfd, l->name) != 0) {
+        rc = errno;
+        close(fd);
+        unlinkat(d->dirfd, tmp, 0);
+        return rc;
+    }
+    hook(d, PS_HOOK_COMPACT_RENAMED);
+    /* The old file is gone from the directory either way; a crash before
+     * this sync shows the old or the new log, both complete. */
+    rc = fsync_dir(d);
+    hook(d, PS_HOOK_COMPACT_DONE);
+    log_close_fd(d, l);
+    while (d->n_open >= d->max_open && d->lru_tail)
+        log_close_fd(d, d->lru_tail);
+    l->fd = fd;
+    lru_push(d, l);
+    d->n_open++;
+    l->hsize = ps_log_header_size(slen);
+    l->size = size;
+    l->live = size - l->hsize;
+    l->next_seq = sc->table.n_live + 1;
+    pthread_mutex_lock(&d->sync_mu);
+    l->gen++;
+    l->durable_gen = l->gen;
+    l->durable = size;
+    l->broken = 0; /* everything is in a fresh, synced file */
+    if (rc)
+        d->dir_dirty = 1;
+    pthread_cond_broadcast(&d->sync_cv);
+    pthread_mutex_unlock(&d->sync_mu);
+    atomic_store(&l->appended, size);
+    d->compactions++;
+    return 0;
+}
+
+void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
+{
+    ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
+    if (!l || !l->present)
+        return;
+    uint64_t dead = l->size - l->hsize - l->live;
+    if (dead > l->live && dead > d->compact_min_dead)
+        (void)compact_scope(st, sc, scope, slen);
+}
+
+/* ---- syncing everything ----------------------------------------------------------- */
+
+typedef struct sync_job {
+    ps_logf *log;
+    int fd;
+    uint64_t gen, upto;
+} sync_job;
+
+/* fdatasync every log with writes not yet durable, and the directory if
+ * it changed. Called without st->mu. Returns the first error. */
+static int sync_all(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    int rc = 0;
+    pthread_mutex_lock(&st->mu);
+    size_t n = st->scopes.n_live, k = 0;
+    sync_job *jobs = n ? ps_mem_alloc(&st->mem, n * sizeof *jobs) : NULL;
+    if (n && !jobs) {
+        pthread_mutex_unlock(&st->mu);
+        return ENOMEM;
+    }
+    pthread_mutex_lock(&d->sync_mu);
+    for (uint32_t i = 0; i < st->scopes.n_entries; i++) {
+        const unsigned char *it = st->scopes.entries[i];
+        ps_logf *l = it ? ps_scope_of(it)->log : NULL;
+        if (!l || !l->present || (l->durable_gen == l->gen && l->durable >= l->size))
+            continue;
+        int fd = private_fd(d, l);
+        if (fd < 0) {
+            rc = rc ? rc : errno;
+            continue;
+        }
+        jobs[k++] = (sync_job){l, fd, l->gen, l->size};
+    }
+    int dir = d->dir_dirty;
+    d->dir_dirty = 0;
+    pthread_mutex_unlock(&d->sync_mu);
+    pthread_mutex_unlock(&st->mu);
+
+    if (dir) {
+        int err = fsync_dir(d);
+        if (err) {
+            rc = rc ? rc : err;
+            pthread_mutex_lock(&d->sync_mu);
+            d->dir_dirty = 1;
+            pthread_mutex_unlock(&d->sync_mu);
+        }
+    }
+    for (size_t i = 0; i < k; i++) {
+        int err = datasync(jobs[i].fd);
+        close(jobs[i].fd);
+        pthread_mutex_lock(&d->sync_mu);
+        ps_logf *l = jobs[i].log;
+        if (err) {
+            l->broken = err;
+            rc = rc ? rc : err;
+        } else if (l->durable_gen == jobs[i].gen && jobs[i].upto > l->durable) {
+            l->durable = jobs[i].upto;
+        }
+        pthread_cond_broadcast(&d->sync_cv);
+        pthread_mutex_unlock(&d->sync_mu);
+    }
+    /* The jobs' logs are still valid here: a ps_logf, once made, lives
+     * until the store closes (an emptied scope's log loses its file, not
+     * its struct). */
+    pthread_mutex_lock(&st->mu);
+    ps_mem_free(&st->mem, jobs, n * sizeof *jobs);
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
+static void *sync_thread(void *arg)
+{
+    ps_store *st = arg;
+    ps_disk *d = st->disk;
+    pthread_mutex_lock(&d->sync_mu);
+    while (!d->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += d->interval_ms / 1000;
+        ts.tv_nsec += (long)(d->interval_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        int r = 0;
+        while (!d->stopping && r != ETIMEDOUT)
+            r = pthread_cond_timedwait(&d->sync_cv, &d->sync_mu, &ts);
+        if (d->stopping)
+            break;
+        pthread_mutex_unlock(&d->sync_mu);
+        (void)sync_all(st); /* a failure marks the log broken: its writes fail */
+        pthread_mutex_lock(&d->sync_mu);
+    }
+    pthread_mutex_unlock(&d->sync_mu);
+    return NULL;
+}
+
+/* ---- opening: recovery -------------------------------------------------------------- */
+
+/* Work found while reading logs, done only once every log has been read
+ * and none is corrupt, so a failed open changes nothing on disk. */
+enum fix_kind { FIX_CUT, FIX_UNLINK, FIX_REPAIR };
+
+typedef struct fix {
+    int kind;
+    char name[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
+    uint64_t size;  /* FIX_CUT: the length to keep */
+    ps_scope *sc;   /* FIX_REPAIR, FIX_CUT */
+} fix;
+
+typedef struct opener {
+    ps_store *st;
+    ps_report *rep;
+    fix *fixes;
+    size_t n_fixes, cap_fixes;
+} opener;
+
+static int add_fix(opener *o, int kind, const char *name, uint64_t size, ps_scope *sc)
+{
+    if (o->n_fixes == o->cap_fixes) {
+        size_t cap = o->cap_fixes ? o->cap_fixes * 2 : 16;
+        fix *f = ps_mem_realloc(&o->st->mem, o->fixes, o->cap_fixes * sizeof *f, cap * sizeof *f);
+        if (!f)
+            return ENOMEM;
+        o->fixes = f;
+        o->cap_fixes = cap;
+    }
+    fix *f = &o->fixes[o->n_fixes++];
+    f->kind = kind;
+    snprintf(f->name, sizeof f->name, "%s", name);
+    f->size = size;
+    f->sc = sc;
+    return 0;
+}
+
+typedef struct replay {
+    ps_store *st;
+    ps_scope *sc;
+} replay;
+
+/* Apply one record to a scope's table, keeping the log's accounting. */
+static int replay_record(void *ctx, const ps_rec *r)
+{
+    replay *rp = ctx;
+    ps_store *st = rp->st;
+    ps_table *t = &rp->sc->table;
+    ps_logf *l = rp->sc->log;
+    ps_where w;
+    const unsigned char *it = ps_table_find(t, r->key, r->klen, ps_hash(&st->hasher, r->key, r->klen), &w);
+    if (it && l)
+        l->live -= ps_rec_size(ps_item_klen(it), ps_item_vlen(it));
+    if (r->kind == PS_REC_PUT) {
+        int rc = it ? ps_table_replace(t, &st->mem, &w, r->value, r->vlen)
+                    : ps_table_insert(t, &st->mem, &st->hasher, &w, r->key, r->klen, r->value, r->vlen);
+        if (rc)
+            return rc;
+        if (l)
+            l->live += r->size;
+    } else if (it) {
+        ps_table_remove(t, &st->mem, &st->hasher, &w);
+    }
+    return 0;
+}
+
+/* Read one log into memory. Returns 0, or an error that makes open fail
+ * (with o->rep->message set). */
+static int load_log(opener *o, const char *fname)
+{
+    ps_store *st = o->st;
+    ps_disk *d = st->disk;
+    ps_report *rep = o->rep;
+    int fd = openat(d->dirfd, fname, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        report(rep, "cannot open log %s/%s: %s", d->path, fname, strerror(errno));
+        return errno;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    size_t size = (size_t)sb.st_size;
+    rep->logs++;
+    const unsigned char *map = NULL;
+    if (size) {
+        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            report(rep, "cannot read log %s/%s: %s", d->path, fname, strerror(e));
+            return e;
+        }
+    }
+    const unsigned char *name;
+    size_t nlen, hsize;
+    int rc = size ? ps_log_header_parse(map, size, &name, &nlen, &hsize) : PS_CORRUPT;
+    if (rc == PS_CORRUPT) {
+        /* A file that ends inside its own header was being created when
+         * the machine stopped: it never held a record. Anything else with
+         * a broken header cannot be attributed to a scope. */
+        int torn = size < PS_LOG_FIXED_HEADER ||
+                   (memcmp(map, PS_LOG_MAGIC, 8) == 0 &&
+                    ps_log_header_size((size_t)map[12] | (size_t)map[13] << 8 |
+                                       (size_t)map[14] << 16 | (size_t)map[15] << 24) > size);
+        if (size && !torn) {
+            size_t zero = 0;
+            while (zero < size && map[zero] == 0)
+                zero++;
+            torn = zero == size; /* all zeros: allocated, never written */
+        }
+        if (map)
+            munmap((void *)map, size);
+        close(fd);
+        if (torn) {
+            rep->torn_tails++;
+            rep->bytes_cut += size;
+            return add_fix(o, FIX_UNLINK, fname, 0, NULL);
+        }
+        report(rep, "log %s/%s is corrupt at offset 0: its header is damaged", d->path, fname);
+        return PS_CORRUPT;
+    }
+    if (rc == PS_BADVERSION) {
+        munmap((void *)map, size);
+        close(fd);
+        report(rep, "log %s/%s was written by another version of the format", d->path, fname);
+        return PS_BADVERSION;
+    }
+    char shown[128];
+    printable(shown, sizeof shown, name, nlen);
+    ps_where w;
+    ps_scope *sc = ps_scope_find(st, name, nlen, &w);
+    if (sc) {
+        munmap((void *)map, size);
+        close(fd);
+        report(rep, "logs %s and %s in %s both hold scope '%s'", sc->log ? sc->log->name : "?",
+               fname, d->path, shown);
+        return PS_CORRUPT;
+    }
+    sc = ps_scope_add(st, &w, name, nlen);
+    ps_logf *l = sc ? log_new(st, fname) : NULL;
+    if (!l) {
+        munmap((void *)map, size);
+        close(fd);
+        return ENOMEM;
+    }
+    sc->log = l;
+    l->present = 1;
+    l->hsize = hsize;
+    l->fd = fd;
+    lru_push(d, l);
+    d->n_open++;
+
+    replay rp = {st, sc};
+    ps_scan scan;
+    rc = ps_log_scan(map, size, hsize, 1, replay_record, &rp, &scan);
+    rep->records += scan.records;
+    size_t end = scan.end;
+    uint64_t next_seq = scan.next_seq;
+    if (rc == 0 && scan.damaged && scan.resume) {
+        if (!d->repair) {
+            report(rep,
+                   "log %s/%s (scope '%s') is corrupt at offset %zu: damaged bytes are followed "
+                   "by valid records (the first at offset %zu); open with repair to salvage them",
+                   d->path, fname, shown, scan.end, scan.resume);
+            rc = PS_CORRUPT;
+        } else {
+            /* Salvage: every valid record after the damage too, in order. */
+            while (rc == 0 && scan.damaged && scan.resume) {
+                ps_rec r;
+                size_t at = scan.resume;
+                (void)ps_rec_parse(map + at, size - at, &r);
+                rc = ps_log_scan(map, size, at, r.seq, replay_record, &rp, &scan);
+                rep->records += scan.records;
+            }
+            if (rc == 0) {
+                rep->repaired++;
+                rc = add_fix(o, FIX_REPAIR, fname, 0, sc);
+            }
+        }
+    } else if (rc == 0 && scan.damaged) {
+        rep->torn_tails++;
+        rep->bytes_cut += size - end;
+        rc = add_fix(o, FIX_CUT, fname, end, sc);
+    }
+    munmap((void *)map, size);
+    l->size = end;
+    l->next_seq = next_seq;
+    atomic_store(&l->appended, end);
+    l->durable = end; /* what was on disk at open is as durable as it gets */
+    return rc;
+}
+
+static int is_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n > m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names of the regular files in the store directory. */
+static int list_dir(ps_store *st, char ***names_out, size_t *n_out)
+{
+    ps_disk *d = st->disk;
+    int fd = openat(d->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (!is_suffix(e->d_name, LOG_SUFFIX) && !is_suffix(e->d_name, COMPACT_SUFFIX))
+            continue;
+        if (strlen(e->d_name) >= NAME_MAX_LEN + sizeof COMPACT_SUFFIX)
+            continue; /* not one of ours */
+        if (n == cap) {
+            size_t c = cap ? cap * 2 : 64;
+            char **v = ps_mem_realloc(&st->mem, names, cap * sizeof *v, c * sizeof *v);
+            if (!v) {
+                rc = ENOMEM;
+                break;
+            }
+            names = v;
+            cap = c;
+        }
+        size_t len = strlen(e->d_name) + 1;
+        names[n] = ps_mem_alloc(&st->mem, len);
+        if (!names[n]) {
+            rc = ENOMEM;
+            break;
+        }
+        memcpy(names[n++], e->d_name, len);
+    }
+    closedir(dir);
+    if (n > 1)
+        qsort(names, n, sizeof *names, cmp_str);
+    *names_out = names;
+    *n_out = n;
+    return rc;
+}
+
+static void free_names(ps_store *st, char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ps_mem_free(&st->mem, names[i], strlen(names[i]) + 1);
+    ps_mem_free(&st->mem, names, n * sizeof *names);
+}
+
+/* Carry out the fixes found while reading. Open has succeeded by now;
+ * a fix that fails makes it fail after all. */
+static int apply_fixes(opener *o)
+{
+    ps_store *st = o->st;
+    ps_disk *d = st->disk;
+    int dir_changed = 0;
+    for (size_t i = 0; i < o->n_fixes; i++) {
+        fix *f = &o->fixes[i];
+        if (f->kind == FIX_UNLINK) {
+            if (unlinkat(d->dirfd, f->name, 0) != 0 && errno != ENOENT)
+                return errno;
+            dir_changed = 1;
+        } else if (f->kind == FIX_CUT) {
+            ps_logf *l = f->sc->log;
+            if (f->sc->table.n_live == 0)
+                continue; /* the whole log goes (FIX_UNLINK below) */
+            if (ftruncate(l->fd, (off_t)f->size) != 0)
+                return errno;
+            int rc = datasync(l->fd);
+            if (rc)
+                return rc;
+        } else { /* FIX_REPAIR: keep the damaged file aside, write the salvage */
+            ps_logf *l = f->sc->log;
+            char aside[NAME_MAX_LEN + 32];
+            struct stat sb;
+            for (unsigned n = 1;; n++) {
+                snprintf(aside, sizeof aside, "%s.corrupt-%u", f->name, n);
+                if (fstatat(d->dirfd, aside, &sb, 0) != 0 && errno == ENOENT)
+                    break;
+            }
+            log_close_fd(d, l);
+            if (renameat(d->dirfd, f->name, d->dirfd, aside) != 0)
+                return errno;
+            dir_changed = 1;
+            l->present = 0;
+            const unsigned char *it = NULL;
+            for (uint32_t k = 0; k < st->scopes.n_entries; k++) {
+                const unsigned char *s = st->scopes.entries[k];
+                if (s && ps_scope_of(s) == f->sc)
+                    it = s;
+            }
+            if (it && f->sc->table.n_live) {
+                /* Write the salvaged state under the same name, the way
+                 * compaction writes any log: new file, sync, rename. */
+                l->present = 1;
+                int rc = compact_scope(st, f->sc, ps_item_key(it), ps_item_klen(it));
+                if (rc)
+                    return rc;
+            }
+        }
+    }
+    if (dir_changed)
+        return fsync_dir(d);
+    return 0;
+}
+
+/* Drop scopes that hold no key (their logs were removed by apply_fixes).
+ * Only at open, before any other thread can hold a log. */
+static void drop_empty_scopes(ps_store *st)
+{
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it || ps_scope_of(it)->table.n_live)
+            continue;
+        ps_scope *sc = ps_scope_of(it);
+        ps_where w;
+        (void)ps_scope_find(st, ps_item_key(it), ps_item_klen(it), &w);
+        ps_table_remove(s, &st->mem, &st->hasher, &w);
+        if (sc->log)
+            log_free(st, sc->log);
+        ps_scope_free(st, sc);
+        i = (uint32_t)-1; /* the registry may have been rebuilt: start over */
+        if (!s->n_entries)
+            break;
+    }
+}
+
+static void free_all_scopes(ps_store *st)
+{
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it)
+            continue;
+        ps_scope *sc = ps_scope_of(it);
+        if (sc->log)
+            log_free(st, sc->log);
+        ps_scope_free(st, sc);
+    }
+    ps_table_free(s, &st->mem);
+}
+
+static void disk_free(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (!d)
+        return;
+    if (d->lockfd >= 0)
+        close(d->lockfd); /* releases the flock */
+    if (d->dirfd >= 0)
+        close(d->dirfd);
+    ps_mem_free(&st->mem, d->scratch, d->scratch_cap);
+    ps_mem_free(&st->mem, d->path, d->path_cap);
+    pthread_cond_destroy(&d->sync_cv);
+    pthread_mutex_destroy(&d->sync_mu);
+    ps_mem_free(&st->mem, d, sizeof *d);
+    st->disk = NULL;
+}
+
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
+{
+    ps_report scratch_rep;
+    if (!rep)
+        rep = &scratch_rep;
+    memset(rep, 0, sizeof *rep);
+    ps_disk *d = ps_mem_alloc(&st->mem, sizeof *d);
+    if (!d)
+        return ENOMEM;
+    memset(d, 0, sizeof *d);
+    d->dirfd = d->lockfd = -1;
+    pthread_mutex_init(&d->sync_mu, NULL);
+    pthread_cond_init(&d->sync_cv, NULL);
+    st->disk = d;
+    d->path_cap = strlen(o->path) + 1;
+    d->path = ps_mem_alloc(&st->mem, d->path_cap);
+    if (!d->path) {
+        disk_free(st);
+        return ENOMEM;
+    }
+    memcpy(d->path, o->path, d->path_cap);
+    d->sync_mode = o->sync;
+    d->interval_ms = o->sync_interval_ms ? o->sync_interval_ms : DEFAULT_INTERVAL_MS;
+    d->max_open = o->max_open_files ? o->max_open_files : DEFAULT_MAX_OPEN;
+    d->compact_min_dead = o->compact_min_dead ? o->compact_min_dead : DEFAULT_COMPACT_MIN_DEAD;
+    d->repair = o->repair;
+    d->hook = o->hook;
+    d->hook_ctx = o->hook_ctx;
+    if (d->sync_mode < PS_SYNC_INTERVAL || d->sync_mode > PS_SYNC_ALWAYS) {
+        report(rep, "unknown sync mode %d", d->sync_mode);
+        disk_free(st);
+        return EINVAL;
+    }
+
+    int rc = 0;
+    if (mkdir(d->path, 0777) != 0 && errno != EEXIST)
+        rc = errno;
+    if (!rc && (d->dirfd = open(d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        rc = errno;
+    if (rc) {
+        report(rep, "cannot open store directory %s: %s", d->path, strerror(rc));
+        disk_free(st);
+        return rc;
+    }
+    d->lockfd = openat(d->dirfd, "LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->lockfd < 0 || flock(d->lockfd, LOCK_EX | LOCK_NB) != 0) {
+        rc = errno;
+        if (rc == EWOULDBLOCK) {
+            report(rep, "store directory %s is in use by another process", d->path);
+            rc = PS_LOCKED;
+        } else {
+            report(rep, "cannot lock store directory %s: %s", d->path, strerror(rc));
+        }
+        disk_free(st);
+        return rc;
+    }
+
+    opener op = {st, rep, NULL, 0, 0};
+    char **names = NULL;
+    size_t n = 0;
+    rc = list_dir(st, &names, &n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (is_suffix(names[i], COMPACT_SUFFIX)) {
+            /* An interrupted compaction: the log it was replacing is whole. */
+            rep->stray_files++;
+            rc = add_fix(&op, FIX_UNLINK, names[i], 0, NULL);
+        } else {
+            rc = load_log(&op, names[i]);
+        }
+    }
+    free_names(st, names, n);
+    if (rc == 0) {
+        /* A log whose keys were all deleted is garbage: remove it. */
+        ps_table *s = &st->scopes;
+        for (uint32_t i = 0; rc == 0 && i < s->n_entries; i++) {
+            const unsigned char *it = s->entries[i];
+            if (it && ps_scope_of(it)->table.n_live == 0 && ps_scope_of(it)->log)
+                rc = add_fix(&op, FIX_UNLINK, ps_scope_of(it)->log->name, 0, NULL);
+        }
+    }
+    if (rc == 0)
+        rc = apply_fixes(&op);
+    ps_mem_free(&st->mem, op.fixes, op.cap_fixes * sizeof *op.fixes);
+    if (rc == 0)
+        drop_empty_scopes(st);
+    if (rc == 0) {
+        /* Everything read from disk counts as durable. */
+        pthread_mutex_lock(&d->sync_mu);
+        d->dir_dirty = 0;
+        pthread_mutex_unlock(&d->sync_mu);
+        if (d->sync_mode == PS_SYNC_INTERVAL) {
+            if (pthread_create(&d->thread, NULL, sync_thread, st) != 0)
+                rc = EAGAIN;
+            else
+                d->thread_running = 1;
+        }
+    }
+    if (rc) {
+        if (!rep->message[0])
+            report(rep, "cannot open store %s: %s", d->path, ps_strerror(rc));
+        free_all_scopes(st);
+        ps_table_init(&st->scopes);
+        disk_free(st);
+        return rc;
+    }
+    d->recovery = *rep;
+    return 0;
+}
+
+int ps_disk_close(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (d->thread_running) {
+        pthread_mutex_lock(&d->sync_mu);
+        d->stopping = 1;
+        pthread_cond_broadcast(&d->sync_cv);
+        pthread_mutex_unlock(&d->sync_mu);
+        pthread_join(d->thread, NULL);
+        d->thread_running = 0;
+    }
+    int rc = d->sync_mode == PS_SYNC_NEVER ? 0 : sync_all(st);
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        if (it && ps_scope_of(it)->log) {
+            log_free(st, ps_scope_of(it)->log);
+            ps_scope_of(it)->log = NULL;
+        }
+    }
+    disk_free(st);
+    return rc;
+}
+
+/* ---- public calls for file-based stores (no-ops in memory) ------------------------ */
+
+int ps_sync(ps_store *st)
+{
+    return st->disk ? sync_all(st) : 0;
+}
+
+int ps_compact(ps_store *st, const char *scope, size_t slen)
+{
+    if (!st->disk)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&st->mu);
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries && rc == 0; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it)
+            continue;
+        if (scope && (ps_item_klen(it) != slen || memcmp(ps_item_key(it), scope, slen) != 0))
+            continue;
+        rc = compact_scope(st, ps_scope_of(it), ps_item_key(it), ps_item_klen(it));
+    }
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}
+
+void ps_recovery_get(ps_store *st, ps_report *out)
+{
+    if (st->disk)
+        *out = st->disk->recovery;
+    else
+        memset(out, 0, sizeof *out);
+}
+
+void ps_disk_stats(ps_store *st, ps_stats *out)
+{
+    pthread_mutex_lock(&st->mu);
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        ps_logf *l = it ? ps_scope_of(it)->log : NULL;
+        if (!l || !l->present)
+            continue;
+        out->log_bytes += l->size;
+        out->log_dead_bytes += l->size - l->hsize - l->live;
+    }
+    out->compactions = st->disk->compactions;
+    pthread_mutex_unlock(&st->mu);
+}
+
+static void put_le(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count)
+{
+    pthread_mutex_lock(&st->mu);
+    ps_table *s = &st->scopes;
+    size_t total = 0, k = 0;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it)
+            continue;
+        ps_scope *sc = ps_scope_of(it);
+        if (!sc->table.n_live && !(sc->log && sc->log->present))
+            continue;
+        total += 4 + ps_item_klen(it) + 32;
+        k++;
+    }
+    unsigned char *buf = out->alloc(out->ctx, total);
+    if (!buf) {
+        pthread_mutex_unlock(&st->mu);
+        return ENOMEM;
+    }
+    unsigned char *p = buf;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it)
+            continue;
+        ps_scope *sc = ps_scope_of(it);
+        ps_logf *l = sc->log && sc->log->present ? sc->log : NULL;
+        if (!sc->table.n_live && !l)
+            continue;
+        uint32_t n = ps_item_klen(it);
+        put_le(p, n, 4);
+        memcpy(p + 4, ps_item_key(it), n);
+        p += 4 + n;
+        put_le(p, sc->table.n_live, 8);
+        put_le(p + 8, l ? l->live : 0, 8);
+        put_le(p + 16, l ? l->size - l->hsize - l->live : 0, 8);
+        put_le(p + 24, l ? l->size : 0, 8);
+        p += 32;
+    }
+    if (count)
+        *count = k;
+    pthread_mutex_unlock(&st->mu);
+    return 0;
+}
+
+/* ---- check ------------------------------------------------------------------------- */
+
+typedef struct checker {
+    ps_store *st;
+    ps_table table; /* the replay */
+} checker;
+
+static int check_record(void *ctx, const ps_rec *r)
+{
+    checker *c = ctx;
+    ps_where w;
+    ps_table *t = &c->table;
+    const unsigned char *it = ps_table_find(t, r->key, r->klen, ps_hash(&c->st->hasher, r->key, r->klen), &w);
+    if (r->kind == PS_REC_PUT)
+        return it ? ps_table_replace(t, &c->st->mem, &w, r->value, r->vlen)
+                  : ps_table_insert(t, &c->st->mem, &c->st->hasher, &w, r->key, r->klen, r->value, r->vlen);
+    if (it)
+        ps_table_remove(t, &c->st->mem, &c->st->hasher, &w);
+    return 0;
+}
+
+/* Same keys, values and order? */
+static int same_table(const ps_table *a, const ps_table *b)
+{
+    if (a->n_live != b->n_live)
+        return 0;
+    uint32_t i = 0, j = 0;
+    for (;;) {
+        while (i < a->n_entries && !a->entries[i])
+            i++;
+        while (j < b->n_entries && !b->entries[j])
+            j++;
+        if (i == a->n_entries || j == b->n_entries)
+            return i == a->n_entries && j == b->n_entries;
+        const unsigned char *x = a->entries[i++], *y = b->entries[j++];
+        if (ps_item_size(x) != ps_item_size(y) || ps_item_klen(x) != ps_item_klen(y) ||
+            memcmp(x, y, ps_item_size(x)) != 0)
+            return 0;
+    }
+}
+
+static int check_log(ps_store *st, ps_scope *sc, const unsigned char *name, size_t nlen,
+                     ps_report *rep)
+{
+    ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
+    char shown[128];
+    printable(shown, sizeof shown, name, nlen);
+    if (!l || !l->present) {
+        if (sc->table.n_live) {
+            report(rep, "scope '%s' holds %u keys but has no log in %s", shown, sc->table.n_live, d->path);
+            return PS_CORRUPT;
+        }
+        return 0;
+    }
+    int fd = openat(d->dirfd, l->name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        report(rep, "cannot open log %s/%s: %s", d->path, l->name, strerror(errno));
+        return errno;
+    }
+    struct stat sb;
+    int rc = fstat(fd, &sb) != 0 ? errno : 0;
+    size_t size = rc ? 0 : (size_t)sb.st_size;
+    const unsigned char *map = NULL;
+    if (!rc && size) {
+        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            rc = errno;
+            map = NULL;
+        }
+    }
+    close(fd);
+    if (rc) {
+        report(rep, "cannot read log %s/%s: %s", d->path, l->name, strerror(rc));
+        return rc;
+    }
+    const unsigned char *hname;
+    size_t hlen, hsize;
+    rep->logs++;
+    if (!map || ps_log_header_parse(map, size, &hname, &hlen, &hsize) != PS_OK ||
+        hlen != nlen || memcmp(hname, name, nlen) != 0) {
+        report(rep, "log %s/%s (scope '%s') is corrupt at offset 0: bad header", d->path, l->name, shown);
+        rc = PS_CORRUPT;
+    } else {
+        checker c = {st, {0}};
+        ps_table_init(&c.table);
+        ps_scan scan;
+        rc = ps_log_scan(map, size, hsize, 1, check_record, &c, &scan);
+        rep->records += scan.records;
+        if (rc == 0 && (scan.damaged || scan.end != l->size || size != l->size)) {
+            report(rep, "log %s/%s (scope '%s') is corrupt at offset %zu (file %zu bytes, %llu expected)",
+                   d->path, l->name, shown, scan.end, size, (unsigned long long)l->size);
+            rc = PS_CORRUPT;
+        } else if (rc == 0 && !same_table(&c.table, &sc->table)) {
+            report(rep, "log %s/%s (scope '%s') does not replay to the keys in memory",
+                   d->path, l->name, shown);
+            rc = PS_CORRUPT;
+        }
+        ps_table_free(&c.table, &st->mem);
+    }
+    if (map)
+        munmap((void *)map, size);
+    return rc;
+}
+
+int ps_check(ps_store *st, ps_report *rep)
+{
+    ps_report scratch_rep;
+    if (!rep)
+        rep = &scratch_rep;
+    memset(rep, 0, sizeof *rep);
+    int rc = 0;
+    pthread_mutex_lock(&st->mu);
+    ps_table *s = &st->scopes;
+    if (ps_table_check(s, &st->hasher) != 0) {
+        report(rep, "the scope index is inconsistent");
+        rc = PS_CORRUPT;
+    }
+    for (uint32_t i = 0; i < s->n_entries && rc == 0; i++) {
+        const unsigned char *it = s->entries[i];
+        if (!it)
+            continue;
+        ps_scope *sc = ps_scope_of(it);
+        if (ps_table_check(&sc->table, &st->hasher) != 0) {
+            char shown[128];
+            printable(shown, sizeof shown, ps_item_key(it), ps_item_klen(it));
+            report(rep, "the index of scope '%s' is inconsistent", shown);
+            rc = PS_CORRUPT;
+        } else if (st->disk) {
+            rc = check_log(st, sc, ps_item_key(it), ps_item_klen(it), rep);
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    return rc;
+}

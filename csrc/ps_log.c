@@ -1,0 +1,232 @@
+/*
+ * ps_log.c - log format, recovery scan and appends (design in ps_log.h).
+ *
+ * The checksum lives here and only here: encode computes it, parse checks
+ * it, so no caller can write or accept a record without it.
+ */
+#include "ps_log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps_hash.h"
+#include "pystate.h"
+
+static inline void put_u16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+
+static inline void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint16_t get_u16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t get_u64(const unsigned char *p)
+{
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+static inline uint32_t check_of(const void *p, size_t n)
+{
+    return (uint32_t)XXH3_64bits(p, n);
+}
+
+/* ---- records ------------------------------------------------------------------ */
+
+void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
+                   size_t klen, const void *value, size_t vlen)
+{
+    size_t vn = ps_varint_size(klen);
+    size_t len = vn + klen + vlen;
+    put_u32(buf + 4, (uint32_t)len);
+    put_u64(buf + 8, seq);
+    buf[16] = (unsigned char)kind;
+    buf[17] = 0;
+    unsigned char *p = buf + PS_REC_HEADER;
+    uint64_t k = klen;
+    while (k >= 0x80) {
+        *p++ = (unsigned char)(k | 0x80);
+        k >>= 7;
+    }
+    *p++ = (unsigned char)k;
+    if (klen)
+        memcpy(p, key, klen);
+    if (vlen)
+        memcpy(p + klen, value, vlen);
+    put_u32(buf, check_of(buf + 4, PS_REC_HEADER - 4 + len));
+}
+
+int ps_rec_parse(const unsigned char *p, size_t n, ps_rec *r)
+{
+    if (n < PS_REC_HEADER)
+        return 0;
+    size_t len = get_u32(p + 4);
+    if (len > n - PS_REC_HEADER || len == 0)
+        return 0;
+    int kind = p[16];
+    if ((kind != PS_REC_PUT && kind != PS_REC_DEL) || p[17] != 0)
+        return 0;
+    if (get_u32(p) != check_of(p + 4, PS_REC_HEADER - 4 + len))
+        return 0;
+    /* The checksum matched, but the payload must still make sense. */
+    const unsigned char *q = p + PS_REC_HEADER, *end = q + len;
+    uint64_t klen = 0;
+    int shift = 0;
+    for (;;) {
+        if (q == end || shift > 35)
+            return 0;
+        unsigned char b = *q++;
+        klen |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            break;
+        shift += 7;
+    }
+    if (klen > (uint64_t)(end - q))
+        return 0;
+    size_t vlen = (size_t)(end - q) - (size_t)klen;
+    if (kind == PS_REC_DEL && vlen)
+        return 0;
+    r->kind = kind;
+    r->seq = get_u64(p + 8);
+    r->key = q;
+    r->klen = (size_t)klen;
+    r->value = q + klen;
+    r->vlen = vlen;
+    r->size = PS_REC_HEADER + len;
+    return 1;
+}
+
+/* ---- header ------------------------------------------------------------------- */
+
+void ps_log_header_encode(unsigned char *buf, const void *name, size_t nlen)
+{
+    memcpy(buf, PS_LOG_MAGIC, 8);
+    put_u16(buf + 8, PS_LOG_VERSION);
+    put_u16(buf + 10, 0);
+    put_u32(buf + 12, (uint32_t)nlen);
+    if (nlen)
+        memcpy(buf + PS_LOG_FIXED_HEADER, name, nlen);
+    /* The check covers the fixed part (without itself) and the name. */
+    XXH3_state_t s;
+    XXH3_64bits_reset(&s);
+    XXH3_64bits_update(&s, buf, 16);
+    XXH3_64bits_update(&s, buf + PS_LOG_FIXED_HEADER, nlen);
+    put_u32(buf + 16, (uint32_t)XXH3_64bits_digest(&s));
+}
+
+int ps_log_header_parse(const unsigned char *p, size_t n, const unsigned char **name,
+                        size_t *nlen, size_t *size)
+{
+    if (n < PS_LOG_FIXED_HEADER || memcmp(p, PS_LOG_MAGIC, 8) != 0)
+        return PS_CORRUPT;
+    size_t len = get_u32(p + 12);
+    if (len > n - PS_LOG_FIXED_HEADER)
+        return PS_CORRUPT;
+    XXH3_state_t s;
+    XXH3_64bits_reset(&s);
+    XXH3_64bits_update(&s, p, 16);
+    XXH3_64bits_update(&s, p + PS_LOG_FIXED_HEADER, len);
+    if (get_u32(p + 16) != (uint32_t)XXH3_64bits_digest(&s))
+        return PS_CORRUPT;
+    if (get_u16(p + 8) != PS_LOG_VERSION || get_u16(p + 10) != 0)
+        return PS_BADVERSION;
+    *name = p + PS_LOG_FIXED_HEADER;
+    *nlen = len;
+    *size = PS_LOG_FIXED_HEADER + len;
+    return PS_OK;
+}
+
+/* ---- scanning ------------------------------------------------------------------- */
+
+size_t ps_log_find_record(const unsigned char *p, size_t n, size_t from)
+{
+    ps_rec r;
+    /* Every offset is a candidate: damage can end anywhere. Most are
+     * rejected by the length, kind and flag tests before any hashing. */
+    for (size_t off = from; off + PS_REC_HEADER <= n; off++) {
+        if (ps_rec_parse(p + off, n - off, &r))
+            return off;
+    }
+    return 0;
+}
+
+int ps_log_scan(const unsigned char *p, size_t n, size_t start, uint64_t first_seq,
+                ps_rec_fn fn, void *ctx, ps_scan *out)
+{
+    size_t off = start;
+    uint64_t seq = first_seq;
+    ps_rec r;
+    memset(out, 0, sizeof *out);
+    while (off < n) {
+        if (!ps_rec_parse(p + off, n - off, &r) || r.seq != seq)
+            break;
+        if (fn) {
+            int rc = fn(ctx, &r);
+            if (rc)
+                return rc;
+        }
+        off += r.size;
+        seq++;
+        out->records++;
+    }
+    out->end = off;
+    out->next_seq = seq;
+    if (off < n) {
+        out->damaged = 1;
+        out->resume = ps_log_find_record(p, n, off + 1);
+    }
+    return 0;
+}
+
+/* ---- appends ---------------------------------------------------------------------- */
+
+int ps_file_append(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const unsigned char *b = buf;
+    size_t done = 0;
+    int err = 0;
+    while (done < n) {
+        ssize_t w = pwrite(fd, b + done, n - done, (off_t)(off + done));
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        if (w == 0) {
+            err = EIO;
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (!err)
+        return 0;
+    /* Take back whatever part of the record reached the file, so the log
+     * ends at its last whole record. If even that fails the next append
+     * still starts at `off` and overwrites the partial bytes. */
+    if (done) {
+        while (ftruncate(fd, (off_t)off) != 0 && errno == EINTR)
+            ;
+    }
+    return err;
+}

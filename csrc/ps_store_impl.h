@@ -1,0 +1,92 @@
+/*
+ * ps_store_impl.h - the store's private structures, shared by ps_store.c
+ * (the API and the in-memory tables) and ps_disk.c (logs, recovery,
+ * durability). Nothing here is part of the public contract.
+ */
+#ifndef PS_STORE_IMPL_H
+#define PS_STORE_IMPL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "ps_hash.h"
+#include "ps_mem.h"
+#include "ps_table.h"
+#include "pystate.h"
+
+typedef struct ps_disk ps_disk;
+typedef struct ps_logf ps_logf;
+
+/* One scope: its keys, and in a file-based store its log. */
+typedef struct ps_scope {
+    ps_table table;
+    ps_logf *log; /* NULL in memory, and until a file-based scope's first write */
+} ps_scope;
+
+struct ps_store {
+    pthread_mutex_t mu; /* guards everything below and everything they point to */
+    ps_mem mem;
+    ps_hasher hasher;
+    ps_table scopes; /* scope name -> (ps_scope *) */
+    ps_disk *disk;   /* NULL for an in-memory store */
+};
+
+/* The scope stored as an item's value in st->scopes. */
+static inline ps_scope *ps_scope_of(const unsigned char *item)
+{
+    ps_scope *sc;
+    memcpy(&sc, ps_item_value(item), sizeof sc);
+    return sc;
+}
+
+/* Find a scope by name, or NULL (w says where it would go). */
+ps_scope *ps_scope_find(ps_store *st, const void *name, size_t nlen, ps_where *w);
+
+/* Add an empty scope at *w (from a failed ps_scope_find). Returns it, or
+ * NULL when out of memory (nothing changed). */
+ps_scope *ps_scope_add(ps_store *st, const ps_where *w, const void *name, size_t nlen);
+
+/* Free a scope's table and log handle (not its file) and the scope. */
+void ps_scope_free(ps_store *st, ps_scope *sc);
+
+/* ---- the file-based machinery (ps_disk.c), all called with st->mu held
+ * unless said otherwise ------------------------------------------------------ */
+
+/* What a logged write must wait for before it may return (sync=always). */
+typedef struct ps_commit {
+    ps_logf *log; /* NULL: nothing to wait for */
+    uint64_t gen;
+    uint64_t end;
+    int fd; /* a private descriptor of the log, or -1 */
+} ps_commit;
+
+/* Open the directory, lock it, replay every log into st->scopes. Called
+ * without st->mu, before the store is shared. */
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep);
+
+/* Sync everything, stop the background thread, close and free. Called
+ * without st->mu, after the store stopped being shared. */
+int ps_disk_close(ps_store *st);
+
+/* Append one record for a change to `sc` (creating its log on first use).
+ * Returns 0 or an errno; on failure the log is as it was. */
+int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, int kind,
+                   const void *key, size_t klen, const void *value, size_t vlen, ps_commit *c);
+
+/* Account a record that stopped being current (its key was overwritten or
+ * deleted): klen and vlen of the value it held. */
+void ps_disk_superseded(ps_scope *sc, size_t klen, size_t vlen);
+
+/* Compact sc's log if its dead space has grown past the threshold.
+ * Failures are not reported: the log stays as it was, and the write that
+ * triggered it has succeeded already. */
+void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t slen);
+
+/* Called WITHOUT st->mu: wait until the record of c is durable, as the
+ * sync mode demands. Returns 0 or the errno of a failed sync. */
+int ps_disk_commit_wait(ps_store *st, ps_commit *c);
+
+/* Add the file-based counters to *out. Takes st->mu itself. */
+void ps_disk_stats(ps_store *st, ps_stats *out);
+
+#endif /* PS_STORE_IMPL_H */
