@@ -548,8 +548,8 @@ static int compact_scope(ps_store *st, ps_scope *sc, const void *scope, size_t s
     }
     char tmp[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
     snprintf(tmp, sizeof tmp, "%s" COMPACT_SUFFIX, l->name);
-    int fd;
-    uint64_t size;
+    int fd = -1;
+    uint64_t size = 0;
     int rc = write_fresh_log(st, sc, scope, slen, tmp, &fd, &size);
     if (rc)
         return rc;

@@ -1,8 +1,8 @@
 # Mirror of csrc/pystate.h, one declaration per C declaration. Functions are
 # marked nogil because the C library never touches Python; the binding
-# still calls them with the GIL held when a call is too short to be worth
-# releasing it.
-from libc.stdint cimport uint64_t
+# keeps the GIL for in-memory calls, which are too short to be worth
+# releasing it, and releases it around calls that do file I/O.
+from libc.stdint cimport uint32_t, uint64_t
 
 
 cdef extern from "pystate.h" nogil:
@@ -11,10 +11,24 @@ cdef extern from "pystate.h" nogil:
         PS_NOTFOUND
         PS_CONFLICT
         PS_TOOBIG
+        PS_CORRUPT
+        PS_LOCKED
+        PS_BADVERSION
         PS_RC_END
         PS_VERSION_MAJOR
         PS_VERSION_MINOR
         PS_VERSION_PATCH
+
+    enum:
+        PS_SYNC_INTERVAL
+        PS_SYNC_NEVER
+        PS_SYNC_ALWAYS
+
+    enum:
+        PS_HOOK_COMPACT_WRITTEN
+        PS_HOOK_COMPACT_SYNCED
+        PS_HOOK_COMPACT_RENAMED
+        PS_HOOK_COMPACT_DONE
 
     ctypedef struct ps_store:
         pass
@@ -28,10 +42,28 @@ cdef extern from "pystate.h" nogil:
     ctypedef struct ps_options:
         const ps_allocator *allocator
         uint64_t hash_seed
+        const char *path
+        int sync
+        uint32_t sync_interval_ms
+        int repair
+        uint32_t max_open_files
+        uint64_t compact_min_dead
+        void (*hook)(void *ctx, int point) noexcept
+        void *hook_ctx
 
-    # The sink's alloc is declared without nogil: the binding's sinks build
-    # Python bytes objects, which is legal because it only ever passes them
-    # to calls made with the GIL held.
+    ctypedef struct ps_report:
+        uint64_t logs
+        uint64_t records
+        uint64_t torn_tails
+        uint64_t bytes_cut
+        uint64_t repaired
+        uint64_t records_lost
+        uint64_t stray_files
+        char message[1024]
+
+    # The sink's alloc is declared without nogil: the binding's GIL-held
+    # sinks build Python bytes objects, which is legal because it only
+    # passes them to calls made with the GIL held.
     ctypedef struct ps_sink:
         void *(*alloc)(void *ctx, size_t n) noexcept
         void *ctx
@@ -43,9 +75,12 @@ cdef extern from "pystate.h" nogil:
         uint64_t value_bytes
         uint64_t dead_bytes
         uint64_t heap_bytes
+        uint64_t log_bytes
+        uint64_t log_dead_bytes
+        uint64_t compactions
 
-    int ps_store_open(ps_store **out, const ps_options *opts)
-    void ps_store_close(ps_store *st)
+    int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
+    int ps_store_close(ps_store *st)
 
     int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *value)
@@ -62,6 +97,12 @@ cdef extern from "pystate.h" nogil:
                   size_t elen)
     int ps_del(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *old)
+
+    int ps_sync(ps_store *st)
+    int ps_compact(ps_store *st, const char *scope, size_t slen)
+    int ps_check(ps_store *st, ps_report *report)
+    void ps_recovery_get(ps_store *st, ps_report *out)
+    int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count)
 
     const char *ps_strerror(int rc)
     void ps_version(int *major, int *minor, int *patch)

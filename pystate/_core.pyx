@@ -6,14 +6,16 @@ Python ``bytes`` object of the exact size and lets the store copy into it
 while it holds its lock: one copy, no pointer into the store ever escapes,
 and the bytes go straight to the JSON decoder.
 
-Calls into the C store keep the GIL. They are in-memory operations of a
-few hundred nanoseconds, which is less than releasing and re-taking the
-GIL would cost; the store's own mutex keeps it consistent should a caller
-ever enter it without the GIL.
+Calls that only touch memory keep the GIL: they take a few hundred
+nanoseconds, less than releasing and re-taking it would cost. Writes to a
+file-based store release it around the C call (a pwrite, maybe an
+fdatasync); their old values then arrive in a malloc'd buffer, since no
+Python object can be made without the GIL.
 """
-from libc.stdint cimport uint32_t
-from libc.string cimport memcpy
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 
@@ -21,16 +23,23 @@ from pystate._cdefs cimport *
 from pystate._codec cimport encode, encode_trusted, decode, copy_containers
 from pystate._ops cimport apply_into
 
+import os
+import warnings
+
 from pystate.errors import (
     ClosedError,
     ConfigError,
     PayloadError,
+    RecoveryWarning,
     ValueTooLargeError,
     error_for_rc,
 )
 
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+
 cdef extern from "Python.h":
-    PyObject *PyBytes_FromStringAndSize(const char *v, Py_ssize_t n)
+    PyObject *PyBytes_FromStringAndSize_raw "PyBytes_FromStringAndSize" (const char *v, Py_ssize_t n)
     char *raw_bytes_data "PyBytes_AS_STRING" (PyObject *o)
     int raw_list_append "PyList_Append" (PyObject *list, PyObject *item)
     void PyErr_Clear()
@@ -41,6 +50,19 @@ RC_CODES = {
     "PS_NOTFOUND": PS_NOTFOUND,
     "PS_CONFLICT": PS_CONFLICT,
     "PS_TOOBIG": PS_TOOBIG,
+    "PS_CORRUPT": PS_CORRUPT,
+    "PS_LOCKED": PS_LOCKED,
+    "PS_BADVERSION": PS_BADVERSION,
+}
+
+#: The sync modes of a file-based store, by name.
+SYNC_MODES = {"interval": PS_SYNC_INTERVAL, "never": PS_SYNC_NEVER, "always": PS_SYNC_ALWAYS}
+#: Hook points of a compaction, by name (testing aid).
+COMPACT_HOOK_POINTS = {
+    PS_HOOK_COMPACT_WRITTEN: "written",
+    PS_HOOK_COMPACT_SYNCED: "synced",
+    PS_HOOK_COMPACT_RENAMED: "renamed",
+    PS_HOOK_COMPACT_DONE: "done",
 }
 #: One past the last status code (the header's sentinel).
 RC_END = PS_RC_END
@@ -84,7 +106,7 @@ cdef void *_bytes_sink(void *ctx, size_t n) noexcept:
     # calls that take a sink). ctx is a PyObject* slot that receives a new
     # reference.
     cdef PyObject **slot = <PyObject **>ctx
-    cdef PyObject *b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+    cdef PyObject *b = PyBytes_FromStringAndSize_raw(NULL, <Py_ssize_t>n)
     if b == NULL:
         PyErr_Clear()  # reported as ENOMEM by the store
         return NULL
@@ -96,7 +118,7 @@ cdef void *_bytes_sink(void *ctx, size_t n) noexcept:
 cdef void *_list_sink(void *ctx, size_t n) noexcept:
     # Like _bytes_sink, for calls that deliver several buffers: each new
     # bytes object is appended to the list at ctx.
-    cdef PyObject *b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+    cdef PyObject *b = PyBytes_FromStringAndSize_raw(NULL, <Py_ssize_t>n)
     if b == NULL:
         PyErr_Clear()
         return NULL
@@ -115,25 +137,85 @@ cdef size_t LIST_BATCH = 32 * 1024
 
 
 cdef struct _Out:
-    # A sink and the slot it fills: one per value a call may hand back.
+    # A sink and where it puts one value a call may hand back: a bytes
+    # object (calls made with the GIL), or a malloc'd buffer (calls made
+    # without it).
     ps_sink sink
     PyObject *obj
+    char *buf
+    size_t len
+
+
+cdef void *_malloc_sink(void *ctx, size_t n) noexcept nogil:
+    cdef _Out *o = <_Out *>ctx
+    free(o.buf)
+    o.buf = <char *>malloc(n if n else 1)
+    o.len = n
+    return o.buf
 
 
 cdef inline void _out_init(_Out *o) noexcept:
     o.obj = NULL
+    o.buf = NULL
+    o.len = 0
     o.sink.alloc = _bytes_sink
     o.sink.ctx = &o.obj
 
 
+cdef inline void _out_init_nogil(_Out *o) noexcept:
+    o.obj = NULL
+    o.buf = NULL
+    o.len = 0
+    o.sink.alloc = _malloc_sink
+    o.sink.ctx = o
+
+
 cdef inline object _take(_Out *o):
     """Own the bytes a sink produced (None when it produced nothing)."""
-    if o.obj == NULL:
-        return None
-    cdef object b = <object>o.obj
-    Py_XDECREF(o.obj)
-    o.obj = NULL
-    return b
+    cdef object b
+    if o.obj != NULL:
+        b = <object>o.obj
+        Py_XDECREF(o.obj)
+        o.obj = NULL
+        return b
+    if o.buf != NULL:
+        try:
+            b = PyBytes_FromStringAndSize(o.buf, <Py_ssize_t>o.len)
+        finally:
+            free(o.buf)
+            o.buf = NULL
+        return b
+    return None
+
+
+cdef inline void memset_options(ps_options *o) noexcept:
+    memset(o, 0, sizeof(ps_options))
+
+
+def _with_message(err, message):
+    err.message = message
+    err.args = (message,)
+    return err
+
+
+cdef void _hook_trampoline(void *ctx, int point) noexcept with gil:
+    # Testing aid only: C calls this with the store locked, so the hook
+    # must not use the store, and no other thread may be writing.
+    try:
+        (<object>ctx)(COMPACT_HOOK_POINTS.get(point, point))
+    except BaseException:
+        pass
+
+
+cdef dict _report_dict(ps_report *r):
+    return {
+        "logs": r.logs,
+        "records": r.records,
+        "torn_tails": r.torn_tails,
+        "bytes_cut": r.bytes_cut,
+        "repaired": r.repaired,
+        "stray_files": r.stray_files,
+    }
 
 
 cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
@@ -197,20 +279,30 @@ cdef class UpdateResult:
 
 
 cdef class Store:
-    """An in-memory store of JSON values by (scope, key), on the C core.
+    """A store of JSON values by (scope, key), on the C core: in memory, or
+    durable in a directory of per-scope append-only logs.
 
     Use it through :class:`pystate.State`, which adds the engine-shaped
-    ``trigger`` API; this class holds the fast paths.
+    ``trigger`` API and documents the options; this class holds the fast
+    paths.
     """
 
     cdef ps_store *_st
     cdef Py_ssize_t _max_value_bytes  # -1: no limit
+    cdef bint _durable                # file-based: writes release the GIL
+    cdef bint _closing
+    cdef int _busy                    # threads inside a GIL-free call
+    cdef readonly object path         # the store directory, or None
+    cdef readonly str sync            # the sync mode, or None in memory
+    cdef object _hook                 # testing aid, kept alive for C
 
     def __cinit__(self, *args, **kwargs):
         self._st = NULL
         self._max_value_bytes = -1
 
-    def __init__(self, *, max_value_bytes=None):
+    def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
+                 max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
+                 _max_open_files=0):
         if max_value_bytes is not None:
             if type(max_value_bytes) is not int or max_value_bytes < 1:
                 raise ConfigError(
@@ -219,11 +311,55 @@ cdef class Store:
             self._max_value_bytes = max_value_bytes
         if self._st != NULL:
             return
+        cdef ps_options o
+        cdef ps_report rep
+        memset_options(&o)
+        cdef bytes bpath
+        if path is not None:
+            if sync not in SYNC_MODES:
+                raise ConfigError(
+                    f"sync: expected one of {', '.join(SYNC_MODES)}, got {sync!r}")
+            if (type(save_interval_ms) is not int or
+                    not 100 <= save_interval_ms <= 3_600_000):
+                raise ConfigError(
+                    f"save_interval_ms: expected an integer from 100 to 3600000, "
+                    f"got {save_interval_ms!r}")
+            bpath = os.fsencode(path)
+            if not bpath or b"\0" in bpath:
+                raise ConfigError(f"path: expected a directory path, got {path!r}")
+            o.path = bpath
+            o.sync = SYNC_MODES[sync]
+            o.sync_interval_ms = save_interval_ms
+            o.repair = 1 if repair else 0
+            o.compact_min_dead = _compact_min_dead
+            o.max_open_files = _max_open_files
+            if _compact_hook is not None:
+                self._hook = _compact_hook
+                o.hook = _hook_trampoline
+                o.hook_ctx = <void *>self._hook
+        elif sync != "interval" or save_interval_ms != 5000 or repair:
+            raise ConfigError("sync, save_interval_ms and repair apply to file-based stores: "
+                              "give a path")
         cdef ps_store *st = NULL
-        cdef int rc = ps_store_open(&st, NULL)
+        cdef int rc
+        with nogil:
+            rc = ps_store_open(&st, &o, &rep)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "open")
+            err = error_for_rc(rc, RC_CODES, f"open {path!r}")
+            msg = rep.message.decode("utf-8", "replace")
+            if msg:  # the C core's report says what and where (file, offset)
+                _with_message(err, msg)
+            raise err
         self._st = st
+        if path is not None:
+            self._durable = True
+            self.path = os.fspath(path)
+            self.sync = sync
+            if rep.torn_tails or rep.repaired:
+                warnings.warn(
+                    f"pystate: recovered store {self.path}: cut {rep.torn_tails} torn "
+                    f"tail(s) ({rep.bytes_cut} bytes), salvaged {rep.repaired} damaged "
+                    "log(s)", RecoveryWarning, stacklevel=3)
 
     def __dealloc__(self):
         if self._st != NULL:
@@ -231,8 +367,15 @@ cdef class Store:
             self._st = NULL
 
     cdef inline int _open(self) except -1:
-        if self._st == NULL:
+        if self._st == NULL or self._closing:
             raise ClosedError("the store is closed")
+        return 0
+
+    cdef inline int _enter(self) except -1:
+        # Before a GIL-free call: close() waits until every such call is out.
+        if self._st == NULL or self._closing:
+            raise ClosedError("the store is closed")
+        self._busy += 1
         return 0
 
     @property
@@ -246,10 +389,21 @@ cdef class Store:
         return self._st == NULL
 
     def close(self) -> None:
-        """Free the store. Later calls raise ClosedError; closing twice is fine."""
-        if self._st != NULL:
-            ps_store_close(self._st)
-            self._st = NULL
+        """Make every write durable (file-based), then free the store. Later
+        calls raise ClosedError; closing twice is fine."""
+        if self._st == NULL or self._closing:
+            return
+        self._closing = True
+        while self._busy:  # writers still inside the C store
+            with nogil:
+                usleep(200)
+        cdef ps_store *st = self._st
+        cdef int rc
+        self._st = NULL
+        with nogil:
+            rc = ps_store_close(st)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "close (final sync)")
 
     def __enter__(self):
         self._open()
@@ -258,6 +412,53 @@ cdef class Store:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    # ---- writes: with the GIL in memory, without it on disk -------------
+
+    cdef int _put(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
+                  const char *v, Py_ssize_t n, _Out *out, int *existed) except? -32768:
+        cdef ps_store *st
+        cdef int rc
+        if not self._durable:
+            self._open()
+            return ps_put(self._st, s, sl, k, kl, v, n, &out.sink, existed)
+        _out_init_nogil(out)
+        self._enter()
+        st = self._st
+        with nogil:
+            rc = ps_put(st, s, sl, k, kl, v, n, &out.sink, existed)
+        self._busy -= 1
+        return rc
+
+    cdef int _put_if(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
+                     const char *v, Py_ssize_t n, const char *e,
+                     Py_ssize_t elen) except? -32768:
+        cdef ps_store *st
+        cdef int rc
+        if not self._durable:
+            self._open()
+            return ps_put_if(self._st, s, sl, k, kl, v, n, e, elen)
+        self._enter()
+        st = self._st
+        with nogil:
+            rc = ps_put_if(st, s, sl, k, kl, v, n, e, elen)
+        self._busy -= 1
+        return rc
+
+    cdef int _del(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
+                  _Out *out) except? -32768:
+        cdef ps_store *st
+        cdef int rc
+        if not self._durable:
+            self._open()
+            return ps_del(self._st, s, sl, k, kl, &out.sink)
+        _out_init_nogil(out)
+        self._enter()
+        st = self._st
+        with nogil:
+            rc = ps_del(st, s, sl, k, kl, &out.sink)
+        self._busy -= 1
+        return rc
 
     # ---- the six functions ----------------------------------------------
 
@@ -282,9 +483,8 @@ cdef class Store:
         cdef _Out out
         _out_init(&out)
         cdef int existed = 0
-        self._open()  # encode() may have run code that closed us
-        cdef int rc = ps_put(self._st, s, sl, k, kl, PyBytes_AS_STRING(data), n,
-                             &out.sink, &existed)
+        # (checks again that the store is open: encode() may run user code)
+        cdef int rc = self._put(s, sl, k, kl, PyBytes_AS_STRING(data), n, &out, &existed)
         old = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "set")
@@ -326,8 +526,7 @@ cdef class Store:
         cdef const char *k = _text(key, &kl, "key")
         cdef _Out out
         _out_init(&out)
-        self._open()
-        cdef int rc = ps_del(self._st, s, sl, k, kl, &out.sink)
+        cdef int rc = self._del(s, sl, k, kl, &out)
         old = _take(&out)
         if rc == PS_NOTFOUND:
             return None
@@ -377,12 +576,11 @@ cdef class Store:
             new_data = encode_trusted(new)
             if _race_hook is not None:
                 _race_hook()
-            self._open()
             # Compare-and-set against the bytes we read: if another thread
             # wrote this key meanwhile, start over from its value instead of
             # overwriting it. No lock is held while the ops run.
-            rc = ps_put_if(self._st, s, sl, k, kl, PyBytes_AS_STRING(new_data),
-                           PyBytes_GET_SIZE(new_data), expect, elen)
+            rc = self._put_if(s, sl, k, kl, PyBytes_AS_STRING(new_data),
+                              PyBytes_GET_SIZE(new_data), expect, elen)
             if rc == PS_CONFLICT:
                 continue
             if rc:
@@ -445,16 +643,20 @@ cdef class Store:
         return names
 
     def stats(self) -> dict:
-        """Counters: scopes, keys, key/value bytes, reclaimable (dead) bytes
-        and the memory the store holds (heap_bytes).
+        """Counters: scopes, keys, key/value bytes, reclaimable memory
+        (dead_bytes) and the memory the store holds (heap_bytes). A
+        file-based store adds log_bytes, log_dead_bytes, compactions, what
+        opening it found (``recovery``) and figures per scope
+        (``per_scope``: keys, live_bytes, dead_bytes, file_bytes).
 
         >>> State().stats()["keys"]
         0
         """
         cdef ps_stats s
+        cdef ps_report rep
         self._open()
         ps_stats_get(self._st, &s)
-        return {
+        out = {
             "scopes": s.scopes,
             "keys": s.keys,
             "key_bytes": s.key_bytes,
@@ -462,3 +664,106 @@ cdef class Store:
             "dead_bytes": s.dead_bytes,
             "heap_bytes": s.heap_bytes,
         }
+        if not self._durable:
+            return out
+        ps_recovery_get(self._st, &rep)
+        out.update(
+            path=self.path,
+            sync=self.sync,
+            log_bytes=s.log_bytes,
+            log_dead_bytes=s.log_dead_bytes,
+            compactions=s.compactions,
+            recovery=_report_dict(&rep),
+            per_scope=self._per_scope(),
+        )
+        return out
+
+    cdef dict _per_scope(self):
+        cdef _Out out
+        _out_init(&out)
+        cdef size_t count = 0, i
+        cdef uint32_t n
+        cdef int rc = ps_scope_stats(self._st, &out.sink, &count)
+        data = _take(&out)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "stats")
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+        cdef dict per = {}
+        for i in range(count):
+            n = _le32(p)
+            name = PyUnicode_DecodeUTF8(<const char *>p + 4, n, NULL)
+            p += 4 + n
+            per[name] = {"keys": _le64(p), "live_bytes": _le64(p + 8),
+                         "dead_bytes": _le64(p + 16), "file_bytes": _le64(p + 24)}
+            p += 32
+        return per
+
+    # ---- durability ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Make every write so far durable now (fdatasync of every log
+        written since its last sync), whatever the sync mode. In memory,
+        does nothing.
+
+        >>> State().flush()
+        """
+        cdef int rc
+        self._enter()
+        cdef ps_store *st = self._st
+        with nogil:
+            rc = ps_sync(st)
+        self._busy -= 1
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "flush")
+
+    def compact(self, scope=None) -> None:
+        """Rewrite the log of ``scope`` (default: of every scope) to hold only
+        live records: new file, fdatasync, rename over the old one, sync of
+        the directory. Crash-safe at every step. In memory, does nothing.
+
+        >>> State().compact()
+        """
+        cdef Py_ssize_t sl = 0
+        cdef const char *s = NULL
+        if scope is not None:
+            s = _text(scope, &sl, "scope")
+        cdef int rc
+        self._enter()
+        cdef ps_store *st = self._st
+        with nogil:
+            rc = ps_compact(st, s, sl)
+        self._busy -= 1
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "compact")
+
+    def check(self) -> dict:
+        """Read every log again and verify each record, and that replaying
+        them gives exactly the keys and values in memory. Changes nothing.
+        Returns ``{"ok": bool, "logs": n, "records": n, "problem": str | None}``.
+
+        >>> State().check()["ok"]
+        True
+        """
+        cdef ps_report rep
+        cdef int rc
+        self._enter()
+        cdef ps_store *st = self._st
+        with nogil:
+            rc = ps_check(st, &rep)
+        self._busy -= 1
+        if rc and rc != PS_CORRUPT:
+            raise error_for_rc(rc, RC_CODES, "check")
+        return {
+            "ok": rc == PS_OK,
+            "logs": rep.logs,
+            "records": rep.records,
+            "problem": rep.message.decode("utf-8", "replace") if rc else None,
+        }
+
+
+cdef inline uint32_t _le32(const unsigned char *p) noexcept:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _le64(const unsigned char *p) noexcept:
+    return _le32(p) | (<uint64_t>_le32(p + 4) << 32)

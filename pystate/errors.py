@@ -33,6 +33,9 @@ __all__ = [
     "ConflictError",
     "StoreMemoryError",
     "StoreOSError",
+    "CorruptError",
+    "LockedError",
+    "RecoveryWarning",
     "error_for_rc",
 ]
 
@@ -139,6 +142,27 @@ class StoreOSError(StateError, OSError):
     code = "os_error"
 
 
+class CorruptError(StateError):
+    """A log file is damaged before its end, so opening it would lose data
+    silently. The message names the file and the byte offset. Nothing on
+    disk was changed; ``State(path, repair=True)`` salvages every valid
+    record and keeps the damaged file aside."""
+
+    code = "corrupt"
+
+
+class LockedError(StateError):
+    """Another process has the store directory open (one writer at a time)."""
+
+    code = "locked"
+
+
+class RecoveryWarning(UserWarning):
+    """Opening a file-based store found and fixed damage: a torn tail (the
+    end of a log cut short by a crash) was cut off, or a damaged log was
+    salvaged by ``repair=True``. ``stats()["recovery"]`` has the counts."""
+
+
 def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
     """Build the exception for a non-zero C return code.
 
@@ -155,6 +179,10 @@ def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
         return ConflictError(f"{what}: {detail}", rc=rc)
     if rc == names["PS_TOOBIG"]:
         return ValueTooLargeError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_CORRUPT"] or rc == names["PS_BADVERSION"]:
+        return CorruptError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_LOCKED"]:
+        return LockedError(f"{what}: {detail}", rc=rc)
     if rc == _errno.ENOMEM:
         return StoreMemoryError(f"{what}: out of memory", rc=rc)
     if rc > 0:

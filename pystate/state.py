@@ -9,6 +9,7 @@ shapes, so code written against iii-state runs unchanged.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from pystate import _core
@@ -115,8 +116,10 @@ _BUILTINS: dict[str, Callable[[State, Any], Any]] = {
 class State(_core.Store):
     """An embedded iii-state store: JSON values addressed by (scope, key).
 
-    ``State()`` is an in-memory store on pystate's compiled core. It is
-    safe to share between threads and is a context manager.
+    ``State()`` is an in-memory store on pystate's compiled core;
+    ``State("dir")`` is durable: one append-only log per scope in ``dir``
+    (created if missing), replayed when opened. Either is safe to share
+    between threads and is a context manager.
 
     >>> with State() as st:
     ...     st.set("users", "u1", {"name": "Ada", "visits": 0})
@@ -126,15 +129,54 @@ class State(_core.Store):
     {'name': 'Ada', 'visits': 1}
 
     Args:
+        path: a directory for a durable store; None (default) for memory.
+        sync: when writes are made durable (file-based only). Every
+            acknowledged write has reached the operating system, so killing
+            the process loses nothing; against a machine crash,
+            ``"always"`` fdatasyncs before each write returns (concurrent
+            writers share syncs), ``"interval"`` (default) syncs in the
+            background every ``save_interval_ms``, ``"never"`` leaves it to
+            the operating system.
+        save_interval_ms: the period of ``sync="interval"``, 100 to
+            3,600,000 (default 5000), as in the engine's config.
+        repair: open a directory whose logs are damaged in the middle by
+            salvaging every valid record (the damaged file is kept beside
+            the store as ``<file>.corrupt-<n>``) instead of raising
+            :class:`pystate.CorruptError`.
         max_value_bytes: refuse a ``set`` whose JSON text is longer than
             this (code ``VALUE_TOO_LARGE``). As in the engine, ``update``
             results are not limited. None (default): no limit.
+
+    Raises:
+        LockedError: another process has the directory open.
+        CorruptError: a log is damaged before its end (names file and
+            offset); nothing on disk was changed.
     """
 
     __slots__ = ()
 
-    def __init__(self, *, max_value_bytes: int | None = None) -> None:
-        super().__init__(max_value_bytes=max_value_bytes)
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        sync: str = "interval",
+        save_interval_ms: int = 5000,
+        repair: bool = False,
+        max_value_bytes: int | None = None,
+        **_testing: Any,
+    ) -> None:
+        if path is not None:
+            # The C core creates the directory itself; its parents too, here.
+            parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+            os.makedirs(parent, exist_ok=True)
+        super().__init__(
+            path,
+            sync=sync,
+            save_interval_ms=save_interval_ms,
+            repair=repair,
+            max_value_bytes=max_value_bytes,
+            **_testing,
+        )
 
     def trigger(self, request: Any, payload: Any = _UNSET) -> Any:
         """Call a function by id, as the engine's ``trigger`` does.
@@ -192,7 +234,8 @@ class State(_core.Store):
         return None if void else result
 
     def __repr__(self) -> str:
+        where = "in memory" if self.path is None else f"at {self.path!r}, sync={self.sync}"
         if self.closed:
-            return "<pystate.State in memory, closed>"
+            return f"<pystate.State {where}, closed>"
         s = self.stats()
-        return f"<pystate.State in memory, {s['scopes']} scopes, {s['keys']} keys>"
+        return f"<pystate.State {where}, {s['scopes']} scopes, {s['keys']} keys>"

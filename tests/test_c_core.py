@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-C_TESTS = ["test_table", "test_store"]
+C_TESTS = ["test_table", "test_store", "test_disk"]
 
 
 def need(tool: str) -> str:

@@ -22,11 +22,13 @@
 #include "pystate.h"
 
 static char root[256];
+static void free_statics(void);
 
 static void make_root(void)
 {
     if (root[0])
         return;
+    atexit(free_statics);
     snprintf(root, sizeof root, "/tmp/pystate-test-disk-XXXXXX");
     if (!mkdtemp(root))
         abort();
@@ -67,24 +69,40 @@ static int del_s(ps_store *st, const char *scope, const char *key)
     return ps_del(st, scope, strlen(scope), key, strlen(key), NULL);
 }
 
+static buf_sink get_buf, list_buf;
+
+/* Give back the helpers' buffers (before any exit: leak checkers count them). */
+static void free_statics(void)
+{
+    buf_reset(&get_buf);
+    buf_reset(&list_buf);
+}
+
+#define CHILD_EXIT(n)    \
+    do {                 \
+        free_statics();  \
+        _exit(n);        \
+    } while (0)
+
 /* The value of (scope, key) as a string, or "-" when missing. */
 static const char *get_s(ps_store *st, const char *scope, const char *key)
 {
-    static buf_sink b;
+    buf_sink *bp = &get_buf;
+#define b (*bp)
     buf_reset(&b);
     ps_sink s = sink_of(&b);
     int rc = ps_get(st, scope, strlen(scope), key, strlen(key), &s);
     return rc == PS_OK ? b.data : "-";
+#undef b
 }
 
 static const char *list_s(ps_store *st, const char *scope)
 {
-    static buf_sink b;
-    buf_reset(&b);
-    ps_sink s = sink_of(&b);
+    buf_reset(&list_buf);
+    ps_sink s = sink_of(&list_buf);
     if (ps_list(st, scope, strlen(scope), 0, &s) != PS_OK)
         return "?";
-    return b.data;
+    return list_buf.data;
 }
 
 /* The only *.log file in dir (name into out). */
@@ -612,7 +630,7 @@ TEST(a_failed_append_changes_nothing_and_the_store_recovers)
         signal(SIGXFSZ, SIG_IGN);
         ps_store *st = open_dir(dir, PS_SYNC_NEVER, 0, NULL, NULL);
         if (!st || put_s(st, "s", "k0", "\"first\"") != PS_OK)
-            _exit(10);
+            CHILD_EXIT(10);
         struct rlimit rl;
         getrlimit(RLIMIT_FSIZE, &rl);
         struct rlimit tight = {4096, rl.rlim_max};
@@ -630,26 +648,26 @@ TEST(a_failed_append_changes_nothing_and_the_store_recovers)
             ok += rc == 0;
         }
         if (rc != EFBIG)
-            _exit(11);
+            CHILD_EXIT(11);
         /* The failed key is not there; the earlier ones are. */
         char k[16];
         snprintf(k, sizeof k, "k%d", ok + 1);
         if (strcmp(get_s(st, "s", k), "-") != 0 || strcmp(get_s(st, "s", "k0"), "\"first\"") != 0)
-            _exit(12);
+            CHILD_EXIT(12);
         setrlimit(RLIMIT_FSIZE, &rl);
         if (put_s(st, "s", k, "\"later\"") != PS_OK)
-            _exit(13);
+            CHILD_EXIT(13);
         ps_store_close(st);
         st = open_dir(dir, PS_SYNC_NEVER, 0, NULL, NULL);
         ps_report chk;
         if (!st || ps_check(st, &chk) != PS_OK || strcmp(get_s(st, "s", k), "\"later\"") != 0)
-            _exit(14);
+            CHILD_EXIT(14);
         ps_stats s;
         ps_stats_get(st, &s);
         if (s.keys != (uint64_t)ok + 2)
-            _exit(15);
+            CHILD_EXIT(15);
         ps_store_close(st);
-        _exit(0);
+        CHILD_EXIT(0);
     }
     int status;
     waitpid(pid, &status, 0);
