@@ -195,3 +195,119 @@ def test_model_flags_absent_correctly():
     m.set("s", "k", None)
     assert m.get("s", "k", ABSENT) is None
     assert m.get("s", "zz", ABSENT) is ABSENT
+
+
+# ---- the same, on a file-based store, with crashes and damage -------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import warnings  # noqa: E402
+
+import logfmt  # noqa: E402
+
+
+def replay(records):
+    """A scope's contents from its log records, replayed independently."""
+    t = {}
+    for r in records:
+        key = r.key.decode()
+        if r.kind == logfmt.PUT:
+            t[key] = orjson.loads(r.value)
+        else:
+            t.pop(key, None)
+    return t
+
+
+class DurableStateMachine(StateMachine):
+    """Adds closing and reopening, crashes (the files as a killed process
+    leaves them: every acknowledged write reached the OS), torn tails and
+    compaction. After a record is torn off, the model takes the scope's
+    contents from an independent replay of the log's remaining records
+    (logfmt)."""
+
+    def __init__(self):
+        RuleBasedStateMachine.__init__(self)
+        self.dirs = [tempfile.mkdtemp(prefix="pystate-model-")]
+        self.real = self._open(self.dirs[-1])
+        self.model = ModelStore()
+
+    def _open(self, path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pystate.RecoveryWarning)
+            return pystate.State(path, sync="never", _compact_min_dead=2048)
+
+    def teardown(self):
+        self.real.close()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _crash_copy(self):
+        """A copy of the directory as it is now, and the store reopened on it."""
+        src = self.dirs[-1]
+        dst = tempfile.mkdtemp(prefix="pystate-model-")
+        for name in os.listdir(src):
+            if name.endswith(".log"):
+                shutil.copy(os.path.join(src, name), dst)
+        self.real.close()
+        self.dirs.append(dst)
+        return dst
+
+    @rule()
+    def reopen(self):
+        self.real.close()
+        self.real = self._open(self.dirs[-1])
+
+    @rule()
+    def compact(self):
+        self.real.compact()
+
+    @rule()
+    def crash(self):
+        self.real = self._open(self._crash_copy())
+
+    @rule(data=hs.data(), tail=hs.sampled_from([b"\x00" * 64, b"\xff" * 3, bytes(range(40))]))
+    def crash_with_garbage_tail(self, data, tail):
+        dst = self._crash_copy()
+        logs = sorted(logfmt.logs(dst).values())
+        if logs:
+            with open(data.draw(hs.sampled_from(logs)), "ab") as f:
+                f.write(tail)
+        self.real = self._open(dst)
+        if logs:
+            assert self.real.stats()["recovery"]["torn_tails"] == 1
+
+    @rule(data=hs.data())
+    def crash_inside_the_last_record(self, data):
+        dst = self._crash_copy()
+        logs = logfmt.logs(dst)
+        if logs:
+            name = data.draw(hs.sampled_from(sorted(logs)))
+            raw = open(logs[name], "rb").read()
+            _, recs, end = logfmt.parse(raw)
+            if recs:
+                last = recs[-1]
+                cut = data.draw(hs.integers(last.offset, last.offset + last.size - 1))
+                with open(logs[name], "wb") as f:
+                    f.write(raw[:cut])
+                # The scope is what its other records say it is.
+                scope = name.decode()
+                t = replay(recs[:-1])
+                if t:
+                    self.model.scopes[scope] = t
+                else:
+                    self.model.scopes.pop(scope, None)
+        self.real = self._open(dst)
+
+    @invariant()
+    def logs_check_out(self):
+        assert self.real.check()["ok"]
+
+
+DurableStateMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestDurableStateAgainstModel = DurableStateMachine.TestCase

@@ -1,0 +1,423 @@
+"""The file-based store: reopen, names, options, lock, damage, repair,
+compaction, check, failed writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+import logfmt
+import pystate
+from conftest import MISSING
+
+
+def reopen(st, **kw):
+    st.close()
+    return pystate.State(st.path, **kw)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def fst(path):
+    s = pystate.State(path, sync="never")
+    yield s
+    s.close()
+
+
+# ---- persistence --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", ["never", "interval", "always"])
+def test_everything_survives_close_and_reopen(path, sync):
+    st = pystate.State(path, sync=sync)
+    st.set("users", "c", {"n": 1})
+    st.set("users", "a", [1, 2.5, None, "x"])
+    st.set("users", "b", "b")
+    st.update("users", "c", [{"type": "increment", "path": "n", "by": 41}])
+    st.delete("users", "a")
+    st.set("users", "a", True)
+    st.set("other", "k", 2**64 - 1)
+    st.set("gone", "k", 1)
+    st.delete("gone", "k")
+    before = (st.list("users"), st.list("other"), st.list_groups())
+    st.close()
+    st = pystate.State(path, sync=sync)
+    assert (st.list("users"), st.list("other"), st.list_groups()) == before
+    assert st.list("users") == [{"n": 42}, "b", True]
+    assert st.get("gone", "k", MISSING) is MISSING
+    assert st.check()["ok"]
+    st.close()
+
+
+@pytest.mark.parametrize(
+    "scope",
+    ["", "/", "..", "../../escape", "a\x00b", "é", "😀", "x" * 10_000, "Users", "users", "a.b", "\n"],
+    ids=repr,
+)
+def test_any_scope_name_is_stored_safely_and_returned_exactly(tmp_path, scope):
+    path = str(tmp_path / "store")
+    st = pystate.State(path, sync="never")
+    st.set(scope, "k", scope)
+    st.set("Users" if scope == "users" else "users", "k", "twin")
+    st = reopen(st, sync="never")
+    assert st.get(scope, "k") == scope
+    assert scope in st.list_groups()
+    st.close()
+    # nothing escaped the directory
+    assert sorted(os.listdir(tmp_path)) == ["store"]
+
+
+def test_names_that_differ_only_in_case_get_their_own_logs(fst):
+    fst.set("Users", "k", 1)
+    fst.set("users", "k", 2)
+    fst.flush()
+    assert set(logfmt.logs(fst.path)) == {b"Users", b"users"}
+
+
+def test_state_path_creates_parent_directories(tmp_path):
+    st = pystate.State(tmp_path / "a" / "b" / "store")
+    st.set("s", "k", 1)
+    assert st.path == str(tmp_path / "a" / "b" / "store")
+    st.close()
+
+
+# ---- options ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"sync": "sometimes"},
+        {"sync": None},
+        {"save_interval_ms": 99},
+        {"save_interval_ms": 3_600_001},
+        {"save_interval_ms": 500.0},
+        {"save_interval_ms": "5000"},
+    ],
+)
+def test_bad_options_are_refused(path, kw):
+    with pytest.raises(pystate.ConfigError) as e:
+        pystate.State(path, **kw)
+    assert list(kw)[0] in e.value.message
+
+
+@pytest.mark.parametrize("ms", [100, 3_600_000])
+def test_interval_bounds_are_inclusive(path, ms):
+    pystate.State(path, save_interval_ms=ms).close()
+
+
+@pytest.mark.parametrize("kw", [{"sync": "always"}, {"save_interval_ms": 100}, {"repair": True}])
+def test_file_options_need_a_path(kw):
+    with pytest.raises(pystate.ConfigError, match="give a path"):
+        pystate.State(**kw)
+
+
+def test_path_that_is_a_file_is_an_os_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("not a directory")
+    with pytest.raises(pystate.StoreOSError) as e:
+        pystate.State(f)
+    assert e.value.errno == errno.EEXIST or e.value.errno == errno.ENOTDIR
+
+
+# ---- one writer ---------------------------------------------------------------------
+
+
+def test_second_open_in_this_process_is_locked_out(fst):
+    with pytest.raises(pystate.LockedError) as e:
+        pystate.State(fst.path)
+    assert fst.path in e.value.message
+    assert e.value.code == "locked"
+
+
+def test_second_process_is_locked_out_at_once(fst):
+    code = f"""
+import pystate, sys, time
+t = time.monotonic()
+try:
+    pystate.State({fst.path!r})
+except pystate.LockedError as e:
+    print("locked", round(time.monotonic() - t, 3), e.message)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith("locked"), r.stderr
+    assert float(r.stdout.split()[1]) < 1.0
+    assert fst.path in r.stdout
+
+
+def test_lock_is_released_on_close(path):
+    pystate.State(path).close()
+    pystate.State(path).close()
+
+
+# ---- damage -------------------------------------------------------------------------
+
+
+def one_log(st):
+    st.flush()
+    (p,) = logfmt.logs(st.path).values()
+    return p
+
+
+def fill(path, n=6):
+    st = pystate.State(path, sync="never")
+    for i in range(n):
+        st.set("s", f"k{i}", {"i": i})
+    p = one_log(st)
+    st.close()
+    return p
+
+
+def test_truncation_at_every_offset_keeps_exactly_the_whole_records(path):
+    logpath = fill(path)
+    data = open(logpath, "rb").read()
+    name, recs, end = logfmt.parse(data)
+    assert end == len(data) and len(recs) == 6
+    hsize = recs[0].offset
+    for cut in range(hsize, len(data)):
+        with open(logpath, "wb") as f:
+            f.write(data[:cut])
+        whole = sum(1 for r in recs if r.offset + r.size <= cut)
+        torn = cut != (recs[whole - 1].offset + recs[whole - 1].size if whole else hsize)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            st = pystate.State(path, sync="never")
+        assert st.list("s") == [{"i": i} for i in range(whole)]
+        rec = st.stats()["recovery"]
+        assert rec["torn_tails"] == int(torn)
+        assert [x.category for x in w] == ([pystate.RecoveryWarning] if torn else [])
+        if torn:
+            assert rec["bytes_cut"] == cut - (recs[whole - 1].offset + recs[whole - 1].size if whole else hsize)
+        st.close()
+        if whole:
+            assert os.path.getsize(logpath) == recs[whole - 1].offset + recs[whole - 1].size
+
+
+@pytest.mark.parametrize("tail", [b"\x00" * 4096, bytes(range(256)) * 8, b"garbage"])
+def test_zero_fill_or_garbage_at_the_end_is_a_torn_tail(path, tail):
+    logpath = fill(path, 3)
+    size = os.path.getsize(logpath)
+    with open(logpath, "ab") as f:
+        f.write(tail)
+    with pytest.warns(pystate.RecoveryWarning, match="torn"):
+        st = pystate.State(path, sync="never")
+    assert st.list("s") == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert st.stats()["recovery"]["bytes_cut"] == len(tail)
+    st.set("s", "k3", 3)
+    st.close()
+    st = pystate.State(path, sync="never")
+    assert os.path.getsize(logpath) > size
+    assert len(st.list("s")) == 4
+    st.close()
+
+
+@pytest.mark.parametrize("where", ["second record", "a header field", "just before the last record"])
+def test_damage_in_the_middle_raises_and_changes_nothing(path, where):
+    logpath = fill(path)
+    data = bytearray(open(logpath, "rb").read())
+    _, recs, _ = logfmt.parse(bytes(data))
+    at = {
+        "second record": recs[1].offset + 20,
+        "a header field": recs[2].offset + 5,
+        "just before the last record": recs[-1].offset - 1,
+    }[where]
+    data[at] ^= 0x55
+    open(logpath, "wb").write(data)
+    listing = sorted(os.listdir(path))
+    with pytest.raises(pystate.CorruptError) as e:
+        pystate.State(path)
+    assert e.value.code == "corrupt"
+    assert os.path.basename(logpath) in e.value.message
+    damaged_at = [r for r in recs if r.offset <= at < r.offset + r.size][0].offset
+    assert f"offset {damaged_at}" in e.value.message
+    assert open(logpath, "rb").read() == data
+    assert sorted(os.listdir(path)) == listing
+
+
+def test_repair_salvages_every_valid_record_and_keeps_the_damaged_file(path):
+    logpath = fill(path)
+    data = bytearray(open(logpath, "rb").read())
+    _, recs, _ = logfmt.parse(bytes(data))
+    data[recs[2].offset + 19] ^= 1
+    open(logpath, "wb").write(data)
+    with pytest.warns(pystate.RecoveryWarning, match="salvaged 1"):
+        st = pystate.State(path, repair=True)
+    assert st.list("s") == [{"i": i} for i in (0, 1, 3, 4, 5)]
+    assert st.stats()["recovery"]["repaired"] == 1
+    assert open(logpath + ".corrupt-1", "rb").read() == data
+    assert st.check()["ok"]
+    st.close()
+    st = pystate.State(path)  # clean from now on
+    assert len(st.list("s")) == 5
+    st.close()
+
+
+def test_a_log_with_a_foreign_format_version_is_refused(path):
+    logpath = fill(path, 1)
+    data = bytearray(open(logpath, "rb").read())
+    name, recs, _ = logfmt.parse(bytes(data))
+    fixed = logfmt.MAGIC + b"\x02\x00\x00\x00" + data[12:16]
+    new = fixed + logfmt.check(fixed + name).to_bytes(4, "little") + name + data[recs[0].offset :]
+    open(logpath, "wb").write(new)
+    with pytest.raises(pystate.CorruptError, match="another version"):
+        pystate.State(path)
+
+
+def test_a_log_written_by_hand_from_the_documented_format_is_read(path):
+    os.makedirs(path)
+    with open(os.path.join(path, "handmade.log"), "wb") as f:
+        f.write(logfmt.header(b"hand"))
+        f.write(logfmt.record(logfmt.PUT, 1, b"a", b'{"x":1}'))
+        f.write(logfmt.record(logfmt.PUT, 2, b"b", b"2"))
+        f.write(logfmt.record(logfmt.DEL, 3, b"a"))
+        f.write(logfmt.record(logfmt.PUT, 4, b"a", b"3"))
+    st = pystate.State(path)
+    assert st.list("hand") == [2, 3]
+    st.close()
+
+
+# ---- compaction ---------------------------------------------------------------------------
+
+
+def test_compaction_leaves_only_live_data(path):
+    st = pystate.State(path, sync="never")
+    for rnd in range(10):  # values of the benchmark's size: ~210 bytes
+        for i in range(200):
+            st.set("s", f"key-{i:08d}", {"round": rnd, "pad": "x" * 190})
+    for i in range(0, 200, 2):
+        st.delete("s", f"key-{i:08d}")
+    st.compact()
+    s = st.stats()
+    live = s["key_bytes"] + s["value_bytes"]
+    assert s["log_dead_bytes"] == 0
+    assert s["log_bytes"] <= 1.1 * live
+    logpath = one_log(st)
+    assert os.path.getsize(logpath) == s["log_bytes"]
+    name, recs, end = logfmt.parse(open(logpath, "rb").read())
+    assert end == s["log_bytes"]
+    assert [r.key.decode() for r in recs] == [f"key-{i:08d}" for i in range(1, 200, 2)]
+    assert all(r.kind == logfmt.PUT for r in recs)
+    expect = st.list("s")
+    st = reopen(st, sync="never")
+    assert st.list("s") == expect
+    assert st.check()["ok"]
+    st.close()
+
+
+def test_logs_compact_themselves_when_mostly_dead(path):
+    st = pystate.State(path, sync="never", _compact_min_dead=64 * 1024)
+    for i in range(3000):
+        st.set("s", "counter", {"i": i, "pad": "y" * 200})
+    s = st.stats()
+    assert s["compactions"] > 0
+    assert s["log_bytes"] < 200 * 1024
+    st.close()
+
+
+def test_emptied_scope_loses_its_log(path):
+    st = pystate.State(path, sync="never")
+    st.set("s", "k", 1)
+    st.delete("s", "k")
+    st.compact("s")
+    assert logfmt.logs(path) == {}
+    assert st.list_groups() == []
+    st.close()
+
+
+def test_stray_compaction_file_is_removed_at_open(path):
+    logpath = fill(path, 2)
+    open(logpath + ".compact", "wb").write(b"half written")
+    st = pystate.State(path)
+    assert not os.path.exists(logpath + ".compact")
+    assert st.stats()["recovery"]["stray_files"] == 1
+    assert len(st.list("s")) == 2
+    st.close()
+
+
+# ---- stats and check ----------------------------------------------------------------------
+
+
+def test_stats_per_scope(fst):
+    fst.set("a", "k1", "x" * 10)
+    fst.set("a", "k1", "y" * 10)
+    fst.set("b", "k", 1)
+    s = fst.stats()
+    a = s["per_scope"]["a"]
+    assert a["keys"] == 1 and a["dead_bytes"] > 0 and a["live_bytes"] > 0
+    assert a["file_bytes"] > a["live_bytes"] + a["dead_bytes"]  # plus the header
+    assert s["per_scope"]["b"]["keys"] == 1
+    assert s["sync"] == "never" and s["path"] == fst.path
+
+
+def test_check_reports_a_log_changed_behind_the_stores_back(fst):
+    fst.set("s", "k", 1)
+    fst.set("s", "k2", 2)
+    logpath = one_log(fst)
+    data = bytearray(open(logpath, "rb").read())
+    data[-1] ^= 1
+    open(logpath, "wb").write(data)
+    r = fst.check()
+    assert not r["ok"]
+    assert os.path.basename(logpath) in r["problem"]
+    assert open(logpath, "rb").read() == data  # check changes nothing
+
+
+# ---- failed writes ---------------------------------------------------------------------------
+
+
+def test_failed_write_raises_changes_nothing_and_recovers(path):
+    # A real EFBIG from the kernel: RLIMIT_FSIZE in a child process.
+    code = textwrap.dedent(
+        f"""
+        import resource, signal, pystate, errno
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        st = pystate.State({path!r}, sync="never")
+        st.set("s", "first", 1)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))
+        i = 0
+        try:
+            while True:
+                st.set("s", f"k{{i}}", "v" * 1000)
+                i += 1
+        except pystate.StoreOSError as e:
+            assert e.errno == errno.EFBIG, e.errno
+            print("failed at", i, e.code, e.message)
+        assert st.get("s", f"k{{i}}") is None
+        assert st.get("s", "first") == 1
+        try:
+            st.update("s", "first", [{{"type": "set", "path": "x", "value": "v" * 9000}}])
+        except pystate.StoreOSError:
+            pass
+        assert st.get("s", "first") == 1
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        st.set("s", f"k{{i}}", "later")
+        st.close()
+        st = pystate.State({path!r})
+        assert st.get("s", f"k{{i}}") == "later" and len(st.list("s")) == i + 2
+        assert st.check()["ok"]
+        print("ok")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "os_error" in r.stdout and r.stdout.strip().endswith("ok")
+
+
+def test_use_after_close_and_close_twice(path):
+    st = pystate.State(path)
+    st.close()
+    st.close()
+    for call in (lambda: st.set("s", "k", 1), lambda: st.flush(), lambda: st.compact(), lambda: st.check()):
+        with pytest.raises(pystate.ClosedError):
+            call()
