@@ -1,0 +1,157 @@
+"""The durable stores pystate's file store is compared with, each offering
+State's calls with the same return values, each surviving the kill of its
+process after every acknowledged write (none of them fsyncs per write):
+
+- PyLog: the obvious pure-Python design, a dict in memory plus an append
+  log of one JSON line per operation, flushed (not synced) per write.
+- Lmdb: lmdb with sync=False, one write transaction per operation.
+- Sqlite: sqlite3 in WAL mode with synchronous=NORMAL, one transaction
+  per operation.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import orjson
+
+from workload import DictFloor
+
+_loads, _dumps = orjson.loads, orjson.dumps
+
+
+class PyLog(DictFloor):
+    """DictFloor plus a JSON-lines log; replayed when reopened."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        os.makedirs(path, exist_ok=True)
+        self.file = os.path.join(path, "log.jsonl")
+        if os.path.exists(self.file):
+            self._replay()
+        self.f = open(self.file, "ab")
+
+    def _replay(self):
+        with open(self.file, "rb") as f:
+            for line in f:
+                op = _loads(line)
+                if op[0] == "set":
+                    self.d.setdefault(op[1], {})[op[2]] = _dumps(op[3])
+                else:
+                    t = self.d.get(op[1])
+                    if t is not None:
+                        t.pop(op[2], None)
+
+    def _log(self, line: bytes) -> None:
+        self.f.write(line)
+        self.f.flush()
+
+    def set(self, scope, key, value):
+        self._log(_dumps(["set", scope, key, value]) + b"\n")
+        return super().set(scope, key, value)
+
+    def delete(self, scope, key):
+        self._log(_dumps(["del", scope, key]) + b"\n")
+        return super().delete(scope, key)
+
+    def update(self, scope, key, ops):
+        t = self.d[scope]
+        raw = t[key]
+        old = _loads(raw)
+        new = _loads(raw)
+        new["age"] += 1
+        new["tags"].append("delta")
+        data = _dumps(new)
+        self._log(b'["set",' + _dumps(scope) + b"," + _dumps(key) + b"," + data + b"]\n")
+        t[key] = bytes(memoryview(data))
+        return (old, new, [])
+
+    def close(self):
+        self.f.close()
+
+
+class Lmdb:
+    def __init__(self, path: str):
+        import lmdb
+
+        os.makedirs(path, exist_ok=True)
+        self.env = lmdb.open(path, map_size=8 << 30, sync=False, metasync=False, max_dbs=0)
+
+    @staticmethod
+    def _k(scope, key):
+        return scope.encode() + b"\0" + key.encode()
+
+    def set(self, scope, key, value):
+        with self.env.begin(write=True) as txn:
+            old = txn.replace(self._k(scope, key), _dumps(value))
+        return None if old is None else _loads(old)
+
+    def get(self, scope, key, default=None):
+        with self.env.begin() as txn:
+            b = txn.get(self._k(scope, key))
+        return default if b is None else _loads(b)
+
+    def delete(self, scope, key):
+        with self.env.begin(write=True) as txn:
+            old = txn.pop(self._k(scope, key))
+        return None if old is None else _loads(old)
+
+    def update(self, scope, key, ops):
+        k = self._k(scope, key)
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(k)
+            old, new = _loads(raw), _loads(raw)
+            new["age"] += 1
+            new["tags"].append("delta")
+            txn.put(k, _dumps(new))
+        return (old, new, [])
+
+    def close(self):
+        self.env.close()
+
+
+class Sqlite:
+    def __init__(self, path: str):
+        os.makedirs(path, exist_ok=True)
+        self.db = sqlite3.connect(os.path.join(path, "kv.sqlite"), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS kv (scope TEXT, key TEXT, value BLOB, "
+            "PRIMARY KEY (scope, key)) WITHOUT ROWID"
+        )
+
+    def set(self, scope, key, value):
+        c = self.db
+        c.execute("BEGIN")
+        row = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()
+        c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (scope, key, _dumps(value)))
+        c.execute("COMMIT")
+        return None if row is None else _loads(row[0])
+
+    def get(self, scope, key, default=None):
+        row = self.db.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()
+        return default if row is None else _loads(row[0])
+
+    def delete(self, scope, key):
+        c = self.db
+        c.execute("BEGIN")
+        row = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()
+        c.execute("DELETE FROM kv WHERE scope=? AND key=?", (scope, key))
+        c.execute("COMMIT")
+        return None if row is None else _loads(row[0])
+
+    def update(self, scope, key, ops):
+        c = self.db
+        c.execute("BEGIN")
+        raw = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()[0]
+        old, new = _loads(raw), _loads(raw)
+        new["age"] += 1
+        new["tags"].append("delta")
+        c.execute("UPDATE kv SET value=? WHERE scope=? AND key=?", (_dumps(new), scope, key))
+        c.execute("COMMIT")
+        return (old, new, [])
+
+    def close(self):
+        self.db.close()
