@@ -12,9 +12,20 @@
  *   <log>.compact        a compaction in progress (removed at open)
  *   <log>.corrupt-<n>    a damaged log kept aside by repair, byte for byte
  *
+ * Appends
+ *   A log grows in preallocated steps (posix_fallocate, so a full disk
+ *   shows up as ENOSPC there rather than as SIGBUS later) and is mapped
+ *   shared: appending a record is a memcpy into the page cache, with no
+ *   system call, and the header's end hint is updated after it. That
+ *   makes the write visible to the operating system as soon as the copy
+ *   is done. On close the unused preallocation is truncated away; after a
+ *   crash, recovery tells it from damage by the end hint (ps_log.h). With
+ *   sync=always, where an fdatasync per write dwarfs everything, records
+ *   are pwrite()n instead and files never hold preallocated space.
+ *
  * Durability
- *   A write is pwrite()n before memory changes and before the call
- *   returns, so a killed process loses nothing acknowledged. fdatasync
+ *   A write reaches the operating system before memory changes and before
+ *   the call returns, so a killed process loses nothing acknowledged. fdatasync
  *   then follows the sync mode: after every write (sync=always; concurrent
  *   writers wait for one leader's sync, a group commit), from a background
  *   thread every interval (sync=interval), or never. New log files and
@@ -61,6 +72,8 @@
 struct ps_logf {
     char name[NAME_MAX_LEN]; /* file name in the directory */
     int fd;                  /* -1 while not open */
+    unsigned char *map;      /* the file mapped for appends, or NULL */
+    uint64_t map_cap;        /* bytes mapped: the file's size, preallocation included */
     uint64_t hsize;          /* header bytes */
     uint64_t size;           /* header plus whole records */
     uint64_t next_seq;
@@ -152,6 +165,23 @@ static int datasync(int fd)
     return 0;
 }
 
+/* Write all of buf at off, over what is there. Returns 0 or an errno. */
+static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const unsigned char *b = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, b, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? errno : EIO;
+        b += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
 static void hook(ps_disk *d, int point)
 {
     if (d->hook)
@@ -211,14 +241,68 @@ static void lru_push(ps_disk *d, ps_logf *l)
         d->lru_tail = l;
 }
 
+static void log_unmap(ps_logf *l)
+{
+    if (!l->map)
+        return;
+    munmap(l->map, l->map_cap);
+    l->map = NULL;
+    /* Give back the preallocated tail: a closed log ends at its last
+     * record. (If this fails the zeros stay, and are skipped at open.) */
+    if (l->map_cap > l->size)
+        while (ftruncate(l->fd, (off_t)l->size) != 0 && errno == EINTR)
+            ;
+    l->map_cap = 0;
+}
+
 static void log_close_fd(ps_disk *d, ps_logf *l)
 {
     if (l->fd < 0)
         return;
+    log_unmap(l);
     lru_unlink(d, l);
     close(l->fd);
     l->fd = -1;
     d->n_open--;
+}
+
+#define GROW_MIN (64u << 10)
+#define GROW_MAX (64u << 20)
+
+/* Make room for n more bytes in l's mapping: extend the file by a
+ * preallocated step (just n when a step does not fit) and map it.
+ * Returns 0 or an errno (ENOSPC, EFBIG...); the log is then unchanged. */
+static int log_reserve(ps_logf *l, size_t n)
+{
+    uint64_t need = l->size + n;
+    if (l->map && need <= l->map_cap)
+        return 0;
+    struct stat sb;
+    if (!l->map) {
+        if (fstat(l->fd, &sb) != 0)
+            return errno;
+        l->map_cap = (uint64_t)sb.st_size < l->size ? l->size : (uint64_t)sb.st_size;
+    }
+    uint64_t step = l->size / 4;
+    step = step < GROW_MIN ? GROW_MIN : step > GROW_MAX ? GROW_MAX : step;
+    uint64_t cap = l->map_cap;
+    if (need > cap) {
+        cap = need + step;
+        int rc = posix_fallocate(l->fd, (off_t)l->map_cap, (off_t)(cap - l->map_cap));
+        if (rc) {
+            cap = need; /* near a limit: just this record */
+            rc = posix_fallocate(l->fd, (off_t)l->map_cap, (off_t)(cap - l->map_cap));
+        }
+        if (rc)
+            return rc;
+    }
+    void *m = l->map ? mremap(l->map, l->map_cap, cap, MREMAP_MAYMOVE)
+                     : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, l->fd, 0);
+    if (m == MAP_FAILED)
+        return errno; /* a failed mremap leaves the old mapping in place */
+    l->map = m;
+    l->map_cap = cap;
+    return 0;
 }
 
 /* Make l's descriptor open and most recently used. */
@@ -344,13 +428,24 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
     if (l->broken)
         return EIO; /* a failed fdatasync may have lost earlier writes */
     size_t n = ps_rec_size(klen, vlen);
-    if ((rc = ensure_scratch(st, n)) != 0 || (rc = log_fd(d, l)) != 0)
+    if ((rc = log_fd(d, l)) != 0)
         return rc;
-    ps_rec_encode(d->scratch, kind, l->next_seq, key, klen, value, vlen);
-    rc = ps_file_append(l->fd, d->scratch, n, l->size);
-    trim_scratch(st);
-    if (rc)
-        return rc;
+    if (d->sync_mode == PS_SYNC_ALWAYS) {
+        /* An fdatasync follows anyway: a plain write costs nothing extra
+         * and keeps the file exactly as long as its records. */
+        if ((rc = ensure_scratch(st, n)) != 0)
+            return rc;
+        ps_rec_encode(d->scratch, kind, l->next_seq, key, klen, value, vlen);
+        rc = ps_file_append(l->fd, d->scratch, n, l->size);
+        trim_scratch(st);
+        if (rc)
+            return rc;
+    } else {
+        if ((rc = log_reserve(l, n)) != 0)
+            return rc;
+        ps_rec_encode(l->map + l->size, kind, l->next_seq, key, klen, value, vlen);
+        ps_log_set_end_hint(l->map, l->size + n);
+    }
     l->size += n;
     l->next_seq++;
     atomic_store_explicit(&l->appended, l->size, memory_order_release);
@@ -505,6 +600,12 @@ static int write_fresh_log(ps_store *st, ps_scope *sc, const void *scope, size_t
     }
     w_flush(&w);
     ps_mem_free(&st->mem, w.buf, w.cap);
+    if (!w.err) {
+        unsigned char end[8];
+        for (int i = 0; i < 8; i++)
+            end[i] = (unsigned char)(w.off >> (8 * i));
+        w.err = pwrite_all(fd, end, 8, PS_LOG_END_OFFSET);
+    }
     hook(d, PS_HOOK_COMPACT_WRITTEN);
     int rc = w.err ? w.err : datasync(fd);
     if (rc) {
@@ -881,9 +982,17 @@ static int load_log(opener *o, const char *fname)
             }
         }
     } else if (rc == 0 && scan.damaged) {
-        rep->torn_tails++;
-        rep->bytes_cut += size - end;
-        rc = add_fix(o, FIX_CUT, fname, end, sc);
+        /* Zeros from the end hint on are preallocated space that was never
+         * written (the process stopped before truncating it): not damage.
+         * Appends will reuse it. Anything else is a torn tail. */
+        size_t z = end;
+        while (z < size && map[z] == 0)
+            z++;
+        if (!(z == size && ps_log_end_hint(map) <= end)) {
+            rep->torn_tails++;
+            rep->bytes_cut += size - end;
+            rc = add_fix(o, FIX_CUT, fname, end, sc);
+        }
     }
     munmap((void *)map, size);
     l->size = end;
@@ -1393,7 +1502,11 @@ static int check_log(ps_store *st, ps_scope *sc, const unsigned char *name, size
         ps_scan scan;
         rc = ps_log_scan(map, size, hsize, 1, check_record, &c, &scan);
         rep->records += scan.records;
-        if (rc == 0 && (scan.damaged || scan.end != l->size || size != l->size)) {
+        /* Past the last record there may be preallocated zeros, nothing else. */
+        size_t z = scan.end;
+        while (z < size && map[z] == 0)
+            z++;
+        if (rc == 0 && (scan.end != l->size || z != size || scan.resume)) {
             report(rep, "log %s/%s (scope '%s') is corrupt at offset %zu (file %zu bytes, %llu expected)",
                    d->path, l->name, shown, scan.end, size, (unsigned long long)l->size);
             rc = PS_CORRUPT;

@@ -124,6 +124,7 @@ void ps_log_header_encode(unsigned char *buf, const void *name, size_t nlen)
     put_u16(buf + 8, PS_LOG_VERSION);
     put_u16(buf + 10, 0);
     put_u32(buf + 12, (uint32_t)nlen);
+    put_u64(buf + PS_LOG_END_OFFSET, 0);
     if (nlen)
         memcpy(buf + PS_LOG_FIXED_HEADER, name, nlen);
     /* The check covers the fixed part (without itself) and the name. */
@@ -154,6 +155,16 @@ int ps_log_header_parse(const unsigned char *p, size_t n, const unsigned char **
     *nlen = len;
     *size = PS_LOG_FIXED_HEADER + len;
     return PS_OK;
+}
+
+uint64_t ps_log_end_hint(const unsigned char *p)
+{
+    return get_u64(p + PS_LOG_END_OFFSET);
+}
+
+void ps_log_set_end_hint(unsigned char *p, uint64_t end)
+{
+    put_u64(p + PS_LOG_END_OFFSET, end);
 }
 
 /* ---- scanning ------------------------------------------------------------------- */

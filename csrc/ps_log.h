@@ -4,12 +4,18 @@
  * A log file is a header followed by records, all little-endian, packed:
  *
  *   header   magic "PSLOG\r\n\x1a" (8) | version u16 | flags u16 |
- *            name_len u32 | check u32 | scope name (name_len bytes)
+ *            name_len u32 | check u32 | end u64 | scope name (name_len bytes)
  *   record   check u32 | len u32 | seq u64 | kind u8 | flags u8 |
  *            payload (len bytes): klen as LEB128 varint | key | value
  *
  * `check` is the low 32 bits of XXH3-64 (seed 0): in the header over the
- * bytes before it plus the name, in a record over every byte after it. A
+ * bytes before it plus the name, in a record over every byte after it.
+ * `end` is a hint, not covered by the check: the offset where the last
+ * record appended so far ends (0 until the first). Logs grow in
+ * preallocated, zero-filled steps (see ps_disk.c), so after a crash a log
+ * may end in zeros that were never written; zeros from a point at or past
+ * the hint are that space, and are dropped silently; anything else after
+ * the last valid record is a torn tail. A
  * record's seq is 1 for the first record of the file and grows by one per
  * record, so a record out of place is as invalid as a bad checksum. kind
  * is PS_REC_PUT (key and value) or PS_REC_DEL (key, no value); 0 is never
@@ -31,7 +37,8 @@
 
 #define PS_LOG_MAGIC "PSLOG\r\n\x1a"
 #define PS_LOG_VERSION 1
-#define PS_LOG_FIXED_HEADER 20 /* header bytes before the name */
+#define PS_LOG_FIXED_HEADER 28 /* header bytes before the name */
+#define PS_LOG_END_OFFSET 20   /* where the end hint is */
 #define PS_REC_HEADER 18       /* record bytes before the payload */
 
 enum ps_rec_kind { PS_REC_PUT = 1, PS_REC_DEL = 2 };
@@ -90,6 +97,12 @@ void ps_log_header_encode(unsigned char *buf, const void *name, size_t nlen);
  * version; PS_CORRUPT when it is not a valid header. */
 int ps_log_header_parse(const unsigned char *p, size_t n, const unsigned char **name,
                         size_t *nlen, size_t *size);
+
+/* The end hint of a header (p: a whole header). */
+uint64_t ps_log_end_hint(const unsigned char *p);
+
+/* Store the end hint into a header in place. */
+void ps_log_set_end_hint(unsigned char *p, uint64_t end);
 
 /* ---- recovery scan ------------------------------------------------------------ */
 

@@ -32,9 +32,9 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def header(name: bytes) -> bytes:
+def header(name: bytes, end: int = 0) -> bytes:
     fixed = MAGIC + struct.pack("<HHI", VERSION, 0, len(name))
-    return fixed + struct.pack("<I", check(fixed + name)) + name
+    return fixed + struct.pack("<IQ", check(fixed + name), end) + name
 
 
 def record(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
@@ -54,14 +54,15 @@ class Rec:
 
 
 def parse(data: bytes) -> tuple[bytes, list[Rec], int]:
-    """(scope name, records of the clean prefix, offset where it ends)."""
+    """(scope name, records of the clean prefix, offset where it ends).
+    Zero-filled space after the records (preallocated) is not damage."""
     assert data[:8] == MAGIC, "not a log"
     version, flags, nlen = struct.unpack_from("<HHI", data, 8)
     assert (version, flags) == (VERSION, 0)
-    (chk,) = struct.unpack_from("<I", data, 16)
-    name = data[20 : 20 + nlen]
+    chk, _end_hint = struct.unpack_from("<IQ", data, 16)
+    name = data[28 : 28 + nlen]
     assert chk == check(data[:16] + name), "bad header"
-    off, seq, recs = 20 + nlen, 1, []
+    off, seq, recs = 28 + nlen, 1, []
     while off + 18 <= len(data):
         c, length, s, kind, fl = struct.unpack_from("<IIQBB", data, off)
         end = off + 18 + length

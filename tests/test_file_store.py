@@ -203,12 +203,24 @@ def test_truncation_at_every_offset_keeps_exactly_the_whole_records(path):
             assert os.path.getsize(logpath) == recs[whole - 1].offset + recs[whole - 1].size
 
 
-@pytest.mark.parametrize("tail", [b"\x00" * 4096, bytes(range(256)) * 8, b"garbage"])
-def test_zero_fill_or_garbage_at_the_end_is_a_torn_tail(path, tail):
+def set_end_hint(logpath, end):
+    with open(logpath, "r+b") as f:
+        f.seek(20)
+        f.write(end.to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize(
+    "tail, hint_past_it",
+    [(bytes(range(256)) * 8, False), (b"garbage", False), (b"\x00" * 4096, True)],
+    ids=["bytes", "garbage", "zeros the header says were records"],
+)
+def test_damage_at_the_end_is_a_torn_tail(path, tail, hint_past_it):
     logpath = fill(path, 3)
     size = os.path.getsize(logpath)
     with open(logpath, "ab") as f:
         f.write(tail)
+    if hint_past_it:  # records were appended there, then lost
+        set_end_hint(logpath, size + 100)
     with pytest.warns(pystate.RecoveryWarning, match="torn"):
         st = pystate.State(path, sync="never")
     assert st.list("s") == [{"i": 0}, {"i": 1}, {"i": 2}]
@@ -217,6 +229,23 @@ def test_zero_fill_or_garbage_at_the_end_is_a_torn_tail(path, tail):
     st.close()
     st = pystate.State(path, sync="never")
     assert os.path.getsize(logpath) > size
+    assert len(st.list("s")) == 4
+    st.close()
+
+
+def test_zeros_after_the_last_record_are_free_space(path):
+    # What a killed process leaves: its preallocated, never-written space.
+    logpath = fill(path, 3)
+    with open(logpath, "ab") as f:
+        f.write(b"\x00" * 65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = pystate.State(path, sync="never")
+    assert st.stats()["recovery"]["torn_tails"] == 0
+    assert len(st.list("s")) == 3
+    st.set("s", "k3", 3)  # written into that space
+    st.close()
+    st = pystate.State(path)
     assert len(st.list("s")) == 4
     st.close()
 
@@ -267,7 +296,7 @@ def test_a_log_with_a_foreign_format_version_is_refused(path):
     data = bytearray(open(logpath, "rb").read())
     name, recs, _ = logfmt.parse(bytes(data))
     fixed = logfmt.MAGIC + b"\x02\x00\x00\x00" + data[12:16]
-    new = fixed + logfmt.check(fixed + name).to_bytes(4, "little") + name + data[recs[0].offset :]
+    new = fixed + logfmt.check(fixed + name).to_bytes(4, "little") + bytes(8) + name + data[recs[0].offset :]
     open(logpath, "wb").write(new)
     with pytest.raises(pystate.CorruptError, match="another version"):
         pystate.State(path)

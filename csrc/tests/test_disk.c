@@ -330,40 +330,75 @@ TEST(a_log_cut_at_any_byte_recovers_the_whole_records_before_the_cut)
     free(orig);
 }
 
-TEST(garbage_and_zero_fill_at_the_end_are_torn_tails)
+static void set_end_hint(unsigned char *p, uint64_t end)
+{
+    for (int i = 0; i < 8; i++)
+        p[PS_LOG_END_OFFSET + i] = (unsigned char)(end >> (8 * i));
+}
+
+/* Append `tail` to the log (with the header's end hint set to `hint`),
+ * reopen, and check what recovery reports. */
+static void tail_case(const char *dir, const char *logpath, const unsigned char *tail,
+                      size_t tlen, uint64_t hint, int torn)
+{
+    size_t n;
+    unsigned char *orig = slurp(logpath, &n);
+    unsigned char *buf = malloc(n + tlen);
+    memcpy(buf, orig, n);
+    memcpy(buf + n, tail, tlen);
+    set_end_hint(buf, hint);
+    spit(logpath, buf, n + tlen);
+    ps_report rep;
+    ps_store *st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL);
+    if (!st)
+        abort();
+    CHECK(rep.torn_tails == (uint64_t)torn);
+    CHECK(rep.bytes_cut == (torn ? tlen : 0));
+    CHECK(strcmp(list_s(st, "s"), "[0,1,2]") == 0);
+    CHECK(file_size(logpath) == (long)(torn ? n : n + tlen));
+    /* And appends continue cleanly after it. */
+    CHECK_RC(put_s(st, "s", "k3", "3"), PS_OK);
+    ps_store_close(st);
+    st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL);
+    if (!st)
+        abort();
+    CHECK(strcmp(list_s(st, "s"), "[0,1,2,3]") == 0);
+    CHECK(rep.torn_tails == 0);
+    CHECK_RC(del_s(st, "s", "k3"), PS_OK);
+    CHECK_RC(ps_compact(st, NULL, 0), PS_OK);
+    ps_store_close(st);
+    free(orig);
+    free(buf);
+}
+
+TEST(garbage_at_the_end_is_a_torn_tail)
 {
     char dir[512], logpath[600];
     make_root();
     snprintf(dir, sizeof dir, "%s/tail", root);
     write_log(dir, 3, logpath, sizeof logpath);
+    unsigned char garbage[4096];
+    for (size_t i = 0; i < sizeof garbage; i++)
+        garbage[i] = (unsigned char)(i * 131 + 7);
     size_t n;
-    unsigned char *orig = slurp(logpath, &n);
-    for (int kind = 0; kind < 2; kind++) {
-        unsigned char *buf = malloc(n + 4096);
-        memcpy(buf, orig, n);
-        for (size_t i = 0; i < 4096; i++)
-            buf[n + i] = kind ? (unsigned char)(i * 131 + 7) : 0;
-        spit(logpath, buf, n + 4096);
-        ps_report rep;
-        ps_store *st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL);
-        REQUIRE(st);
-        CHECK(rep.torn_tails == 1 && rep.bytes_cut == 4096);
-        CHECK(strcmp(list_s(st, "s"), "[0,1,2]") == 0);
-        CHECK(file_size(logpath) == (long)n);
-        /* And appends continue cleanly after the cut. */
-        CHECK_RC(put_s(st, "s", "k3", "3"), PS_OK);
-        ps_store_close(st);
-        st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL);
-        REQUIRE(st);
-        CHECK(strcmp(list_s(st, "s"), "[0,1,2,3]") == 0);
-        CHECK(rep.torn_tails == 0);
-        CHECK_RC(del_s(st, "s", "k3"), PS_OK);
-        ps_store_close(st);
-        free(orig);
-        free(buf);
-        orig = slurp(logpath, &n);
-    }
-    free(orig);
+    free(slurp(logpath, &n));
+    tail_case(dir, logpath, garbage, sizeof garbage, n, 1);
+}
+
+TEST(zeros_past_the_end_hint_are_free_space_and_zeros_before_it_are_torn)
+{
+    char dir[512], logpath[600];
+    make_root();
+    snprintf(dir, sizeof dir, "%s/zeros", root);
+    write_log(dir, 3, logpath, sizeof logpath);
+    static const unsigned char zeros[4096];
+    size_t n;
+    free(slurp(logpath, &n));
+    /* As a killed process leaves its preallocated space: not damage. */
+    tail_case(dir, logpath, zeros, sizeof zeros, n, 0);
+    /* The hint says records went past the zeros: they were lost. */
+    free(slurp(logpath, &n));
+    tail_case(dir, logpath, zeros, sizeof zeros, n + 100, 1);
 }
 
 TEST(damage_in_the_middle_refuses_to_open_and_changes_nothing)
