@@ -86,6 +86,10 @@ struct ps_logf {
     int syncing;
     int broken;              /* errno of a failed fdatasync: writes refused */
     int present;             /* the file exists (an emptied scope's log is removed) */
+    int compacting;          /* a compaction of this log is under way */
+    int want_compact;        /* queued for the maintenance thread */
+    unsigned char *scope_name; /* for headers of rewritten logs */
+    size_t scope_len;
     /* LRU of open descriptors, most recent first, under st->mu */
     ps_logf *prev, *next;
 };
@@ -115,7 +119,8 @@ struct ps_disk {
     /* background sync thread (sync=interval) */
     pthread_t thread;
     int thread_running;
-    int stopping; /* under sync_mu */
+    int stopping;        /* under sync_mu */
+    int compact_pending; /* under sync_mu: some log wants compacting */
 };
 
 /* ---- small helpers -------------------------------------------------------------- */
@@ -180,6 +185,14 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
         off += (uint64_t)w;
     }
     return 0;
+}
+
+static int write_end_hint(int fd, uint64_t end)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(end >> (8 * i));
+    return pwrite_all(fd, b, 8, PS_LOG_END_OFFSET);
 }
 
 static void hook(ps_disk *d, int point)
@@ -334,12 +347,20 @@ static int private_fd(ps_disk *d, ps_logf *l)
     return openat(d->dirfd, l->name, O_RDONLY | O_CLOEXEC);
 }
 
-static ps_logf *log_new(ps_store *st, const char *name)
+static ps_logf *log_new(ps_store *st, const char *name, const void *scope, size_t slen)
 {
     ps_logf *l = ps_mem_alloc(&st->mem, sizeof *l);
     if (!l)
         return NULL;
     memset(l, 0, sizeof *l);
+    l->scope_name = ps_mem_alloc(&st->mem, slen);
+    if (!l->scope_name) {
+        ps_mem_free(&st->mem, l, sizeof *l);
+        return NULL;
+    }
+    if (slen)
+        memcpy(l->scope_name, scope, slen);
+    l->scope_len = slen;
     snprintf(l->name, sizeof l->name, "%s", name);
     l->fd = -1;
     l->next_seq = 1;
@@ -349,6 +370,7 @@ static ps_logf *log_new(ps_store *st, const char *name)
 static void log_free(ps_store *st, ps_logf *l)
 {
     log_close_fd(st->disk, l);
+    ps_mem_free(&st->mem, l->scope_name, l->scope_len);
     ps_mem_free(&st->mem, l, sizeof *l);
 }
 
@@ -387,7 +409,7 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     /* A scope whose log was removed (all its keys deleted, then compacted)
      * gets its struct back: pointers to it may still be held by syncing
      * threads, so a log struct lives as long as the store. */
-    ps_logf *l = rc ? NULL : sc->log ? sc->log : log_new(st, name);
+    ps_logf *l = rc ? NULL : sc->log ? sc->log : log_new(st, name, scope, slen);
     if (!l) {
         close(fd);
         unlinkat(d->dirfd, name, 0);
@@ -545,12 +567,16 @@ static unsigned char *w_room(writer *w, size_t n)
     return p;
 }
 
-/* Write sc's live keys as a fresh log to `name` (records numbered from 1)
- * and fdatasync it. *size receives the file's size. The caller renames. */
-static int write_fresh_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen,
-                           const char *name, int *fd_out, uint64_t *size)
+/* Write sc's live keys as a fresh log to `name`, records numbered from 1,
+ * with the end hint set; not synced. Called with st->mu held (the table
+ * must not change meanwhile); it is a bulk copy into the page cache.
+ * Returns 0 and the new file's descriptor, size and next seq, or an errno
+ * (nothing left behind). */
+static int write_snapshot(ps_store *st, ps_scope *sc, const char *name, int *fd_out,
+                          uint64_t *size, uint64_t *next_seq)
 {
     ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
     int fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return errno;
@@ -558,20 +584,20 @@ static int write_fresh_log(ps_store *st, ps_scope *sc, const void *scope, size_t
     w.buf = ps_mem_alloc(&st->mem, w.cap);
     if (!w.buf)
         w.err = ENOMEM;
-    size_t hsize = ps_log_header_size(slen);
+    size_t hsize = ps_log_header_size(l->scope_len);
     /* A header longer than the buffer (a huge scope name) is written alone. */
     if (!w.err && hsize > w.cap) {
         unsigned char *h = ps_mem_alloc(&st->mem, hsize);
         if (!h) {
             w.err = ENOMEM;
         } else {
-            ps_log_header_encode(h, scope, slen);
+            ps_log_header_encode(h, l->scope_name, l->scope_len);
             w.err = ps_file_append(fd, h, hsize, 0);
             w.off = hsize;
             ps_mem_free(&st->mem, h, hsize);
         }
     } else if (!w.err) {
-        ps_log_header_encode(w_room(&w, hsize), scope, slen);
+        ps_log_header_encode(w_room(&w, hsize), l->scope_name, l->scope_len);
     }
     uint64_t seq = 1;
     const ps_table *t = &sc->table;
@@ -600,70 +626,158 @@ static int write_fresh_log(ps_store *st, ps_scope *sc, const void *scope, size_t
     }
     w_flush(&w);
     ps_mem_free(&st->mem, w.buf, w.cap);
-    if (!w.err) {
-        unsigned char end[8];
-        for (int i = 0; i < 8; i++)
-            end[i] = (unsigned char)(w.off >> (8 * i));
-        w.err = pwrite_all(fd, end, 8, PS_LOG_END_OFFSET);
-    }
-    hook(d, PS_HOOK_COMPACT_WRITTEN);
-    int rc = w.err ? w.err : datasync(fd);
-    if (rc) {
+    if (!w.err)
+        w.err = write_end_hint(fd, w.off);
+    if (w.err) {
         close(fd);
         unlinkat(d->dirfd, name, 0);
-        return rc;
+        return w.err;
     }
-    hook(d, PS_HOOK_COMPACT_SYNCED);
     *fd_out = fd;
     *size = w.off;
+    *next_seq = seq;
     return 0;
 }
 
-/* Replace sc's log by one holding only its live records (or remove it
- * when sc holds no key). Crash-safe at every step: until the rename the
- * old log is untouched, after it the new one is complete and synced. */
-static int compact_scope(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
+/* Append the records the old log received from `from` on to the new log
+ * (fd, at *size), renumbered from *next_seq. Called with st->mu held. */
+static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t *size,
+                     uint64_t *next_seq)
+{
+    size_t n = (size_t)(l->size - from);
+    if (!n)
+        return 0;
+    unsigned char *src = NULL, *buf = NULL, *out = NULL;
+    int rc = 0;
+    if (l->map) {
+        src = l->map + from;
+    } else {
+        /* sync=always logs are written, not mapped: read the tail back. */
+        buf = ps_mem_alloc(&st->mem, n);
+        if (!buf)
+            return ENOMEM;
+        ssize_t got = pread(l->fd, buf, n, (off_t)from);
+        if (got != (ssize_t)n)
+            rc = got < 0 ? errno : EIO;
+        src = buf;
+    }
+    /* Renumbering changes no sizes: the copy is as long as the tail. */
+    if (!rc && !(out = ps_mem_alloc(&st->mem, n)))
+        rc = ENOMEM;
+    size_t off = 0;
+    ps_rec r;
+    while (!rc && off < n) {
+        if (!ps_rec_parse(src + off, n - off, &r)) {
+            rc = EIO; /* our own records: cannot happen unless the disk lies */
+            break;
+        }
+        ps_rec_encode(out + off, r.kind, (*next_seq)++, r.key, r.klen, r.value, r.vlen);
+        off += r.size;
+    }
+    if (!rc)
+        rc = ps_file_append(fd, out, n, *size);
+    if (!rc) {
+        *size += n;
+        rc = write_end_hint(fd, *size);
+    }
+    ps_mem_free(&st->mem, out, n);
+    ps_mem_free(&st->mem, buf, n);
+    return rc;
+}
+
+/* Bytes of log records that hold sc's current values. */
+static uint64_t live_bytes(const ps_scope *sc)
+{
+    uint64_t live = 0;
+    const ps_table *t = &sc->table;
+    for (uint32_t i = 0; i < t->n_entries; i++)
+        if (t->entries[i])
+            live += ps_rec_size(ps_item_klen(t->entries[i]), ps_item_vlen(t->entries[i]));
+    return live;
+}
+
+/* Remove the log of a scope that holds no key. st->mu held. */
+static int remove_log(ps_store *st, ps_logf *l)
 {
     ps_disk *d = st->disk;
+    log_close_fd(d, l);
+    if (unlinkat(d->dirfd, l->name, 0) != 0 && errno != ENOENT)
+        return errno;
+    l->present = 0;
+    l->size = l->hsize = l->live = 0;
+    atomic_store(&l->appended, 0);
+    pthread_mutex_lock(&d->sync_mu);
+    l->gen++;
+    l->durable_gen = l->gen;
+    l->durable = 0;
+    if (d->sync_mode != PS_SYNC_ALWAYS)
+        d->dir_dirty = 1;
+    pthread_cond_broadcast(&d->sync_cv);
+    pthread_mutex_unlock(&d->sync_mu);
+    d->compactions++;
+    return d->sync_mode == PS_SYNC_ALWAYS ? fsync_dir(d) : 0;
+}
+
+/* Replace sc's log by one holding only its live records (or remove it
+ * when sc holds no key). Called WITHOUT st->mu: the bulk of the work,
+ * writing and syncing the new file, runs without it, so writers carry on;
+ * what they append meanwhile is copied over at the end, with the lock.
+ *
+ * Crash-safe at every step: until the rename the old log is untouched,
+ * and the new one is complete and synced before the rename. */
+static int compact_scope(ps_store *st, ps_scope *sc)
+{
+    ps_disk *d = st->disk;
+    pthread_mutex_lock(&st->mu);
     ps_logf *l = sc->log;
-    if (!l || !l->present)
+    if (!l || !l->present || l->compacting) {
+        pthread_mutex_unlock(&st->mu);
         return 0;
+    }
+    l->want_compact = 0;
     if (sc->table.n_live == 0) {
         /* Nothing to keep: the log goes, which is what its deletes meant. */
-        log_close_fd(d, l);
-        if (unlinkat(d->dirfd, l->name, 0) != 0 && errno != ENOENT)
-            return errno;
-        l->present = 0;
-        l->size = l->hsize = l->live = 0;
-        atomic_store(&l->appended, 0);
-        pthread_mutex_lock(&d->sync_mu);
-        l->gen++;
-        l->durable_gen = l->gen;
-        l->durable = 0;
-        if (d->sync_mode != PS_SYNC_ALWAYS)
-            d->dir_dirty = 1;
-        pthread_cond_broadcast(&d->sync_cv);
-        pthread_mutex_unlock(&d->sync_mu);
-        d->compactions++;
-        return d->sync_mode == PS_SYNC_ALWAYS ? fsync_dir(d) : 0;
+        int rc = remove_log(st, l);
+        pthread_mutex_unlock(&st->mu);
+        return rc;
     }
     char tmp[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
     snprintf(tmp, sizeof tmp, "%s" COMPACT_SUFFIX, l->name);
     int fd = -1;
-    uint64_t size = 0;
-    int rc = write_fresh_log(st, sc, scope, slen, tmp, &fd, &size);
+    uint64_t size = 0, next_seq = 0;
+    int rc = write_snapshot(st, sc, tmp, &fd, &size, &next_seq);
+    uint64_t from = l->size, gen = l->gen;
+    if (!rc)
+        l->compacting = 1;
+    pthread_mutex_unlock(&st->mu);
     if (rc)
         return rc;
-    if (renameat(d->dirfd, tmp, d->dirfd, l->name) != 0) {
+
+    hook(d, PS_HOOK_COMPACT_WRITTEN);
+    rc = datasync(fd);
+    hook(d, PS_HOOK_COMPACT_SYNCED);
+
+    pthread_mutex_lock(&st->mu);
+    l->compacting = 0;
+    if (!rc && (l->gen != gen || !l->present))
+        rc = EAGAIN; /* the log was replaced meanwhile: this copy is stale */
+    if (!rc && l->size != from) {
+        rc = copy_tail(st, l, from, fd, &size, &next_seq);
+        if (!rc)
+            rc = datasync(fd);
+    }
+    if (!rc && renameat(d->dirfd, tmp, d->dirfd, l->name) != 0)
         rc = errno;
+    if (rc) {
         close(fd);
         unlinkat(d->dirfd, tmp, 0);
-        return rc;
+        pthread_mutex_unlock(&st->mu);
+        return rc == EAGAIN ? 0 : rc;
     }
     hook(d, PS_HOOK_COMPACT_RENAMED);
     /* The old file is gone from the directory either way; a crash before
      * this sync shows the old or the new log, both complete. */
-    rc = fsync_dir(d);
+    int dir_rc = fsync_dir(d);
     hook(d, PS_HOOK_COMPACT_DONE);
     log_close_fd(d, l);
     while (d->n_open >= d->max_open && d->lru_tail)
@@ -671,33 +785,42 @@ static int compact_scope(ps_store *st, ps_scope *sc, const void *scope, size_t s
     l->fd = fd;
     lru_push(d, l);
     d->n_open++;
-    l->hsize = ps_log_header_size(slen);
+    l->hsize = ps_log_header_size(l->scope_len);
     l->size = size;
-    l->live = size - l->hsize;
-    l->next_seq = sc->table.n_live + 1;
+    l->live = live_bytes(sc);
+    l->next_seq = next_seq;
     pthread_mutex_lock(&d->sync_mu);
     l->gen++;
     l->durable_gen = l->gen;
     l->durable = size;
     l->broken = 0; /* everything is in a fresh, synced file */
-    if (rc)
+    if (dir_rc)
         d->dir_dirty = 1;
     pthread_cond_broadcast(&d->sync_cv);
     pthread_mutex_unlock(&d->sync_mu);
     atomic_store(&l->appended, size);
     d->compactions++;
+    pthread_mutex_unlock(&st->mu);
     return 0;
 }
 
 void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
 {
+    (void)scope;
+    (void)slen;
     ps_disk *d = st->disk;
     ps_logf *l = sc->log;
-    if (!l || !l->present)
+    if (!l || !l->present || l->want_compact)
         return;
     uint64_t dead = l->size - l->hsize - l->live;
-    if (dead > l->live && dead > d->compact_min_dead)
-        (void)compact_scope(st, sc, scope, slen);
+    if (dead > l->live && dead > d->compact_min_dead) {
+        /* Not here, on the writer's time: the maintenance thread does it. */
+        l->want_compact = 1;
+        pthread_mutex_lock(&d->sync_mu);
+        d->compact_pending = 1;
+        pthread_cond_broadcast(&d->sync_cv);
+        pthread_mutex_unlock(&d->sync_mu);
+    }
 }
 
 /* ---- syncing everything ----------------------------------------------------------- */
@@ -771,27 +894,76 @@ static int sync_all(ps_store *st)
     return rc;
 }
 
-static void *sync_thread(void *arg)
+/* Compact every log the write path queued. Called without st->mu. */
+static void run_wanted_compactions(ps_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    size_t n = st->scopes.n_live, k = 0;
+    ps_scope **want = n ? ps_mem_alloc(&st->mem, n * sizeof *want) : NULL;
+    for (uint32_t i = 0; want && i < st->scopes.n_entries; i++) {
+        const unsigned char *it = st->scopes.entries[i];
+        ps_scope *sc = it ? ps_scope_of(it) : NULL;
+        if (sc && sc->log && sc->log->want_compact)
+            want[k++] = sc;
+    }
+    pthread_mutex_unlock(&st->mu);
+    /* Scopes of a file-based store live until it closes, and this thread
+     * is stopped before that. A failed compaction leaves the old log. */
+    for (size_t i = 0; i < k; i++)
+        (void)compact_scope(st, want[i]);
+    pthread_mutex_lock(&st->mu);
+    ps_mem_free(&st->mem, want, n * sizeof *want);
+    pthread_mutex_unlock(&st->mu);
+}
+
+static void add_ms(struct timespec *t, uint32_t ms)
+{
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static int before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* The maintenance thread: compactions the write path asked for, and the
+ * periodic fdatasync of sync=interval. Work that writers should not wait
+ * for. */
+static void *maintenance_thread(void *arg)
 {
     ps_store *st = arg;
     ps_disk *d = st->disk;
+    int periodic = d->sync_mode == PS_SYNC_INTERVAL;
+    struct timespec next;
+    clock_gettime(CLOCK_REALTIME, &next);
+    add_ms(&next, d->interval_ms);
     pthread_mutex_lock(&d->sync_mu);
     while (!d->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += d->interval_ms / 1000;
-        ts.tv_nsec += (long)(d->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        int due = periodic && !before(&now, &next);
+        if (!due && !d->compact_pending) {
+            if (periodic)
+                pthread_cond_timedwait(&d->sync_cv, &d->sync_mu, &next);
+            else
+                pthread_cond_wait(&d->sync_cv, &d->sync_mu);
+            continue;
         }
-        int r = 0;
-        while (!d->stopping && r != ETIMEDOUT)
-            r = pthread_cond_timedwait(&d->sync_cv, &d->sync_mu, &ts);
-        if (d->stopping)
-            break;
+        int compact = d->compact_pending;
+        d->compact_pending = 0;
         pthread_mutex_unlock(&d->sync_mu);
-        (void)sync_all(st); /* a failure marks the log broken: its writes fail */
+        if (compact)
+            run_wanted_compactions(st);
+        if (due) {
+            (void)sync_all(st); /* a failure marks the log broken: its writes fail */
+            clock_gettime(CLOCK_REALTIME, &next);
+            add_ms(&next, d->interval_ms);
+        }
         pthread_mutex_lock(&d->sync_mu);
     }
     pthread_mutex_unlock(&d->sync_mu);
@@ -941,7 +1113,7 @@ static int load_log(opener *o, const char *fname)
         return PS_CORRUPT;
     }
     sc = ps_scope_add(st, &w, name, nlen);
-    ps_logf *l = sc ? log_new(st, fname) : NULL;
+    ps_logf *l = sc ? log_new(st, fname, name, nlen) : NULL;
     if (!l) {
         munmap((void *)map, size);
         close(fd);
@@ -1114,7 +1286,7 @@ static int apply_fixes(opener *o)
                 /* Write the salvaged state under the same name, the way
                  * compaction writes any log: new file, sync, rename. */
                 l->present = 1;
-                int rc = compact_scope(st, f->sc, ps_item_key(it), ps_item_klen(it));
+                int rc = compact_scope(st, f->sc);
                 if (rc)
                     return rc;
             }
@@ -1269,12 +1441,10 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
         pthread_mutex_lock(&d->sync_mu);
         d->dir_dirty = 0;
         pthread_mutex_unlock(&d->sync_mu);
-        if (d->sync_mode == PS_SYNC_INTERVAL) {
-            if (pthread_create(&d->thread, NULL, sync_thread, st) != 0)
-                rc = EAGAIN;
-            else
-                d->thread_running = 1;
-        }
+        if (pthread_create(&d->thread, NULL, maintenance_thread, st) != 0)
+            rc = EAGAIN;
+        else
+            d->thread_running = 1;
     }
     if (rc) {
         if (!rep->message[0])
@@ -1323,17 +1493,28 @@ int ps_compact(ps_store *st, const char *scope, size_t slen)
 {
     if (!st->disk)
         return 0;
-    int rc = 0;
     pthread_mutex_lock(&st->mu);
     ps_table *s = &st->scopes;
-    for (uint32_t i = 0; i < s->n_entries && rc == 0; i++) {
+    size_t n = s->n_live, k = 0;
+    ps_scope **todo = n ? ps_mem_alloc(&st->mem, n * sizeof *todo) : NULL;
+    if (n && !todo) {
+        pthread_mutex_unlock(&st->mu);
+        return ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->n_entries; i++) {
         const unsigned char *it = s->entries[i];
         if (!it)
             continue;
         if (scope && (ps_item_klen(it) != slen || memcmp(ps_item_key(it), scope, slen) != 0))
             continue;
-        rc = compact_scope(st, ps_scope_of(it), ps_item_key(it), ps_item_klen(it));
+        todo[k++] = ps_scope_of(it);
     }
+    pthread_mutex_unlock(&st->mu);
+    int rc = 0;
+    for (size_t i = 0; i < k && rc == 0; i++)
+        rc = compact_scope(st, todo[i]);
+    pthread_mutex_lock(&st->mu);
+    ps_mem_free(&st->mem, todo, n * sizeof *todo);
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
