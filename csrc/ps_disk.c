@@ -761,10 +761,17 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     l->compacting = 0;
     if (!rc && (l->gen != gen || !l->present))
         rc = EAGAIN; /* the log was replaced meanwhile: this copy is stale */
+    uint64_t synced_size = size;
     if (!rc && l->size != from) {
         rc = copy_tail(st, l, from, fd, &size, &next_seq);
-        if (!rc)
+        /* With sync=always those records were synced in the old log by the
+         * writers that wrote them: they must be in the new one before it
+         * takes the old one's place. Otherwise they were not promised yet,
+         * and the next periodic sync takes care of them. */
+        if (!rc && d->sync_mode == PS_SYNC_ALWAYS) {
             rc = datasync(fd);
+            synced_size = size;
+        }
     }
     if (!rc && renameat(d->dirfd, tmp, d->dirfd, l->name) != 0)
         rc = errno;
@@ -776,8 +783,10 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     }
     hook(d, PS_HOOK_COMPACT_RENAMED);
     /* The old file is gone from the directory either way; a crash before
-     * this sync shows the old or the new log, both complete. */
-    int dir_rc = fsync_dir(d);
+     * the directory is synced shows the old or the new log, both complete.
+     * With sync=always later writes must not be acknowledged before the
+     * rename is durable, so sync it now; otherwise the periodic sync does. */
+    int dir_rc = d->sync_mode == PS_SYNC_ALWAYS ? fsync_dir(d) : 0;
     hook(d, PS_HOOK_COMPACT_DONE);
     log_close_fd(d, l);
     while (d->n_open >= d->max_open && d->lru_tail)
@@ -792,9 +801,9 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     pthread_mutex_lock(&d->sync_mu);
     l->gen++;
     l->durable_gen = l->gen;
-    l->durable = size;
-    l->broken = 0; /* everything is in a fresh, synced file */
-    if (dir_rc)
+    l->durable = synced_size;
+    l->broken = 0; /* everything is in a fresh file, synced up to synced_size */
+    if (dir_rc || d->sync_mode != PS_SYNC_ALWAYS)
         d->dir_dirty = 1;
     pthread_cond_broadcast(&d->sync_cv);
     pthread_mutex_unlock(&d->sync_mu);
@@ -813,7 +822,7 @@ void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t
     if (!l || !l->present || l->want_compact)
         return;
     uint64_t dead = l->size - l->hsize - l->live;
-    if (dead > l->live && dead > d->compact_min_dead) {
+    if (dead > 2 * l->live && dead > d->compact_min_dead) {
         /* Not here, on the writer's time: the maintenance thread does it. */
         l->want_compact = 1;
         pthread_mutex_lock(&d->sync_mu);
