@@ -68,6 +68,7 @@
 #define DEFAULT_MAX_OPEN 256
 #define DEFAULT_COMPACT_MIN_DEAD (1u << 20)
 #define WRITE_BUFFER (1u << 20)
+#define SNAPSHOT_COPY_MAX ((size_t)256 << 20)
 
 struct ps_logf {
     char name[NAME_MAX_LEN]; /* file name in the directory */
@@ -567,65 +568,90 @@ static unsigned char *w_room(writer *w, size_t n)
     return p;
 }
 
-/* Write sc's live keys as a fresh log to `name`, records numbered from 1,
- * with the end hint set; not synced. Called with st->mu held (the table
- * must not change meanwhile); it is a bulk copy into the page cache.
- * Returns 0 and the new file's descriptor, size and next seq, or an errno
- * (nothing left behind). */
-static int write_snapshot(ps_store *st, ps_scope *sc, const char *name, int *fd_out,
-                          uint64_t *size, uint64_t *next_seq)
+/* The live items of a scope, walked either in the table itself (with
+ * st->mu held throughout) or in a copy of them (with no lock at all). */
+typedef struct item_iter {
+    const ps_table *t;
+    uint32_t i;
+    const unsigned char *p, *end;
+} item_iter;
+
+static const unsigned char *next_item(item_iter *it)
 {
-    ps_disk *d = st->disk;
-    ps_logf *l = sc->log;
+    if (it->t) {
+        while (it->i < it->t->n_entries && !it->t->entries[it->i])
+            it->i++;
+        return it->i < it->t->n_entries ? it->t->entries[it->i++] : NULL;
+    }
+    if (it->p >= it->end)
+        return NULL;
+    const unsigned char *item = it->p;
+    it->p += ps_item_size(item);
+    return item;
+}
+
+/* Write a fresh log to `name`: the scope's header, then its items as
+ * records numbered from 1, with the end hint set; not synced. `buf`
+ * (`cap` bytes) is the write buffer. Makes no allocation, so it may run
+ * without st->mu. Returns 0 and the file's descriptor, size and next seq,
+ * or an errno (nothing left behind). */
+static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsigned char *buf,
+                          size_t cap, const char *name, int *fd_out, uint64_t *size,
+                          uint64_t *next_seq)
+{
     int fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return errno;
-    writer w = {fd, 0, NULL, 0, WRITE_BUFFER, 0};
-    w.buf = ps_mem_alloc(&st->mem, w.cap);
-    if (!w.buf)
-        w.err = ENOMEM;
+    writer w = {fd, 0, buf, 0, cap, 0};
     size_t hsize = ps_log_header_size(l->scope_len);
-    /* A header longer than the buffer (a huge scope name) is written alone. */
-    if (!w.err && hsize > w.cap) {
-        unsigned char *h = ps_mem_alloc(&st->mem, hsize);
-        if (!h) {
-            w.err = ENOMEM;
-        } else {
-            ps_log_header_encode(h, l->scope_name, l->scope_len);
-            w.err = ps_file_append(fd, h, hsize, 0);
-            w.off = hsize;
-            ps_mem_free(&st->mem, h, hsize);
-        }
-    } else if (!w.err) {
+    if (hsize <= w.cap) {
         ps_log_header_encode(w_room(&w, hsize), l->scope_name, l->scope_len);
+    } else {
+        /* A scope name longer than the buffer: its header goes in parts. */
+        unsigned char fixed[PS_LOG_FIXED_HEADER + 1];
+        ps_log_header_encode(fixed, l->scope_name, 0);
+        fixed[12] = (unsigned char)l->scope_len;
+        fixed[13] = (unsigned char)(l->scope_len >> 8);
+        fixed[14] = (unsigned char)(l->scope_len >> 16);
+        fixed[15] = (unsigned char)(l->scope_len >> 24);
+        XXH3_state_t hs;
+        XXH3_64bits_reset(&hs);
+        XXH3_64bits_update(&hs, fixed, 16);
+        XXH3_64bits_update(&hs, l->scope_name, l->scope_len);
+        uint32_t chk = (uint32_t)XXH3_64bits_digest(&hs);
+        for (int i = 0; i < 4; i++)
+            fixed[16 + i] = (unsigned char)(chk >> (8 * i));
+        w.err = pwrite_all(fd, fixed, PS_LOG_FIXED_HEADER, 0);
+        if (!w.err)
+            w.err = pwrite_all(fd, l->scope_name, l->scope_len, PS_LOG_FIXED_HEADER);
+        w.off = hsize;
     }
     uint64_t seq = 1;
-    const ps_table *t = &sc->table;
-    for (uint32_t i = 0; i < t->n_entries && !w.err; i++) {
-        const unsigned char *it = t->entries[i];
-        if (!it)
-            continue;
+    const unsigned char *it;
+    while (!w.err && (it = next_item(items)) != NULL) {
         size_t klen = ps_item_klen(it), vlen = ps_item_vlen(it);
         size_t n = ps_rec_size(klen, vlen);
-        if (n > w.cap) {
-            w_flush(&w);
-            unsigned char *big = w.err ? NULL : ps_mem_alloc(&st->mem, n);
-            if (!big) {
-                w.err = w.err ? w.err : ENOMEM;
-                break;
-            }
-            ps_rec_encode(big, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
-            w.err = ps_file_append(fd, big, n, w.off);
-            w.off += n;
-            ps_mem_free(&st->mem, big, n);
+        unsigned char *p = n <= w.cap ? w_room(&w, n) : NULL;
+        if (p) {
+            ps_rec_encode(p, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
             continue;
         }
-        unsigned char *p = w_room(&w, n);
-        if (p)
-            ps_rec_encode(p, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
+        if (w.err)
+            break;
+        /* Bigger than the buffer: head, key and value written in place. */
+        w_flush(&w);
+        unsigned char head[PS_REC_HEADER + 10];
+        size_t hn = ps_rec_encode_head(head, PS_REC_PUT, seq++, ps_item_key(it), klen,
+                                       ps_item_value(it), vlen);
+        if (!w.err)
+            w.err = pwrite_all(fd, head, hn, w.off);
+        if (!w.err)
+            w.err = pwrite_all(fd, ps_item_key(it), klen, w.off + hn);
+        if (!w.err)
+            w.err = pwrite_all(fd, ps_item_value(it), vlen, w.off + hn + klen);
+        w.off += n;
     }
     w_flush(&w);
-    ps_mem_free(&st->mem, w.buf, w.cap);
     if (!w.err)
         w.err = write_end_hint(fd, w.off);
     if (w.err) {
@@ -745,13 +771,40 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     snprintf(tmp, sizeof tmp, "%s" COMPACT_SUFFIX, l->name);
     int fd = -1;
     uint64_t size = 0, next_seq = 0;
-    int rc = write_snapshot(st, sc, tmp, &fd, &size, &next_seq);
+    /* A consistent snapshot needs the lock, but only for a memcpy of the
+     * items: encoding and writing them happen after it is released. (A
+     * scope too big to copy is written with the lock held instead.) */
+    size_t copy_len = (size_t)sc->table.arena.live;
+    unsigned char *copy = copy_len <= SNAPSHOT_COPY_MAX ? ps_mem_alloc(&st->mem, copy_len) : NULL;
+    unsigned char *wbuf = ps_mem_alloc(&st->mem, WRITE_BUFFER);
+    int rc = wbuf ? 0 : ENOMEM;
+    item_iter items = {&sc->table, 0, NULL, NULL};
+    if (!rc && copy) {
+        unsigned char *q = copy;
+        const unsigned char *it;
+        while ((it = next_item(&items)) != NULL) {
+            size_t n = ps_item_size(it);
+            memcpy(q, it, n);
+            q += n;
+        }
+        items = (item_iter){NULL, 0, copy, q};
+    } else if (!rc) {
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, tmp, &fd, &size, &next_seq);
+    }
     uint64_t from = l->size, gen = l->gen;
     if (!rc)
         l->compacting = 1;
     pthread_mutex_unlock(&st->mu);
-    if (rc)
+    if (!rc && copy)
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, tmp, &fd, &size, &next_seq);
+    if (rc) {
+        pthread_mutex_lock(&st->mu);
+        l->compacting = 0;
+        ps_mem_free(&st->mem, copy, copy_len);
+        ps_mem_free(&st->mem, wbuf, WRITE_BUFFER);
+        pthread_mutex_unlock(&st->mu);
         return rc;
+    }
 
     hook(d, PS_HOOK_COMPACT_WRITTEN);
     rc = datasync(fd);
@@ -759,6 +812,8 @@ static int compact_scope(ps_store *st, ps_scope *sc)
 
     pthread_mutex_lock(&st->mu);
     l->compacting = 0;
+    ps_mem_free(&st->mem, copy, copy_len);
+    ps_mem_free(&st->mem, wbuf, WRITE_BUFFER);
     if (!rc && (l->gen != gen || !l->present))
         rc = EAGAIN; /* the log was replaced meanwhile: this copy is stale */
     uint64_t synced_size = size;

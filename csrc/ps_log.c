@@ -53,6 +53,30 @@ static inline uint32_t check_of(const void *p, size_t n)
 
 /* ---- records ------------------------------------------------------------------ */
 
+size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void *key,
+                          size_t klen, const void *value, size_t vlen)
+{
+    size_t vn = ps_varint_size(klen);
+    put_u32(buf + 4, (uint32_t)(vn + klen + vlen));
+    put_u64(buf + 8, seq);
+    buf[16] = (unsigned char)kind;
+    buf[17] = 0;
+    unsigned char *p = buf + PS_REC_HEADER;
+    uint64_t k = klen;
+    while (k >= 0x80) {
+        *p++ = (unsigned char)(k | 0x80);
+        k >>= 7;
+    }
+    *p++ = (unsigned char)k;
+    XXH3_state_t s;
+    XXH3_64bits_reset(&s);
+    XXH3_64bits_update(&s, buf + 4, (size_t)(p - buf) - 4);
+    XXH3_64bits_update(&s, key, klen);
+    XXH3_64bits_update(&s, value, vlen);
+    put_u32(buf, (uint32_t)XXH3_64bits_digest(&s));
+    return (size_t)(p - buf);
+}
+
 void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
                    size_t klen, const void *value, size_t vlen)
 {

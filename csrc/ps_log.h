@@ -68,6 +68,12 @@ static inline size_t ps_rec_size(size_t klen, size_t vlen)
 void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
                    size_t klen, const void *value, size_t vlen);
 
+/* The same record's first bytes only (header and key length, at most
+ * PS_REC_HEADER + 10), checksum included: the caller writes key and value
+ * after them itself, so a big value is never copied. Returns the count. */
+size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void *key,
+                          size_t klen, const void *value, size_t vlen);
+
 /* A record as parsed: pointers into the buffer it was parsed from. */
 typedef struct ps_rec {
     int kind;
