@@ -1,9 +1,13 @@
-"""Print pystate's time ratios against the dict floor from a
-pytest-benchmark JSON file, next to the targets of the core issue, and
-optionally measure memory (bench/memory.py) in the same run.
+"""Print pystate's ratios against the alternatives from a pytest-benchmark
+JSON file, next to the issues' targets: the in-memory core against the
+dict floor (bench/test_core.py, optionally with memory from
+bench/memory.py), the file store against the durable alternatives
+(bench/test_durable.py).
 
     python -m pytest bench/test_core.py --benchmark-json=bench-core.json
     python bench/ratios.py bench-core.json --memory
+    python -m pytest bench/test_durable.py --benchmark-json=bench-durable.json
+    python bench/ratios.py bench-durable.json
 """
 
 from __future__ import annotations
@@ -42,12 +46,64 @@ def table(path: str) -> list[tuple]:
     return out
 
 
+def durable(path: str) -> None:
+    data = json.loads(Path(path).read_text())
+    ours, paired, alone, disk = {}, {}, {}, None
+    for b in data["benchmarks"]:
+        ei = b["extra_info"]
+        n = ei["ops_per_round"]
+        if ei["op"] == "disk":
+            disk = ei
+        elif "other" in ei:
+            mine, theirs = b["stats"]["data"], ei["other_times"]
+            ratios = sorted(m / t for m, t in zip(mine, theirs))
+            ours[ei["op"]] = min(mine) / n
+            paired[ei["op"]] = (ei["other"], min(theirs) / n, ratios[len(ratios) // 2])
+        else:
+            alone[(ei["op"], ei["impl"])] = b["stats"]["min"] / n
+
+    def line(what, ratio, target, higher=False):
+        ok = ratio >= target if higher else ratio <= target
+        print(f"{what:52s} {ratio:6.2f}   target {'>=' if higher else '<='} {target:<4}  "
+              f"{'met' if ok else 'MISSED'}")
+
+    print(f"{'us/op':10s}{'pystate':>10s}{'pylog':>10s}{'lmdb':>10s}{'sqlite':>10s}")
+    for op in ("insert", "overwrite", "update", "delete"):
+        if op in ours:
+            row = [ours[op], paired[op][1], alone.get((op, "lmdb"), float("nan")),
+                   alone.get((op, "sqlite"), float("nan"))]
+            print(f"{op:10s}" + "".join(f"{x * 1e6:10.2f}" for x in row))
+    print()
+    targets = {"insert": 0.6, "overwrite": 0.6, "delete": 0.6, "update": 0.5}
+    for op, target in targets.items():
+        if op in paired:
+            line(f"{op}: pystate / pure-Python log (paired median)", paired[op][2], target)
+    for op in ("insert", "overwrite", "delete"):
+        if (op, "lmdb") in alone:
+            line(f"{op}: pystate / lmdb (best / best)", ours[op] / alone[(op, "lmdb")], 0.3)
+    if "get" in paired:
+        line("get: file store / in memory (paired median)", paired["get"][2], 1.1)
+    if "reopen" in paired:
+        line("reopen of all keys: pystate / pure-Python log replay", paired["reopen"][2], 0.2)
+    if "always_1" in paired:
+        line("sync=always, one writer: pystate / write+fdatasync", paired["always_1"][2], 1.1)
+    for scopes in ("shared", "separate"):
+        p = paired.get(f"always_4_{scopes}")
+        if p:  # time with 4 threads / time with 1 -> throughput gain is its inverse
+            line(f"sync=always: throughput of 4 threads / 1, {scopes} scope", 1 / p[2], 2.0, higher=True)
+    if disk:
+        line("disk after compaction / live keys and values", disk["ratio"], 1.1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", help="pytest-benchmark --benchmark-json output")
     ap.add_argument("--memory", action="store_true", help="also measure memory for --keys keys")
     ap.add_argument("--keys", type=int, default=1_000_000)
     a = ap.parse_args()
+    if any(b["extra_info"].get("suite") == "durable" for b in json.loads(Path(a.json).read_text())["benchmarks"]):
+        durable(a.json)
+        return 0
     print(f"{'op':10s} {'floor ns/op':>12s} {'pystate ns/op':>14s} {'best/best':>11s} {'paired med':>11s} {'target':>7s}")
     for op, f, p, rmin, rmed, target in table(a.json):
         mark = "met" if rmed <= target else "MISSED"

@@ -1,13 +1,18 @@
 """pystate's file store (default sync="interval") against durable
-alternatives (bench/durable_impls.py), same workload, same run; sync=always
-against a bare write+fdatasync per operation and with four writer threads;
-reopen against the pure-Python log's replay; disk after compaction.
+alternatives (bench/durable_impls.py), same workload, same run; get
+against the in-memory store; reopen against the pure-Python log's replay;
+sync=always against a bare write+fdatasync per operation and with four
+writer threads against one; disk after compaction.
 
     python -m pytest bench/test_durable.py --benchmark-json=bench-durable.json
     python bench/ratios.py bench-durable.json
 
-Implementations run back to back for each operation; per-operation times
-come from the best of the rounds.
+The comparisons that decide a target are measured in pairs, as in
+test_core.py: each round times the alternative (in the round's setup, by
+hand) and then pystate (by pytest-benchmark), back to back, garbage
+collector off; the alternative's times ride along in
+``extra_info["other_times"]``. lmdb and sqlite, far slower, are timed on
+their own.
 """
 
 from __future__ import annotations
@@ -25,14 +30,7 @@ import pystate
 from durable_impls import Lmdb, PyLog, Sqlite
 from workload import UPDATE_OPS, make_value
 
-ROUNDS = 3
-IMPLS = {
-    "pystate": lambda p: pystate.State(p),
-    "pylog": PyLog,
-    "lmdb": Lmdb,
-    "sqlite": Sqlite,
-}
-pair = pytest.mark.parametrize("impl", list(IMPLS))
+ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +40,12 @@ def root():
     shutil.rmtree(d, ignore_errors=True)
 
 
-class Dirs:
-    """A fresh directory per round, removed after."""
-
-    def __init__(self, root):
-        self.root, self.n = root, 0
-
-    def new(self):
-        self.n += 1
-        p = os.path.join(self.root, f"d{self.n}")
-        shutil.rmtree(p, ignore_errors=True)
-        return p
+_counter = [0]
 
 
-def info(benchmark, impl, op, n, group=None):
-    benchmark.group = group or op
-    benchmark.extra_info.update(impl=impl, op=op, ops_per_round=n, suite="durable")
+def new_dir(root):
+    _counter[0] += 1
+    return os.path.join(root, f"d{_counter[0]}")
 
 
 def fill(st, keys, values):
@@ -66,7 +54,64 @@ def fill(st, keys, values):
     return st
 
 
-def pedantic(benchmark, run, setup, teardown_list):
+def no_gc(fn, *args):
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t
+    finally:
+        gc.enable()
+
+
+def paired(benchmark, op, n, other, make_other, make_ours, run_other, run_ours, rounds=ROUNDS,
+           fresh=True):
+    """Benchmark run_ours(make_ours()) against run_other(make_other()) in
+    pairs: one of each per round, back to back. fresh: make_ours gives a
+    new store per round (closed when the next round starts)."""
+    benchmark.group = op
+    other_times: list[float] = []
+    benchmark.extra_info.update(op=op, impl="pystate", other=other, ops_per_round=n,
+                                suite="durable", other_times=other_times)
+    opened = []
+
+    def setup():
+        while fresh and opened:
+            opened.pop().close()
+        o = make_other()
+        other_times.append(no_gc(run_other, o))
+        if fresh and hasattr(o, "close"):
+            o.close()
+        ours = make_ours()
+        if fresh:
+            opened.append(ours)
+        return (ours,), {}
+
+    def timed(ours):
+        gc.disable()
+        try:
+            run_ours(ours)
+        finally:
+            gc.enable()
+
+    benchmark.pedantic(timed, setup=setup, rounds=rounds)
+    for st in opened:
+        st.close()
+
+
+def alone(benchmark, op, impl, n, make, run, rounds=3):
+    benchmark.group = op
+    benchmark.extra_info.update(op=op, impl=impl, ops_per_round=n, suite="durable")
+    opened = []
+
+    def setup():
+        while opened:
+            opened.pop().close()
+        st = make()
+        opened.append(st)
+        return (st,), {}
+
     def timed(st):
         gc.disable()
         try:
@@ -74,177 +119,149 @@ def pedantic(benchmark, run, setup, teardown_list):
         finally:
             gc.enable()
 
-    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
-    for st in teardown_list:
+    benchmark.pedantic(timed, setup=setup, rounds=rounds)
+    for st in opened:
         st.close()
 
 
-@pair
-def test_insert(benchmark, impl, root, keys, values):
-    info(benchmark, impl, "insert", len(keys))
-    dirs, opened = Dirs(root), []
+# ---- the writes, against the pure-Python log (paired) and lmdb, sqlite --------------
 
-    def setup():
-        st = IMPLS[impl](dirs.new())
-        opened.append(st)
-        return (st,), {}
-
-    def run(st):
+def writes(keys, values, values2):
+    def insert(st):
         for (s, k), v in zip(keys, values):
             st.set(s, k, v)
 
-    pedantic(benchmark, run, setup, opened)
+    def overwrite(st):
+        for (s, k), v in zip(keys, values2):
+            st.set(s, k, v)
+
+    def update(st):
+        upd = st.update
+        for s, k in keys:
+            old, new, errors = upd(s, k, UPDATE_OPS)
+
+    def delete(st):
+        d = st.delete
+        for s, k in keys:
+            d(s, k)
+
+    return {"insert": insert, "overwrite": overwrite, "update": update, "delete": delete}
 
 
-@pair
-def test_overwrite(benchmark, impl, root, keys, values, values2):
-    info(benchmark, impl, "overwrite", len(keys))
-    st = fill(IMPLS[impl](Dirs(root).new() + impl), keys, values)
-    flip = [values2, values]
-
-    def run(s_):
-        flip.reverse()
-        for (s, k), v in zip(keys, flip[0]):
-            s_.set(s, k, v)
-
-    pedantic(benchmark, run, lambda: ((st,), {}), [st])
+def maker(cls, root, keys, values, op):
+    """A store for one round of `op`: empty for insert, filled otherwise."""
+    def make():
+        st = cls(new_dir(root))
+        return st if op == "insert" else fill(st, keys, values)
+    return make
 
 
-@pair
-def test_update(benchmark, impl, root, keys, values):
-    info(benchmark, impl, "update", len(keys))
-    dirs, opened = Dirs(root), []
+@pytest.mark.parametrize("op", ["insert", "overwrite", "update", "delete"])
+def test_write_vs_pylog(benchmark, op, root, keys, values, values2):
+    run = writes(keys, values, values2)[op]
+    paired(benchmark, op, len(keys), "pylog",
+           maker(PyLog, root, keys, values, op),
+           maker(lambda p: pystate.State(p), root, keys, values, op),
+           run, run)
 
-    def setup():
-        st = fill(IMPLS[impl](dirs.new() + "u"), keys, values)
-        opened.append(st)
-        return (st,), {}
+
+@pytest.mark.parametrize("impl", ["lmdb", "sqlite"])
+@pytest.mark.parametrize("op", ["insert", "overwrite", "update", "delete"])
+def test_write_alternatives(benchmark, op, impl, root, keys, values, values2):
+    cls = {"lmdb": Lmdb, "sqlite": Sqlite}[impl]
+    alone(benchmark, op, impl, len(keys), maker(cls, root, keys, values, op),
+          writes(keys, values, values2)[op])
+
+
+# ---- reads, reopen ------------------------------------------------------------------------
+
+def test_get_vs_memory(benchmark, root, keys, values):
+    mem = fill(pystate.State(), keys, values)
+    disk = fill(pystate.State(new_dir(root)), keys, values)
 
     def run(st):
-        update = st.update
-        for s, k in keys:
-            old, new, errors = update(s, k, UPDATE_OPS)
-
-    pedantic(benchmark, run, setup, opened)
-
-
-@pair
-def test_delete(benchmark, impl, root, keys, values):
-    info(benchmark, impl, "delete", len(keys))
-    dirs, opened = Dirs(root), []
-
-    def setup():
-        st = fill(IMPLS[impl](dirs.new() + "x"), keys, values)
-        opened.append(st)
-        return (st,), {}
-
-    def run(st):
-        delete = st.delete
-        for s, k in keys:
-            delete(s, k)
-
-    pedantic(benchmark, run, setup, opened)
-
-
-@pytest.mark.parametrize("impl", ["pystate", "memory"])
-def test_get(benchmark, impl, root, keys, values):
-    info(benchmark, impl, "get", len(keys), group="get (file vs memory)")
-    st = pystate.State(Dirs(root).new() + "g") if impl == "pystate" else pystate.State()
-    fill(st, keys, values)
-
-    def run(s_):
-        get = s_.get
+        get = st.get
         for s, k in keys:
             get(s, k)
 
-    pedantic(benchmark, run, lambda: ((st,), {}), [st])
+    paired(benchmark, "get", len(keys), "memory", lambda: mem, lambda: disk, run, run, fresh=False)
+    mem.close()
+    disk.close()
 
 
-@pytest.mark.parametrize("impl", ["pystate", "pylog"])
-def test_reopen(benchmark, impl, root, keys, values):
-    info(benchmark, impl, "reopen", len(keys))
-    path = Dirs(root).new() + "r" + impl
-    make = (lambda p: pystate.State(p)) if impl == "pystate" else PyLog
-    fill(make(path), keys, values).close()
-
-    def run(_):
-        make(path).close()
-
-    pedantic(benchmark, run, lambda: ((None,), {}), [])
+def test_reopen_vs_pylog_replay(benchmark, root, keys, values):
+    ours, theirs = new_dir(root), new_dir(root)
+    fill(pystate.State(ours), keys, values).close()
+    fill(PyLog(theirs), keys, values).close()
+    paired(benchmark, "reopen", len(keys), "pylog",
+           lambda: theirs, lambda: ours,
+           lambda p: PyLog(p).close(), lambda p: pystate.State(p).close(), fresh=False)
 
 
-# ---- sync=always -----------------------------------------------------------------------
+# ---- sync=always ------------------------------------------------------------------------------
 
 SYNC_OPS = 1000
+VALUE = make_value(7)
+RECORD = b"x" * 244  # a log record of the workload's size
 
 
-@pytest.mark.parametrize("impl", ["pystate", "bare"])
-def test_always_one_writer(benchmark, impl, root):
-    """pystate sync="always" against the least a durable write can cost:
-    os.write of the same record size, then os.fdatasync, per operation."""
-    info(benchmark, impl, "always_1", SYNC_OPS, group="sync=always, one writer")
-    dirs, opened = Dirs(root), []
-    value = make_value(7)
-    record = b"x" * 244  # a log record of the workload's size
-
-    def setup():
-        if impl == "pystate":
-            st = pystate.State(dirs.new(), sync="always")
-            st.set("s", "warm", 0)  # create the log outside the timing
-            opened.append(st)
-            return (st,), {}
-        fd = os.open(os.path.join(root, "bare"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        return (fd,), {}
-
-    def run(target):
-        if impl == "pystate":
-            for i in range(SYNC_OPS):
-                target.set("s", f"k{i}", value)
-        else:
-            for _ in range(SYNC_OPS):
-                os.write(target, record)
-                os.fdatasync(target)
-            os.close(target)
-
-    pedantic(benchmark, run, setup, opened)
+def always_store(root, scopes=1):
+    st = pystate.State(new_dir(root), sync="always")
+    for t in range(scopes):
+        st.set(f"s{t}", "warm", 0)  # create the logs outside the timing
+    return st
 
 
-@pytest.mark.parametrize("threads", [1, 4])
+def test_always_one_writer_vs_write_fdatasync(benchmark, root):
+    """The least a durable write can cost: os.write of one record, then
+    os.fdatasync, per operation."""
+
+    def bare(fd):
+        for _ in range(SYNC_OPS):
+            os.write(fd, RECORD)
+            os.fdatasync(fd)
+        os.close(fd)
+
+    def ours(st):
+        for i in range(SYNC_OPS):
+            st.set("s0", f"k{i}", VALUE)
+
+    paired(benchmark, "always_1", SYNC_OPS, "bare",
+           lambda: os.open(os.path.join(root, "bare"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+           lambda: always_store(root), bare, ours)
+
+
+def threaded(st, threads, shared):
+    per = SYNC_OPS // threads
+
+    def work(t):
+        scope = "s0" if shared else f"s{t}"
+        for i in range(per):
+            st.set(scope, f"t{t}-{i}", VALUE)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 @pytest.mark.parametrize("scopes", ["shared", "separate"])
-def test_always_threads(benchmark, threads, scopes, root):
-    """Throughput of sync="always" with 1 or 4 writer threads: concurrent
-    writers share fdatasyncs (group commit)."""
-    info(benchmark, f"{threads}x{scopes}", "always_threads", SYNC_OPS, group=f"sync=always, threads, {scopes} scope")
-    dirs, opened = Dirs(root), []
-    value = make_value(7)
+def test_always_four_writers_vs_one(benchmark, root, scopes):
+    """Concurrent writers share fdatasyncs (group commit): four threads
+    against one, same number of writes."""
+    shared = scopes == "shared"
+    paired(benchmark, f"always_4_{scopes}", SYNC_OPS, "1 thread",
+           lambda: always_store(root, 1 if shared else 4),
+           lambda: always_store(root, 1 if shared else 4),
+           lambda st: threaded(st, 1, shared), lambda st: threaded(st, 4, shared))
 
-    def setup():
-        st = pystate.State(dirs.new(), sync="always")
-        for t in range(threads):
-            st.set("s" if scopes == "shared" else f"s{t}", "warm", 0)
-        opened.append(st)
-        return (st,), {}
 
-    def run(st):
-        per = SYNC_OPS // threads
-
-        def work(t):
-            scope = "s" if scopes == "shared" else f"s{t}"
-            for i in range(per):
-                st.set(scope, f"t{t}-{i}", value)
-
-        ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-
-    pedantic(benchmark, run, setup, opened)
-
+# ---- disk ------------------------------------------------------------------------------------------
 
 def test_disk_after_compaction(benchmark, root, keys, values):
     """Log bytes after compact() over the live keys' and values' bytes."""
-    st = pystate.State(Dirs(root).new() + "c", sync="never")
+    st = pystate.State(new_dir(root), sync="never")
     fill(st, keys, values)
     for (s, k), v in zip(keys[::2], values[::2]):  # some history to drop
         st.set(s, k, v)
@@ -253,11 +270,10 @@ def test_disk_after_compaction(benchmark, root, keys, values):
     benchmark.pedantic(st.compact, rounds=1)
     s = st.stats()
     disk = sum(os.path.getsize(os.path.join(st.path, f)) for f in os.listdir(st.path) if f.endswith(".log"))
+    benchmark.group = "disk"
     benchmark.extra_info.update(
         op="disk", impl="pystate", suite="durable", ops_per_round=1,
         disk_bytes=disk, live_bytes=s["key_bytes"] + s["value_bytes"],
         ratio=disk / (s["key_bytes"] + s["value_bytes"]),
     )
-    benchmark.group = "disk after compaction"
     st.close()
-    time.sleep(0)
