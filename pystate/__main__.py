@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 import pystate
 from pystate._codec import dumps
@@ -14,8 +16,10 @@ def _json(value) -> str:
     return dumps(value).decode()
 
 
-def demo() -> int:
-    """Write, update, list and read back on an in-memory store."""
+def demo(path: str | None = None) -> int:
+    """Write, update, list and read back on an in-memory store, then show
+    that a file store (in ``path``, or a temporary directory) keeps its
+    writes across close and reopen."""
     with pystate.State() as st:
         print(f"pystate {pystate.__version__} ({pystate.backend} backend), in-memory store")
         old = st.set("users", "ada", {"name": "Ada", "visits": 0, "tags": []})
@@ -39,16 +43,41 @@ def demo() -> int:
         print(f"trigger state::get       -> {_json(value)}")
         assert value == {"name": "Ada", "visits": 1, "tags": ["math"]}, value
         print(f"stats                    -> {_json(st.stats())}")
+    if path is not None:
+        return _durable(path)
+    with tempfile.TemporaryDirectory(prefix="pystate-demo-") as tmp:
+        return _durable(os.path.join(tmp, "store"))
+
+
+def _durable(path: str) -> int:
+    with pystate.State(path) as st:
+        print(f"file store at {path}")
+        before = st.get("counters", "runs") or 0
+        st.set("counters", "runs", before + 1)
+        st.update("counters", "log", [{"type": "append", "path": "runs", "value": before + 1}])
+        print(f"set counters/runs        -> {before + 1}")
+    # A new State replays the logs: what was acknowledged is back.
+    with pystate.State(path) as st:
+        runs = st.get("counters", "runs")
+        print(f"reopened, counters/runs  -> {runs}")
+        assert runs == before + 1, runs
+        s = st.stats()
+        print(f"log bytes                -> {s['log_bytes']}, check -> {_json(st.check())}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pystate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="write, update, list and read back on an in-memory store")
+    p = sub.add_parser(
+        "demo", help="write, update, list and read back; then reopen a file store"
+    )
+    p.add_argument(
+        "--path", help="directory of the file store part (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return demo()
+        return demo(args.path)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

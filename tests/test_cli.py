@@ -20,3 +20,18 @@ def test_unknown_command_exits_with_usage(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pystate", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "usage" in r.stderr
+
+
+def test_demo_file_store_keeps_writes_across_runs(tmp_path):
+    store = tmp_path / "store"
+    outs = []
+    for _ in range(2):
+        r = subprocess.run(
+            [sys.executable, "-m", "pystate", "demo", "--path", str(store)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    assert "reopened, counters/runs  -> 1" in outs[0]
+    assert "reopened, counters/runs  -> 2" in outs[1]
+    assert '"ok":true' in outs[1]
