@@ -77,6 +77,15 @@ static int chunk_add(ps_arena *a, ps_mem *m, ps_chunk *c)
     return 0;
 }
 
+/* Take the chunk at index i out of the list and free it. */
+static void chunk_remove(ps_arena *a, ps_mem *m, uint32_t i)
+{
+    ps_chunk *c = a->chunks[i];
+    memmove(a->chunks + i, a->chunks + i + 1, (size_t)(a->n_chunks - i - 1) * sizeof *a->chunks);
+    a->n_chunks--;
+    chunk_free(m, c);
+}
+
 void *ps_arena_alloc(ps_arena *a, ps_mem *m, size_t n)
 {
     ps_chunk *c = a->head;
@@ -89,11 +98,17 @@ void *ps_arena_alloc(ps_arena *a, ps_mem *m, size_t n)
             chunk_free(m, c);
             return NULL;
         }
-        if (n <= a->next_cap && a->next_cap < PS_CHUNK_MAX)
+        /* Grow even when this item outgrew next_cap: otherwise a scope of
+         * values bigger than the first chunk would get a chunk per item. */
+        if (a->next_cap < PS_CHUNK_MAX)
             a->next_cap *= 2;
         /* The old head keeps its unused tail; that space is never handed
-         * out, so it is not counted as dead either. */
+         * out, so it is not counted as dead either. A head emptied by
+         * releases holds nothing at all and goes. */
+        ps_chunk *old = a->head;
         a->head = c;
+        if (old && old->live == 0)
+            chunk_remove(a, m, chunk_index(a, old));
     }
     void *p = c->data + c->used;
     c->used += n;
@@ -118,9 +133,7 @@ void ps_arena_release(ps_arena *a, ps_mem *m, const void *p, size_t n)
         return;
     }
     a->dead -= c->used;
-    memmove(a->chunks + i, a->chunks + i + 1, (size_t)(a->n_chunks - i - 1) * sizeof *a->chunks);
-    a->n_chunks--;
-    chunk_free(m, c);
+    chunk_remove(a, m, i);
 }
 
 int ps_arena_reserve(ps_arena *a, ps_mem *m, size_t n)

@@ -22,12 +22,15 @@
  * valid, so zero-filled space reads as damage. Flags are 0 in version 1.
  *
  * The header carries the scope's real name, so file names can be anything
- * safe (ps_store.c derives them from a hash) and never need decoding.
+ * safe (ps_disk.c derives them from a hash) and never need decoding.
  *
- * Appends are single pwrite calls at the log's end. One that fails or
- * comes up short is cut back off with ftruncate, so a log never keeps a
- * partial record written by a live process; only a crash of the machine
- * can leave one, and recovery treats it as a torn tail.
+ * A record is appended whole before the store changes: copied into the
+ * mapped, preallocated end of the file (space that posix_fallocate has
+ * already secured, so the copy cannot fail), or with sync=always written
+ * with pwrite, where one that fails or comes up short is cut back off
+ * with ftruncate (ps_file_append). So a
+ * live process never leaves a partial record behind; only a crash of the
+ * machine can, and recovery treats it as a torn tail.
  */
 #ifndef PS_LOG_H
 #define PS_LOG_H

@@ -18,3 +18,20 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, extraglobs={"State": pystate.State}, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted > 0, f"{name} has no examples"
+
+
+def test_readme_file_store_example_runs_as_commented(tmp_path, monkeypatch):
+    # The first Python block under "## The file store" in README.md, run in
+    # an empty directory; its check() comment is the expected result.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## The file store", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    expected = re.search(r"st\.check\(\)\s+# (\{.*\})", block).group(1)
+    monkeypatch.chdir(tmp_path)
+    env = {"pystate": pystate}
+    exec(compile(block + "\nresult = st.check()\nst.close()\n", "README.md", "exec"), env)
+    assert repr(env["result"]) == expected
+    assert (tmp_path / "data" / "state" / "LOCK").exists()

@@ -457,3 +457,66 @@ def test_use_after_close_and_close_twice(path):
     for call in (lambda: st.set("s", "k", 1), lambda: st.flush(), lambda: st.compact(), lambda: st.check()):
         with pytest.raises(pystate.ClosedError):
             call()
+
+
+# A real full file system: a 512 KiB tmpfs, mounted in a private user and
+# mount namespace (no root needed, and it vanishes with the child).
+_FULL_DISK_CHILD = """
+import errno, os, sys, pystate
+root = sys.argv[1]
+ballast = os.path.join(root, "ballast")
+with open(ballast, "wb") as f:
+    f.write(b"x" * 96 * 1024)
+st = pystate.State(os.path.join(root, "store"), sync=sys.argv[2])
+acked = {}
+i = 0
+try:
+    while True:
+        st.set("s", f"k{i}", "v" * 900)
+        acked[f"k{i}"] = "v" * 900
+        i += 1
+except pystate.StoreOSError as e:
+    assert e.errno == errno.ENOSPC, e.errno
+    assert e.code == "os_error" and "No space" in e.message, e.message
+    print("full after", i)
+assert st.get("s", f"k{i}") is None
+# Every kind of write fails the same way and changes nothing.
+for call in (
+    lambda: st.set("s", "k0", "w" * 5000),
+    lambda: st.update("s", "k0", [{"type": "set", "path": "", "value": "u" * 5000}]),
+    lambda: st.set("new scope", "k", "n" * 5000),
+):
+    try:
+        call()
+    except pystate.StoreOSError as e:
+        assert e.errno == errno.ENOSPC, e.errno
+assert st.get("s", "k0") == "v" * 900
+assert st.get("new scope", "k") is None and st.list_groups() == ["s"]
+assert st.check()["ok"], st.check()
+os.unlink(ballast)  # space returns: the store carries on
+for j in range(20):
+    st.set("s", f"after{j}", j)
+    acked[f"after{j}"] = j
+st.close()
+st = pystate.State(os.path.join(root, "store"))
+got = dict(zip([f"k{n}" for n in range(i)] + [f"after{j}" for j in range(20)], st.list("s")))
+assert got == acked, (len(got), len(acked))
+assert st.check()["ok"] and st.stats()["recovery"]["torn_tails"] == 0
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("sync", ["never", "interval", "always"])
+def test_full_disk_raises_enospc_changes_nothing_and_recovers(tmp_path, sync):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(_FULL_DISK_CHILD)
+    cmd = [
+        "unshare", "--map-root-user", "--mount", "sh", "-c",
+        f'mount -t tmpfs -o size=512k tmpfs "$0" && exec "$1" "$2" "$0" "$3"',
+        str(mnt), sys.executable, str(script), sync,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "full after" in r.stdout and r.stdout.strip().endswith("ok")

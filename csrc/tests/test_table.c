@@ -257,6 +257,89 @@ TEST(deleting_oldest_first_frees_whole_chunks_without_copying)
     ps_table_free(&t, &m);
 }
 
+TEST(values_bigger_than_the_first_chunk_still_share_chunks)
+{
+    setup_hasher();
+    ps_mem m = {&ps_libc_allocator, 0};
+    ps_table t;
+    ps_table_init(&t);
+    char k[32], v[901];
+    memset(v, 'v', sizeof v - 1);
+    v[sizeof v - 1] = 0;
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        snprintf(k, sizeof k, "key-%05d", i);
+        REQUIRE(put(&t, &m, k, v) == 0);
+    }
+    /* Chunks grow to 64 KiB whatever the item size: about 70 items each,
+     * not one chunk (and one malloc) per item. */
+    CHECK(t.arena.n_chunks < 30);
+    CHECK(ps_table_check(&t, &hasher) == 0);
+    ps_table_free(&t, &m);
+}
+
+TEST(an_emptied_head_chunk_is_freed_when_a_bigger_item_needs_a_new_one)
+{
+    setup_hasher();
+    ps_mem m = {&ps_libc_allocator, 0};
+    ps_table t;
+    ps_table_init(&t);
+    char big[2001];
+    memset(big, 'b', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    put(&t, &m, "a", "a small value");
+    big[300] = 0;
+    put(&t, &m, "b", big); /* outgrows the first chunk: a new head */
+    big[300] = 'b';
+    uint32_t chunks = t.arena.n_chunks;
+    CHECK_RC(del(&t, &m, "b"), 0); /* the head is empty again */
+    CHECK_RC(put(&t, &m, "c", big), 0); /* outgrows it: it must go */
+    CHECK(t.arena.n_chunks == chunks);
+    CHECK(ps_table_check(&t, &hasher) == 0);
+    ps_table_free(&t, &m);
+}
+
+TEST(abort_after_prepare_leaves_the_table_as_it_was)
+{
+    setup_hasher();
+    ps_mem m = {&ps_libc_allocator, 0};
+    ps_table t;
+    ps_table_init(&t);
+    char k[32], v[5001], before[8192], after[8192];
+    memset(v, 'v', sizeof v - 1);
+    v[sizeof v - 1] = 0;
+    for (int i = 0; i < 50; i++) {
+        snprintf(k, sizeof k, "k%d", i);
+        v[900] = 0;
+        REQUIRE(put(&t, &m, k, v) == 0);
+        v[900] = 'v';
+    }
+    order(&t, before, sizeof before);
+    uint64_t heap = m.bytes;
+    for (int round = 0; round < 3; round++) {
+        ps_where w;
+        ps_pending p;
+        /* A bigger value for an existing key, then a new key. */
+        REQUIRE(find(&t, "k0", &w) != NULL);
+        CHECK_RC(ps_table_prepare_replace(&t, &m, &w, v, 5000, &p), 0);
+        ps_table_abort(&t, &m, &p);
+        CHECK(ps_table_check(&t, &hasher) == 0);
+        REQUIRE(find(&t, "new", &w) == NULL);
+        CHECK_RC(ps_table_prepare_insert(&t, &m, &hasher, &w, "new", 3, v, 5000, &p), 0);
+        ps_table_abort(&t, &m, &p);
+        CHECK(ps_table_check(&t, &hasher) == 0);
+    }
+    order(&t, after, sizeof after);
+    CHECK(strcmp(before, after) == 0);
+    ps_where w;
+    const unsigned char *k0 = find(&t, "k0", &w);
+    CHECK(k0 && ps_item_vlen(k0) == 900 && find(&t, "new", &w) == NULL);
+    /* What remains is at most an empty head chunk and room for one more
+     * key in the index, not a chunk per aborted attempt. */
+    CHECK(m.bytes <= heap + 64 * 1024 + 4096);
+    ps_table_free(&t, &m);
+}
+
 TEST(many_deletes_and_reinserts_never_fill_the_index_with_dummies)
 {
     /* Insert/delete churn on a small table: dummies must be recycled by
