@@ -26,7 +26,9 @@ from pystate.errors import (
     ConfigError,
     ConflictError,
     CorruptError,
+    EventQueueFullError,
     FunctionNotFoundError,
+    InvocationError,
     InvalidValueError,
     LockedError,
     NotFoundError,
@@ -35,10 +37,14 @@ from pystate.errors import (
     StateError,
     StoreMemoryError,
     StoreOSError,
+    TriggerConfigError,
     UnsupportedActionError,
     ValueTooLargeError,
 )
-from pystate.state import State, UpdateResult
+from pystate.state import State, Subscription, UpdateResult
+from pystate.triggers import Trigger
+from pystate.functions import FunctionRef
+from pystate.aio import AsyncState
 
 __version__ = "0.1.0"
 
@@ -47,7 +53,14 @@ backend = "cython"
 
 __all__ = [
     "State",
+    "AsyncState",
     "UpdateResult",
+    "Trigger",
+    "FunctionRef",
+    "Subscription",
+    "InvocationError",
+    "TriggerConfigError",
+    "EventQueueFullError",
     "StateError",
     "PayloadError",
     "InvalidValueError",

@@ -18,6 +18,11 @@ from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from cpython.object cimport PyObject_Hash
+from cpython.pythread cimport (
+    PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+    PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
+)
 
 from pystate._cdefs cimport *
 from pystate._codec cimport encode, encode_trusted, decode, copy_containers
@@ -66,6 +71,25 @@ COMPACT_HOOK_POINTS = {
 }
 #: One past the last status code (the header's sentinel).
 RC_END = PS_RC_END
+
+# The event types of the engine's state triggers.
+cdef str EV_CREATED = "state:created"
+cdef str EV_UPDATED = "state:updated"
+cdef str EV_DELETED = "state:deleted"
+
+# Watched writes of one (scope, key) hold one of these locks from the write
+# until their event is queued, so events reach the queue in write order even
+# when the GIL is released around a file write. Striped, so writers of
+# different keys rarely wait for each other.
+cdef enum:
+    N_STRIPES = 64
+
+
+cdef inline void _lock(PyThread_type_lock lk) noexcept:
+    if PyThread_acquire_lock(lk, NOWAIT_LOCK):
+        return
+    with nogil:  # the holder may need the GIL to finish
+        PyThread_acquire_lock(lk, WAIT_LOCK)
 
 
 def strerror(int rc) -> str:
@@ -295,10 +319,25 @@ cdef class Store:
     cdef readonly object path         # the store directory, or None
     cdef readonly str sync            # the sync mode, or None in memory
     cdef object _hook                 # testing aid, kept alive for C
+    # The trigger gate (see _set_watch): _emit is None while no trigger can
+    # match, so an unwatched write pays one pointer comparison.
+    cdef object _emit
+    cdef object _admit
+    cdef object _pending
+    cdef Py_ssize_t _bound
+    cdef bint _watch_all
+    cdef set _watch_scopes
+    cdef set _watch_keys
+    cdef PyThread_type_lock _stripes[N_STRIPES]
 
     def __cinit__(self, *args, **kwargs):
         self._st = NULL
         self._max_value_bytes = -1
+        cdef int i
+        for i in range(N_STRIPES):
+            self._stripes[i] = PyThread_allocate_lock()
+            if self._stripes[i] == NULL:
+                raise MemoryError("cannot allocate the store's locks")
 
     def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
                  max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
@@ -365,6 +404,49 @@ cdef class Store:
         if self._st != NULL:
             ps_store_close(self._st)
             self._st = NULL
+        cdef int i
+        for i in range(N_STRIPES):
+            if self._stripes[i] != NULL:
+                PyThread_free_lock(self._stripes[i])
+                self._stripes[i] = NULL
+
+    # ---- the trigger gate ------------------------------------------------
+
+    def _set_watch(self, emit, admit=None, pending=None, Py_ssize_t bound=0,
+                   bint watch_all=False, set scopes=None, set keys=None):
+        """Install (or, with ``emit=None``, remove) the trigger gate.
+
+        A write to (scope, key) is watched when ``watch_all`` is true, or
+        ``scope`` is in ``scopes``, or ``key`` is in ``keys``; the sets are
+        kept by reference, so their owner updates them in place. A watched
+        write first calls ``admit()`` if ``len(pending) >= bound`` (back
+        pressure, before anything changes), then writes, then calls
+        ``emit(event_type, scope, key, old_json, new_json)`` (JSON texts as
+        exact-size bytes, None for no value) before any later write of the
+        same key can emit. ``emit`` must not raise.
+        """
+        self._emit = None  # off while the rest changes
+        self._admit = admit
+        self._pending = pending
+        self._bound = bound
+        self._watch_all = watch_all
+        self._watch_scopes = scopes if scopes is not None else set()
+        self._watch_keys = keys if keys is not None else set()
+        self._emit = emit
+
+    cdef inline bint _watched(self, scope, key) except -1:
+        if self._watch_all:
+            return True
+        return scope in self._watch_scopes or key in self._watch_keys
+
+    cdef PyThread_type_lock _stripe_for(self, scope, key) except NULL:
+        cdef Py_hash_t h = PyObject_Hash(scope) * 1000003 ^ PyObject_Hash(key)
+        return self._stripes[<size_t>h % N_STRIPES]
+
+    cdef inline int _wait_admission(self) except -1:
+        if self._admit is not None and len(self._pending) >= self._bound:
+            self._admit()
+        return 0
 
     cdef inline int _open(self) except -1:
         if self._st == NULL or self._closing:
@@ -480,6 +562,8 @@ cdef class Store:
             raise ValueTooLargeError(
                 f"value of {n} bytes exceeds the configured max_value_bytes "
                 f"limit of {self._max_value_bytes}")
+        if self._emit is not None and self._watched(scope, key):
+            return self._set_watched(scope, key, s, sl, k, kl, data)
         cdef _Out out
         _out_init(&out)
         cdef int existed = 0
@@ -488,6 +572,30 @@ cdef class Store:
         old = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "set")
+        return decode(old) if existed else None
+
+    cdef object _set_watched(self, scope, key, const char *s, Py_ssize_t sl,
+                             const char *k, Py_ssize_t kl, bytes data):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef _Out out
+        cdef int existed = 0
+        cdef int rc
+        self._wait_admission()
+        cdef PyThread_type_lock lk = self._stripe_for(scope, key)
+        _lock(lk)
+        try:
+            _out_init(&out)
+            rc = self._put(s, sl, k, kl, PyBytes_AS_STRING(data), n, &out, &existed)
+            old = _take(&out)
+            if rc:
+                raise error_for_rc(rc, RC_CODES, "set")
+            if self._emit is not None:
+                # An exact-size copy: orjson's own result keeps a 4 KiB block.
+                self._emit(EV_UPDATED if existed else EV_CREATED, scope, key,
+                           old if existed else None,
+                           PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), n))
+        finally:
+            PyThread_release_lock(lk)
         return decode(old) if existed else None
 
     def get(self, scope, key, default=None):
@@ -525,14 +633,25 @@ cdef class Store:
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
         cdef _Out out
-        _out_init(&out)
-        cdef int rc = self._del(s, sl, k, kl, &out)
-        old = _take(&out)
-        if rc == PS_NOTFOUND:
-            return None
-        if rc:
-            raise error_for_rc(rc, RC_CODES, "delete")
-        return decode(old)
+        cdef int rc
+        cdef PyThread_type_lock lk = NULL
+        if self._emit is not None and self._watched(scope, key):
+            self._wait_admission()
+            lk = self._stripe_for(scope, key)
+            _lock(lk)
+        try:
+            _out_init(&out)
+            rc = self._del(s, sl, k, kl, &out)
+            old = _take(&out)
+            if rc and rc != PS_NOTFOUND:
+                raise error_for_rc(rc, RC_CODES, "delete")
+            if lk != NULL and self._emit is not None:
+                # As the engine does, deleting a missing key is an event too.
+                self._emit(EV_DELETED, scope, key, old if rc == PS_OK else None, None)
+        finally:
+            if lk != NULL:
+                PyThread_release_lock(lk)
+        return decode(old) if rc == PS_OK else None
 
     def update(self, scope, key, ops):
         """Apply ``ops`` to the value at (scope, key) atomically.
@@ -548,6 +667,19 @@ cdef class Store:
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
+        cdef PyThread_type_lock lk
+        if self._emit is not None and self._watched(scope, key):
+            self._wait_admission()
+            lk = self._stripe_for(scope, key)
+            _lock(lk)
+            try:
+                return self._update(scope, key, s, sl, k, kl, ops, True)
+            finally:
+                PyThread_release_lock(lk)
+        return self._update(scope, key, s, sl, k, kl, ops, False)
+
+    cdef UpdateResult _update(self, scope, key, const char *s, Py_ssize_t sl,
+                              const char *k, Py_ssize_t kl, ops, bint watched):
         cdef _Out out
         _out_init(&out)
         cdef int rc
@@ -585,6 +717,11 @@ cdef class Store:
                 continue
             if rc:
                 raise error_for_rc(rc, RC_CODES, "update")
+            if watched and self._emit is not None:
+                self._emit(EV_CREATED if expect == NULL else EV_UPDATED, scope, key,
+                           old_data if expect != NULL else None,
+                           PyBytes_FromStringAndSize(PyBytes_AS_STRING(new_data),
+                                                     PyBytes_GET_SIZE(new_data)))
             result = UpdateResult.__new__(UpdateResult)
             result.old_value = old
             result.new_value = new

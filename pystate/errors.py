@@ -27,6 +27,9 @@ __all__ = [
     "ValueTooLargeError",
     "FunctionNotFoundError",
     "UnsupportedActionError",
+    "InvocationError",
+    "TriggerConfigError",
+    "EventQueueFullError",
     "ClosedError",
     "ConfigError",
     "NotFoundError",
@@ -89,6 +92,28 @@ class FunctionNotFoundError(StateError, LookupError):
     """``trigger`` was given a function id nobody registered."""
 
     code = "function_not_found"
+
+
+class InvocationError(StateError):
+    """A registered function raised (or its event loop is gone) while
+    ``trigger`` waited for it. The handler's exception is ``__cause__``."""
+
+    code = "invocation_failed"
+
+
+class TriggerConfigError(StateError, ValueError):
+    """``register_trigger`` was given a trigger it cannot register: an
+    unknown ``type`` (code ``trigger_type_not_found``) or a malformed
+    ``config``. Nothing was registered."""
+
+    code = "invalid_trigger_config"
+
+
+class EventQueueFullError(StateError):
+    """A watched write found the event queue full and the store was opened
+    with ``event_queue_full="raise"``. The write was not made."""
+
+    code = "event_queue_full"
 
 
 class UnsupportedActionError(StateError, ValueError):

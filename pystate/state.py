@@ -9,17 +9,26 @@ shapes, so code written against iii-state runs unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Callable
+import uuid
+import weakref
+from typing import Any, Callable, TypeVar
 
 from pystate import _core
+from pystate.dispatch import QUEUE_POLICIES, EventDispatcher
 from pystate.errors import (
-    FunctionNotFoundError,
+    ClosedError,
+    ConfigError,
     PayloadError,
     UnsupportedActionError,
 )
+from pystate.functions import FunctionRef, FunctionRegistry
+from pystate.triggers import Trigger, TriggerIndex, parse_trigger
 
-__all__ = ["State", "UpdateResult"]
+__all__ = ["State", "UpdateResult", "Subscription"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 UpdateResult = _core.UpdateResult
 
@@ -113,6 +122,30 @@ _BUILTINS: dict[str, Callable[[State, Any], Any]] = {
 }
 
 
+class Subscription:
+    """What ``@st.on_change(...)`` gives back: the decorated function, still
+    callable as before, with ``unregister()`` and the ``trigger`` it made.
+    """
+
+    def __init__(self, fn: Callable[..., Any], trigger: Trigger, refs: list[FunctionRef]) -> None:
+        functools.update_wrapper(self, fn)
+        self.function = fn
+        self.trigger = trigger
+        self._refs = refs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def unregister(self) -> None:
+        """Stop delivery and remove the functions ``on_change`` registered."""
+        self.trigger.unregister()
+        for ref in self._refs:
+            ref.unregister()
+
+    def __repr__(self) -> str:
+        return f"<pystate subscription {self.trigger.function_id!r}>"
+
+
 class State(_core.Store):
     """An embedded iii-state store: JSON values addressed by (scope, key).
 
@@ -146,6 +179,14 @@ class State(_core.Store):
         max_value_bytes: refuse a ``set`` whose JSON text is longer than
             this (code ``VALUE_TOO_LARGE``). As in the engine, ``update``
             results are not limited. None (default): no limit.
+        triggers_enabled: False turns event dispatch off: triggers can still
+            be registered, but no write queues an event.
+        max_pending_events: how many events may wait for their handlers
+            (default 10,000) before writes to watched keys are held back.
+        event_queue_full: what a watched write does when that many wait:
+            ``"block"`` (default) waits for room before writing;
+            ``"raise"`` raises :class:`pystate.EventQueueFullError` and
+            writes nothing. Events are never dropped.
 
     Raises:
         LockedError: another process has the directory open.
@@ -153,7 +194,7 @@ class State(_core.Store):
             offset); nothing on disk was changed.
     """
 
-    __slots__ = ()
+    __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "__weakref__")
 
     def __init__(
         self,
@@ -163,8 +204,21 @@ class State(_core.Store):
         save_interval_ms: int = 5000,
         repair: bool = False,
         max_value_bytes: int | None = None,
+        triggers_enabled: bool = True,
+        max_pending_events: int = 10_000,
+        event_queue_full: str = "block",
         **_testing: Any,
     ) -> None:
+        if type(max_pending_events) is not int or max_pending_events < 1:
+            raise ConfigError(
+                f"max_pending_events: expected a positive integer, got {max_pending_events!r}"
+            )
+        if event_queue_full not in QUEUE_POLICIES:
+            raise ConfigError(
+                f"event_queue_full: expected one of {', '.join(QUEUE_POLICIES)}, got {event_queue_full!r}"
+            )
+        if not isinstance(triggers_enabled, bool):
+            raise ConfigError(f"triggers_enabled: expected True or False, got {triggers_enabled!r}")
         if path is not None:
             # The C core creates the directory itself; its parents too, here.
             parent = os.path.dirname(os.path.abspath(os.fspath(path)))
@@ -177,14 +231,197 @@ class State(_core.Store):
             max_value_bytes=max_value_bytes,
             **_testing,
         )
+        self._functions = FunctionRegistry(reserved=_BUILTINS.__contains__)
+        # Weakly: the dispatcher thread reaches the index, and must not keep
+        # the store alive.
+        rewire = weakref.WeakMethod(self._rewire)
+        self._triggers = TriggerIndex(on_change=lambda: _call_alive(rewire))
+        self._events = EventDispatcher(
+            self._triggers, self._functions, max_pending=max_pending_events, when_full=event_queue_full
+        )
+        self._triggers_enabled = triggers_enabled
+        # A store dropped without close() still runs what it queued, and
+        # stops its threads; the finalizer holds the dispatcher, not the store.
+        weakref.finalize(self, self._events.close)
+
+    def _rewire(self) -> None:
+        """Point the compiled write path at the current triggers."""
+        idx, ev = self._triggers, self._events
+        if self._triggers_enabled and idx.count:
+            self._set_watch(
+                ev.emit, ev.admit, ev.pending, ev.bound, idx.watch_all, idx.watched_scopes, idx.watched_keys
+            )
+        else:
+            self._set_watch(None)
+
+    # ---- functions and triggers ------------------------------------------
+
+    @property
+    def triggers_enabled(self) -> bool:
+        """Whether writes queue events for triggers."""
+        return self._triggers_enabled
+
+    def register_function(
+        self,
+        function_id: str,
+        handler: Callable[..., Any],
+        *,
+        description: str | None = None,
+        metadata: Any = None,
+    ) -> FunctionRef:
+        """Register ``handler`` (a function or a coroutine function) so that
+        ``trigger(function_id, payload)`` and triggers can call it.
+
+        The handler receives the payload; it also receives the trigger's
+        metadata if it declares a parameter named ``metadata``, as in
+        iii-sdk. A coroutine function runs on the asyncio loop running where
+        it was registered (else on a loop of the store's own).
+
+        >>> st = State()
+        >>> ref = st.register_function("greet", lambda data: f"hello {data['name']}")
+        >>> st.trigger("greet", {"name": "Ada"})
+        'hello Ada'
+        >>> ref.unregister()
+
+        Raises:
+            PayloadError: the id is not a non-empty string, or the handler
+                is not callable.
+            StateError: (code ``function_exists``) the id is taken.
+        """
+        return self._functions.register(function_id, handler, description=description, metadata=metadata)
+
+    def register_trigger(self, trigger: Any) -> Trigger:
+        """Register a state trigger, as iii-sdk's ``register_trigger``.
+
+        ``trigger`` is ``{"type": "state", "function_id": ..., "config":
+        {"scope": ..., "key": ..., "condition_function_id": ...},
+        "metadata": ...}``; every config field is optional. After each
+        write whose scope and key match, the condition function (if any)
+        is called with the event, and the handler runs unless it returned
+        False (exactly False, as in the engine). Returns a
+        :class:`~pystate.triggers.Trigger` with ``unregister()``.
+
+        >>> st = State()
+        >>> seen = []
+        >>> _ = st.register_function("audit", seen.append)
+        >>> t = st.register_trigger({"type": "state", "function_id": "audit",
+        ...                          "config": {"scope": "users"}})
+        >>> _ = st.set("users", "u1", {"name": "Ada"})
+        >>> st.flush_events()
+        True
+        >>> seen[0]["event_type"], seen[0]["new_value"]
+        ('state:created', {'name': 'Ada'})
+        >>> t.unregister()
+
+        Raises:
+            TriggerConfigError: an unknown type (code
+                ``trigger_type_not_found``) or a malformed config.
+            FunctionNotFoundError: the handler or condition function is not
+                registered.
+        """
+        if self.closed:
+            raise ClosedError("the store is closed")
+        function_id, config, metadata = parse_trigger(trigger)
+        self._functions.require(function_id)
+        if config["condition_function_id"] is not None:
+            self._functions.require(config["condition_function_id"])
+        return self._triggers.add(function_id, config, metadata)
+
+    def on_change(
+        self,
+        scope: str | None = None,
+        key: str | None = None,
+        condition: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Callable[[Callable[..., Any]], Subscription]:
+        """Decorator: run the function after every write to ``scope`` /
+        ``key`` (None: any), when ``condition(event)`` is not False.
+
+        >>> st = State()
+        >>> @st.on_change(scope="orders", condition=lambda e: e["event_type"] != "state:deleted")
+        ... def on_order(event):
+        ...     print(event["key"], event["new_value"])
+        >>> _ = st.set("orders", "o1", {"total": 5})
+        >>> st.flush_events()
+        o1 {'total': 5}
+        True
+        >>> on_order.unregister()
+        """
+        for name, value in (("scope", scope), ("key", key)):
+            if value is not None and not isinstance(value, str):
+                raise PayloadError(f"on_change: {name} must be a string or None, got {type(value).__name__}")
+        if condition is not None and not callable(condition):
+            raise PayloadError(f"on_change: condition must be callable, got {type(condition).__name__}")
+
+        def decorate(fn: Callable[..., Any]) -> Subscription:
+            tag = f"{getattr(fn, '__qualname__', 'handler')}#{uuid.uuid4().hex[:12]}"
+            refs = [self.register_function(f"pystate::on_change::{tag}", fn)]
+            cond_id = None
+            try:
+                if condition is not None:
+                    refs.append(self.register_function(f"pystate::condition::{tag}", condition))
+                    cond_id = refs[-1].id
+                trig = self.register_trigger(
+                    {
+                        "type": "state",
+                        "function_id": refs[0].id,
+                        "config": {"scope": scope, "key": key, "condition_function_id": cond_id},
+                    }
+                )
+            except BaseException:
+                for ref in refs:
+                    ref.unregister()
+                raise
+            return Subscription(fn, trig, refs)
+
+        return decorate
+
+    def flush_events(self, timeout: float | None = None) -> bool:
+        """Wait until every queued event has been handled, coroutine
+        handlers included. Returns False if ``timeout`` seconds passed
+        first.
+
+        >>> State().flush_events(timeout=1)
+        True
+        """
+        return self._events.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run the events already queued (waiting at most ``timeout``
+        seconds; None: until done), stop the dispatch threads, make every
+        write durable and free the store. Events still queued when the
+        time is up are dropped, logged and counted. Closing twice is fine.
+        """
+        if not self.closed:
+            self._events.close(timeout)
+            self._set_watch(None)
+        super().close()
+
+    def stats(self) -> dict[str, Any]:
+        """The store's counters (see :meth:`pystate._core.Store.stats`),
+        plus ``handler_errors`` (handlers and conditions that raised),
+        ``triggers`` and ``events`` (``pending``, ``delivered``,
+        ``running_coroutines``, ``dropped``).
+
+        >>> State().stats()["handler_errors"]
+        0
+        """
+        out = super().stats()
+        out["handler_errors"] = self._events.handler_errors
+        out["triggers"] = self._triggers.count
+        out["events"] = self._events.stats()
+        return out
 
     def trigger(self, request: Any, payload: Any = _UNSET) -> Any:
         """Call a function by id, as the engine's ``trigger`` does.
 
         Two forms are accepted: ``trigger(function_id, payload)`` and
         iii-sdk's ``trigger({"function_id": ..., "payload": ...,
-        "action": {"type": "void"}})``. A void action runs the call and
-        returns None. Results have the engine's shapes: ``state::set`` and
+        "action": {"type": "void"}})``. The id is one of the six
+        ``state::*`` functions or one given to :meth:`register_function`,
+        whose result is returned (a coroutine function is awaited on its
+        loop). A void action returns None at once: a ``state::*`` call has
+        been made by then, a registered function runs on the dispatcher
+        and its errors are logged and counted. Results have the engine's shapes: ``state::set`` and
         ``state::update`` give ``{"old_value", "new_value"}`` (plus
         ``"errors"`` for an update with failed ops), ``state::get`` and
         ``state::delete`` the value or None, ``state::list`` a list,
@@ -198,6 +435,8 @@ class State(_core.Store):
 
         Raises:
             FunctionNotFoundError: no function has this id.
+            InvocationError: a registered function raised (code
+                ``invocation_failed``; the exception is ``__cause__``).
             PayloadError: the payload is malformed (``deserialization_error``).
         """
         action = None
@@ -217,8 +456,9 @@ class State(_core.Store):
                 f"trigger: function_id must be a string, got {type(function_id).__name__}"
             )
         fn = _BUILTINS.get(function_id)
+        user_fn = None
         if fn is None:
-            raise FunctionNotFoundError(f"Function {function_id} not found")
+            user_fn = self._functions.require(function_id)
         void = False
         if action is not None:
             kind = action.get("type") if isinstance(action, dict) else None
@@ -230,6 +470,11 @@ class State(_core.Store):
                 )
             else:
                 raise PayloadError(f'action: expected {{"type": "void"}}, got {action!r}')
+        if user_fn is not None:
+            if void:
+                self._events.submit_call(user_fn, payload)
+                return None
+            return self._functions.call(function_id, payload)
         result = fn(self, payload)
         return None if void else result
 
@@ -239,3 +484,9 @@ class State(_core.Store):
             return f"<pystate.State {where}, closed>"
         s = self.stats()
         return f"<pystate.State {where}, {s['scopes']} scopes, {s['keys']} keys>"
+
+
+def _call_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
+    method = ref()
+    if method is not None:
+        method()

@@ -40,3 +40,29 @@ def run_ops(st):
 def codes():
     """The error codes of an update's errors, in order."""
     return lambda errors: [e["code"] for e in errors]
+
+
+@pytest.fixture
+def watch(st):
+    """Register a state trigger on ``st`` with the given config and return
+    the list its handler appends each event to (read it after
+    ``st.flush_events()``)."""
+
+    counter = iter(range(10**9))
+
+    def make(config=None, *, metadata=None, condition=None, handler=None):
+        seen = []
+        fid = f"collect{next(counter)}"
+        st.register_function(fid, handler or seen.append)
+        if condition is not None:
+            st.register_function(f"{fid}.cond", condition)
+            config = dict(config or {}, condition_function_id=f"{fid}.cond")
+        st.register_trigger({"type": "state", "function_id": fid, "config": config or {}, "metadata": metadata})
+        return seen
+
+    return make
+
+
+def drain(st, timeout=30):
+    """Wait for every queued event; fail the test if they do not finish."""
+    assert st.flush_events(timeout=timeout), "events were still pending after the timeout"

@@ -9,7 +9,18 @@ import pytest
 
 import pystate
 
-MODULES = ["pystate", "pystate.state", "pystate.errors", "pystate._codec", "pystate._ops", "pystate._core"]
+MODULES = [
+    "pystate",
+    "pystate.state",
+    "pystate.errors",
+    "pystate._codec",
+    "pystate._ops",
+    "pystate._core",
+    "pystate.functions",
+    "pystate.triggers",
+    "pystate.dispatch",
+    "pystate.aio",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
