@@ -68,6 +68,7 @@ class EventDispatcher:
         self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self.bound = max_pending
         self._index = index
+        self._match = index.match
         self._functions = functions
         self._when_full = when_full
         self._cond = threading.Condition(threading.Lock())
@@ -86,7 +87,7 @@ class EventDispatcher:
 
     def emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
         """Queue the event of a write (called by the store, in write order)."""
-        matched = self._index.match(scope, key)
+        matched = self._match(scope, key)
         if matched:
             self.pending.append((matched, event_type, scope, key, old, new))
             if self._idle:
@@ -166,30 +167,23 @@ class EventDispatcher:
         old: bytes | None,
         new: bytes | None,
     ) -> None:
-        get = self._functions.get
+        functions = self._functions.table
         for t in matched:
             if not t.active:
                 continue
             # Each call gets its own event, decoded from the stored texts, so
             # no handler sees another's changes (or the writer's).
-            if t.condition_id is not None:
-                cond_fn = get(t.condition_id)
-                event = _event(event_type, scope, key, old, new)
-                if cond_fn is None:
-                    self._failed(t, event, StateError(f"Function {t.condition_id} not found", code="function_not_found"), "condition")
-                    continue
-                try:
-                    if cond_fn.is_async:
-                        verdict = self._wait_coroutine(cond_fn, event)
-                    else:
-                        verdict = cond_fn.invoke(event, None)
-                except Exception as e:
-                    self._failed(t, event, e, "condition")
-                    continue
-                if verdict is False:  # as the engine: only an explicit false skips
-                    continue
-            fn = get(t.function_id)
-            event = _event(event_type, scope, key, old, new)
+            if t.condition_id is not None and not self._condition_holds(t, event_type, scope, key, old, new):
+                continue
+            fn = functions.get(t.function_id)
+            event = {
+                "type": "state",
+                "event_type": event_type,
+                "scope": scope,
+                "key": key,
+                "old_value": None if old is None else _loads(old),
+                "new_value": None if new is None else _loads(new),
+            }
             if fn is None:
                 self._failed(t, event, StateError(f"Function {t.function_id} not found", code="function_not_found"), "handler")
                 continue
@@ -197,11 +191,32 @@ class EventDispatcher:
                 self._start(fn, event, t.metadata, t)
             else:
                 try:
-                    fn.invoke(event, t.metadata)
+                    if fn.metadata_mode == "none":
+                        fn.handler(event)
+                    else:
+                        fn.invoke(event, t.metadata)
                 except Exception as e:
                     self._failed(t, event, e, "handler")
                     continue
             self.delivered += 1
+
+    def _condition_holds(
+        self, t: Trigger, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None
+    ) -> bool:
+        cond_fn = self._functions.get(t.condition_id)  # type: ignore[arg-type]
+        event = _event(event_type, scope, key, old, new)
+        if cond_fn is None:
+            self._failed(t, event, StateError(f"Function {t.condition_id} not found", code="function_not_found"), "condition")
+            return False
+        try:
+            if cond_fn.is_async:
+                verdict = self._wait_coroutine(cond_fn, event)
+            else:
+                verdict = cond_fn.invoke(event, None)
+        except Exception as e:
+            self._failed(t, event, e, "condition")
+            return False
+        return verdict is not False  # as the engine: only an explicit false skips
 
     def _run_call(self, fn: RegisteredFunction, payload: Any) -> None:
         if fn.is_async:

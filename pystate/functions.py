@@ -182,6 +182,7 @@ class FunctionRegistry:
 
     def __init__(self, reserved: Callable[[str], bool] = lambda fid: False) -> None:
         self._functions: dict[str, RegisteredFunction] = {}
+        self.table = self._functions  # read-only view for the dispatcher's hot loop
         self._lock = threading.Lock()
         self._reserved = reserved
         self.loop_thread = LoopThread()

@@ -105,6 +105,10 @@ class Trigger:
         return f"<pystate trigger {self.function_id!r} scope={self.scope!r} key={self.key!r}>"
 
 
+def _seq(t: Trigger) -> int:
+    return t.seq
+
+
 def _without(bucket: tuple[Trigger, ...], t: Trigger) -> tuple[Trigger, ...]:
     return tuple(x for x in bucket if x is not t)
 
@@ -201,22 +205,18 @@ class TriggerIndex:
     def match(self, scope: str, key: str) -> tuple[Trigger, ...]:
         """The triggers whose scope and key filters admit (scope, key), in
         registration order."""
-        found = self._global
-        buckets = 1 if found else 0
-        if self._pair:
-            b = self._pair.get((scope, key))
-            if b:
-                found, buckets = found + b, buckets + 1
-        b = self._scope.get(scope)
-        if b:
-            found, buckets = found + b, buckets + 1
-        if self._key:
-            b = self._key.get(key)
-            if b:
-                found, buckets = found + b, buckets + 1
-        if buckets > 1:
-            found = tuple(sorted(found, key=lambda t: t.seq))
-        return found
+        by_scope = self._scope.get(scope, ())
+        if not (self._global or self._pair or self._key):
+            return by_scope  # the common case: scope triggers only
+        found = [b for b in (
+            self._global,
+            self._pair.get((scope, key), ()) if self._pair else (),
+            by_scope,
+            self._key.get(key, ()) if self._key else (),
+        ) if b]
+        if len(found) == 1:
+            return found[0]
+        return tuple(sorted(itertools.chain.from_iterable(found), key=_seq))
 
     def all(self) -> list[Trigger]:
         with self._lock:

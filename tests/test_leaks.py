@@ -61,3 +61,40 @@ def test_no_c_memory_left_after_deleting_everything():
     s = st.stats()
     assert s["keys"] == 0 and s["heap_bytes"] == 0, s
     st.close()
+
+
+def test_no_python_memory_leaks_with_triggers_and_handlers():
+    st = pystate.State()
+    seen = []
+
+    def handler(event, metadata=None):
+        seen.append(1)
+        if len(seen) % 7 == 0:
+            raise RuntimeError("every seventh fails")
+
+    st.register_function("h", handler)
+    st.register_function("cond", lambda e: e["key"] != "k3")
+    st.register_trigger({"type": "state", "function_id": "h", "config": {"scope": "s"}, "metadata": {"m": 1}})
+    st.register_trigger({"type": "state", "function_id": "h", "config": {"key": "k1", "condition_function_id": "cond"}})
+    import logging
+
+    logging.getLogger("pystate.triggers").disabled = True  # the failures are expected
+    try:
+        workload(st, 300)
+        assert st.flush_events(timeout=60)
+        seen.clear()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            workload(st, 2000)
+            assert st.flush_events(timeout=60)
+            seen.clear()
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    finally:
+        logging.getLogger("pystate.triggers").disabled = False
+        st.close()
+    assert after - before < 20_000, after - before

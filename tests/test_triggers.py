@@ -410,8 +410,8 @@ def test_writes_to_unwatched_keys_never_reach_the_matcher(st):
     st.register_function("mine", lambda e: None)
     st.register_trigger({"type": "state", "function_id": "mine", "config": {"scope": "mine"}})
     calls = []
-    real = st._triggers.match
-    st._triggers.match = lambda scope, key: calls.append((scope, key)) or real(scope, key)
+    real = st._events._match
+    st._events._match = lambda scope, key: calls.append((scope, key)) or real(scope, key)
     st.set("unwatched", "k", 1)
     st.update("unwatched", "k", [{"type": "increment", "path": "n", "by": 1}])
     st.delete("unwatched", "k")
