@@ -87,7 +87,9 @@ class EventDispatcher:
 
     def emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
         """Queue the event of a write (called by the store, in write order)."""
-        matched = self._match(scope, key)
+        idx = self._index
+        # Scope-only triggers (the common case) need one lookup, not a match.
+        matched = idx.by_scope.get(scope) if idx.scopes_only else self._match(scope, key)
         if matched:
             self.pending.append((matched, event_type, scope, key, old, new))
             if self._idle:
@@ -95,7 +97,7 @@ class EventDispatcher:
 
     def submit_call(self, fn: RegisteredFunction, payload: Any) -> None:
         """Queue a void call of a registered function."""
-        self.pending.append((None, fn, payload))
+        self.pending.append((None, fn, payload, None, None, None))
         if self._idle:
             self._wake()
 
@@ -145,60 +147,77 @@ class EventDispatcher:
                     cond.wait()
                 self._idle = False
                 self._busy = True
-            while pending:
-                item = pending.popleft()
-                if self._writers_waiting and len(pending) < self.bound:
-                    with cond:  # room now, not after this item's handlers
-                        cond.notify_all()
-                try:
-                    if item[0] is None:
-                        self._run_call(item[1], item[2])
-                    else:
-                        self._deliver(*item)
-                except Exception:  # a bug of ours; never let it stop dispatch
-                    log.exception("pystate: event dispatch failed for %r", item[:4])
+            self._drain()
 
-    def _deliver(
+    def _drain(self) -> None:
+        # The hot loop: locals only, and the common case (a plain handler
+        # without condition or metadata) inline.
+        pending, cond, popleft = self.pending, self._cond, self.pending.popleft
+        functions = self._functions.table
+        loads = _loads
+        while pending:
+            matched, event_type, scope, key, old, new = popleft()
+            if self._writers_waiting and len(pending) < self.bound:
+                with cond:  # room now, not after this item's handlers
+                    cond.notify_all()
+            try:
+                if matched is None:  # a void call: (None, fn, payload, ...)
+                    self._run_call(event_type, scope)
+                    continue
+                for t in matched:
+                    if not t.active:
+                        continue
+                    fn = functions.get(t.function_id)
+                    if fn is None or not fn.plain or t.condition_id is not None:
+                        self._deliver_one(t, fn, event_type, scope, key, old, new)
+                        continue
+                    # Each call gets its own event, decoded from the stored
+                    # texts: no handler sees another's changes, or the writer's.
+                    event = {
+                        "type": "state",
+                        "event_type": event_type,
+                        "scope": scope,
+                        "key": key,
+                        "old_value": None if old is None else loads(old),
+                        "new_value": None if new is None else loads(new),
+                    }
+                    try:
+                        fn.handler(event)
+                    except Exception as e:
+                        self._failed(t, event, e, "handler")
+                        continue
+                    self.delivered += 1
+            except Exception:  # a bug of ours; never let it stop dispatch
+                log.exception("pystate: event dispatch failed for %r", (event_type, scope, key))
+
+    def _deliver_one(
         self,
-        matched: tuple[Trigger, ...],
+        t: Trigger,
+        fn: RegisteredFunction | None,
         event_type: str,
         scope: str,
         key: str,
         old: bytes | None,
         new: bytes | None,
     ) -> None:
-        functions = self._functions.table
-        for t in matched:
-            if not t.active:
-                continue
-            # Each call gets its own event, decoded from the stored texts, so
-            # no handler sees another's changes (or the writer's).
-            if t.condition_id is not None and not self._condition_holds(t, event_type, scope, key, old, new):
-                continue
-            fn = functions.get(t.function_id)
-            event = {
-                "type": "state",
-                "event_type": event_type,
-                "scope": scope,
-                "key": key,
-                "old_value": None if old is None else _loads(old),
-                "new_value": None if new is None else _loads(new),
-            }
-            if fn is None:
-                self._failed(t, event, StateError(f"Function {t.function_id} not found", code="function_not_found"), "handler")
-                continue
-            if fn.is_async:
-                self._start(fn, event, t.metadata, t)
-            else:
-                try:
-                    if fn.metadata_mode == "none":
-                        fn.handler(event)
-                    else:
-                        fn.invoke(event, t.metadata)
-                except Exception as e:
-                    self._failed(t, event, e, "handler")
-                    continue
-            self.delivered += 1
+        """One trigger's delivery, in general: condition, metadata, coroutines."""
+        if t.condition_id is not None:
+            if not self._condition_holds(t, event_type, scope, key, old, new):
+                return
+            fn = self._functions.get(t.function_id)  # the condition may have taken time
+        event = _event(event_type, scope, key, old, new)
+        if fn is None:
+            self._failed(t, event, StateError(f"Function {t.function_id} not found", code="function_not_found"), "handler")
+            return
+        if fn.is_async:
+            self._start(fn, event, t.metadata, t)
+        else:
+            try:
+                fn.invoke(event, t.metadata)
+            except Exception as e:
+                self._failed(t, event, e, "handler")
+                return
+        self.delivered += 1
 
     def _condition_holds(
         self, t: Trigger, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None

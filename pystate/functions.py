@@ -122,7 +122,7 @@ class LoopThread:
 class RegisteredFunction:
     """One registered function: its id, handler and how to call it."""
 
-    __slots__ = ("id", "handler", "is_async", "loop", "metadata_mode", "description", "metadata", "active")
+    __slots__ = ("id", "handler", "is_async", "loop", "metadata_mode", "plain", "description", "metadata", "active")
 
     def __init__(
         self,
@@ -137,6 +137,8 @@ class RegisteredFunction:
         self.is_async = _is_async(handler)
         self.loop = loop
         self.metadata_mode = _metadata_mode(handler)
+        # Called as handler(data) on the calling thread: the dispatcher's fast path.
+        self.plain = not self.is_async and self.metadata_mode == "none"
         self.description = description
         self.metadata = metadata
         self.active = True

@@ -129,6 +129,8 @@ class TriggerIndex:
         self._on_change = on_change
         self._pair: dict[tuple[str, str], tuple[Trigger, ...]] = {}
         self._scope: dict[str, tuple[Trigger, ...]] = {}
+        self.by_scope = self._scope  # read by the dispatcher's emit
+        self.scopes_only = True  # no trigger filters by key, and each names a scope
         self._key: dict[str, tuple[Trigger, ...]] = {}
         self._global: tuple[Trigger, ...] = ()
         self._scope_refs: dict[str, int] = {}
@@ -161,6 +163,7 @@ class TriggerIndex:
                 self._key_refs[k] = self._key_refs.get(k, 0) + 1
                 self.watched_keys.add(k)
             self.count += 1
+            self._refresh()
         self._on_change()
         return t
 
@@ -183,7 +186,11 @@ class TriggerIndex:
             elif k is not None:
                 self._unref(self._key_refs, self.watched_keys, k)
             self.count -= 1
+            self._refresh()
         self._on_change()
+
+    def _refresh(self) -> None:
+        self.scopes_only = not (self._global or self._pair or self._key)
 
     @staticmethod
     def _drop(d: dict[Any, tuple[Trigger, ...]], name: Any, t: Trigger) -> None:
