@@ -3,10 +3,10 @@ end-to-end event rate to one handler. Same workload as bench/test_core.py.
 
 Paired rounds, as in test_core.py: each round times the baseline (a store
 with no trigger registered) by hand, then the measured store, back to back.
-bench/ratios.py --triggers prints the ratios and the event rate.
+bench/ratios.py prints the ratios and the event rate.
 
     python -m pytest bench/test_triggers.py --benchmark-json=bench-triggers.json
-    python bench/ratios.py bench-triggers.json --triggers
+    python bench/ratios.py bench-triggers.json
 
 The baseline of "set with no triggers" is the core issue's set: the same
 code as today's, less the trigger gate. bench/ab_set.py measures it against
