@@ -328,6 +328,7 @@ cdef class Store:
     cdef bint _watch_all
     cdef set _watch_scopes
     cdef set _watch_keys
+    cdef dict _watch_pairs
     cdef PyThread_type_lock _stripes[N_STRIPES]
 
     def __cinit__(self, *args, **kwargs):
@@ -413,12 +414,13 @@ cdef class Store:
     # ---- the trigger gate ------------------------------------------------
 
     def _set_watch(self, emit, admit=None, pending=None, Py_ssize_t bound=0,
-                   bint watch_all=False, set scopes=None, set keys=None):
+                   bint watch_all=False, set scopes=None, set keys=None, dict pairs=None):
         """Install (or, with ``emit=None``, remove) the trigger gate.
 
         A write to (scope, key) is watched when ``watch_all`` is true, or
-        ``scope`` is in ``scopes``, or ``key`` is in ``keys``; the sets are
-        kept by reference, so their owner updates them in place. A watched
+        ``scope`` is in ``scopes``, or ``key`` is in ``keys``, or ``key`` is
+        in ``pairs[scope]``; the containers are kept by reference, so their
+        owner updates them in place. A watched
         write first calls ``admit()`` if ``len(pending) >= bound`` (back
         pressure, before anything changes), then writes, then calls
         ``emit(event_type, scope, key, old_json, new_json)`` (JSON texts as
@@ -432,12 +434,16 @@ cdef class Store:
         self._watch_all = watch_all
         self._watch_scopes = scopes if scopes is not None else set()
         self._watch_keys = keys if keys is not None else set()
+        self._watch_pairs = pairs if pairs is not None else {}
         self._emit = emit
 
     cdef inline bint _watched(self, scope, key) except -1:
-        if self._watch_all:
+        if self._watch_all or scope in self._watch_scopes or key in self._watch_keys:
             return True
-        return scope in self._watch_scopes or key in self._watch_keys
+        if self._watch_pairs:
+            keys = self._watch_pairs.get(scope)
+            return keys is not None and key in <set>keys
+        return False
 
     cdef PyThread_type_lock _stripe_for(self, scope, key) except NULL:
         cdef Py_hash_t h = PyObject_Hash(scope) * 1000003 ^ PyObject_Hash(key)

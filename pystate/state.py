@@ -249,7 +249,14 @@ class State(_core.Store):
         idx, ev = self._triggers, self._events
         if self._triggers_enabled and idx.count:
             self._set_watch(
-                ev.emit, ev.admit, ev.pending, ev.bound, idx.watch_all, idx.watched_scopes, idx.watched_keys
+                ev.emit,
+                ev.admit,
+                ev.pending,
+                ev.bound,
+                idx.watch_all,
+                idx.watched_scopes,
+                idx.watched_keys,
+                idx.watched_pairs,
             )
         else:
             self._set_watch(None)

@@ -118,9 +118,9 @@ class TriggerIndex:
 
     Buckets are tuples replaced on change (never mutated), so a writer
     matching concurrently with a registration sees a consistent bucket.
-    ``scopes``/``keys`` count the triggers per scope and per key-only key;
-    the compiled write path reads the sets ``watched_scopes``/``watched_keys``
-    by reference, so they are updated in place.
+    The compiled write path reads ``watched_scopes``, ``watched_keys`` and
+    ``watched_pairs`` by reference (so they are updated in place) to turn
+    away, before any work, every write no trigger can match.
     """
 
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
@@ -135,8 +135,10 @@ class TriggerIndex:
         self._global: tuple[Trigger, ...] = ()
         self._scope_refs: dict[str, int] = {}
         self._key_refs: dict[str, int] = {}
-        self.watched_scopes: set[str] = set()
-        self.watched_keys: set[str] = set()
+        self._pair_refs: dict[tuple[str, str], int] = {}
+        self.watched_scopes: set[str] = set()  # scopes of scope-only triggers
+        self.watched_keys: set[str] = set()  # keys of key-only triggers
+        self.watched_pairs: dict[str, set[str]] = {}  # scope -> keys of scope+key triggers
         self.count = 0
 
     @property
@@ -156,7 +158,10 @@ class TriggerIndex:
                 self._key[k] = self._key.get(k, ()) + (t,)
             else:
                 self._global = self._global + (t,)
-            if s is not None:
+            if s is not None and k is not None:
+                self._pair_refs[(s, k)] = self._pair_refs.get((s, k), 0) + 1
+                self.watched_pairs.setdefault(s, set()).add(k)
+            elif s is not None:
                 self._scope_refs[s] = self._scope_refs.get(s, 0) + 1
                 self.watched_scopes.add(s)
             elif k is not None:
@@ -181,7 +186,17 @@ class TriggerIndex:
                 self._drop(self._key, k, t)
             else:
                 self._global = _without(self._global, t)
-            if s is not None:
+            if s is not None and k is not None:
+                n = self._pair_refs[(s, k)] - 1
+                if n:
+                    self._pair_refs[(s, k)] = n
+                else:
+                    del self._pair_refs[(s, k)]
+                    keys = self.watched_pairs[s]
+                    keys.discard(k)
+                    if not keys:
+                        del self.watched_pairs[s]
+            elif s is not None:
                 self._unref(self._scope_refs, self.watched_scopes, s)
             elif k is not None:
                 self._unref(self._key_refs, self.watched_keys, k)

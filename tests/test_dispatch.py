@@ -445,3 +445,62 @@ def test_async_state_file_store_with_sync_always(tmp_path):
             return await st.get("s", "k")
 
     assert asyncio.run(main()) == 1
+
+
+# ---- events tell the whole story ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+_ops = hs.lists(
+    hs.tuples(
+        hs.sampled_from(["set", "update", "delete"]),
+        hs.sampled_from(["a", "b", "c"]),
+        hs.one_of(hs.none(), hs.integers(-5, 5), hs.lists(hs.integers(0, 3), max_size=3)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(per_thread=hs.lists(_ops, min_size=1, max_size=3))
+def test_replaying_the_events_of_concurrent_writers_rebuilds_the_store(per_thread):
+    """Whatever threads write, each key's events chain (each old_value is the
+    previous new_value) and replaying them gives exactly the store."""
+    st = pystate.State()
+    try:
+        events = []
+        st.register_function("h", events.append)
+        st.register_trigger({"type": "state", "function_id": "h", "config": {"scope": "s"}})
+
+        def writer(ops):
+            for kind, key, value in ops:
+                if kind == "set":
+                    st.set("s", key, value)
+                elif kind == "update":
+                    st.update("s", key, [{"type": "set", "path": "v", "value": value}])
+                else:
+                    st.delete("s", key)
+
+        threads = [threading.Thread(target=writer, args=(ops,)) for ops in per_thread]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        drain(st)
+        assert len(events) == sum(len(ops) for ops in per_thread)
+        current: dict = {}
+        for e in events:
+            k = e["key"]
+            assert e["old_value"] == current.get(k)
+            exists = k in current
+            if e["event_type"] == "state:deleted":
+                current.pop(k, None)
+                assert e["new_value"] is None
+            else:
+                assert e["event_type"] == ("state:updated" if exists else "state:created")
+                current[k] = e["new_value"]
+        assert current == {k: st.get("s", k) for k in ("a", "b", "c") if st.get("s", k, KeyError) is not KeyError}
+    finally:
+        st.close()

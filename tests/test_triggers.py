@@ -402,13 +402,15 @@ def test_on_change_refuses_a_non_string_scope(st):
 
 
 def test_writes_to_unwatched_keys_never_reach_the_matcher(st):
-    """With many triggers on other scopes, a write to an unwatched scope is
-    turned away by the compiled gate: no matching, no event."""
+    """With many triggers elsewhere, a write no trigger can match is turned
+    away by the compiled gate: no matching, no copy, no event."""
     for i in range(2000):
         st.register_function(f"f{i}", lambda e: None)
         st.register_trigger({"type": "state", "function_id": f"f{i}", "config": {"scope": f"other{i}"}})
     st.register_function("mine", lambda e: None)
     st.register_trigger({"type": "state", "function_id": "mine", "config": {"scope": "mine"}})
+    st.register_trigger({"type": "state", "function_id": "mine", "config": {"scope": "pairs", "key": "k1"}})
+    st.register_trigger({"type": "state", "function_id": "mine", "config": {"key": "only-key"}})
     calls = []
     real = st._events.emit
     st._events.emit = lambda et, scope, key, old, new: calls.append((scope, key)) or real(et, scope, key, old, new)
@@ -416,7 +418,19 @@ def test_writes_to_unwatched_keys_never_reach_the_matcher(st):
     st.set("unwatched", "k", 1)
     st.update("unwatched", "k", [{"type": "increment", "path": "n", "by": 1}])
     st.delete("unwatched", "k")
+    st.set("pairs", "k2", 1)  # a watched scope, but no trigger names this key
     st.set("mine", "k", 1)
+    st.set("pairs", "k1", 1)
+    st.set("anywhere", "only-key", 1)
     drain(st)
-    assert calls == [("mine", "k")]
-    assert st.stats()["events"]["delivered"] == 1
+    assert calls == [("mine", "k"), ("pairs", "k1"), ("anywhere", "only-key")]
+    assert st.stats()["events"]["delivered"] == 3
+
+
+def test_unregistering_the_last_trigger_of_a_key_closes_the_gate_for_it(st):
+    st.register_function("h", lambda e: None)
+    t = st.register_trigger({"type": "state", "function_id": "h", "config": {"scope": "s", "key": "k"}})
+    assert st._triggers.watched_pairs == {"s": {"k"}}
+    t.unregister()
+    assert st._triggers.watched_pairs == {}
+    assert st._triggers.watched_scopes == set() and st._triggers.watched_keys == set()
