@@ -302,9 +302,11 @@ class EventDispatcher:
 
     # ---- waiting and stopping ---------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, closing: bool = False) -> bool:
         """Wait until every queued event has been handled (coroutine handlers
-        included); False if ``timeout`` seconds passed first."""
+        included); False if ``timeout`` seconds passed first. ``closing``:
+        called by close() on an event loop, which cannot wait for its own
+        coroutine handlers, so only the others are waited for."""
         if threading.current_thread() is self._thread:
             raise StateError(
                 "flush_events: called from a trigger handler, which would wait for itself",
@@ -316,8 +318,10 @@ class EventDispatcher:
             running = None
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.pending or self._busy or self._inflight_total:
-                if running is not None and self._inflight.get(running):
+            while self.pending or self._busy or self._inflight_total - (
+                self._inflight.get(running, 0) if closing and running is not None else 0
+            ):
+                if running is not None and self._inflight.get(running) and not closing:
                     raise StateError(
                         "flush_events: coroutine handlers of this event loop are running and "
                         "cannot finish while it waits; use pystate.AsyncState.flush_events",
@@ -353,7 +357,7 @@ class EventDispatcher:
             return True
         drained = True
         if self._thread is not None or self.pending:
-            drained = self.flush(timeout)
+            drained = self.flush(timeout, closing=True)
         with self._cond:
             self._stopping = True
             if not drained and self.pending:

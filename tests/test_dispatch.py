@@ -504,3 +504,45 @@ def test_replaying_the_events_of_concurrent_writers_rebuilds_the_store(per_threa
         assert current == {k: st.get("s", k) for k in ("a", "b", "c") if st.get("s", k, KeyError) is not KeyError}
     finally:
         st.close()
+
+
+def test_close_with_a_timeout_cancels_coroutine_handlers_that_never_finish():
+    st = pystate.State()
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    async def forever(event):
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    st.register_function("forever", forever)  # runs on the store's own loop
+    st.register_trigger({"type": "state", "function_id": "forever"})
+    st.set("s", "k", 1)
+    assert started.wait(WAIT)
+    st.close(timeout=0.2)
+    assert cancelled.wait(WAIT)
+    assert wait_until(lambda: not dispatch_threads())
+
+
+def test_close_on_a_loop_does_not_wait_for_that_loops_own_handlers():
+    async def main():
+        st = pystate.State()
+        done = []
+
+        async def handler(event):
+            await asyncio.sleep(0.01)
+            done.append(event["key"])
+
+        st.register_function("h", handler)  # a handler of this loop
+        st.register_trigger({"type": "state", "function_id": "h"})
+        st.set("s", "k", 1)
+        st.close()  # from the loop itself: must not deadlock waiting for it
+        assert st.closed
+        await asyncio.sleep(0.1)  # the loop runs the handler afterwards
+        return done
+
+    assert asyncio.run(main()) == ["k"]
