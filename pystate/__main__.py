@@ -22,6 +22,14 @@ def demo(path: str | None = None) -> int:
     writes across close and reopen."""
     with pystate.State() as st:
         print(f"pystate {pystate.__version__} ({pystate.backend} backend), in-memory store")
+        events: list[str] = []
+
+        # A state trigger: runs after each write to "users", on the
+        # dispatcher thread, unless the condition returns False.
+        @st.on_change(scope="users", condition=lambda e: e["key"] == "ada")
+        def on_user(event):
+            events.append(f"{event['event_type']} {event['scope']}/{event['key']} -> {_json(event['new_value'])}")
+
         old = st.set("users", "ada", {"name": "Ada", "visits": 0, "tags": []})
         print(f"set users/ada            -> old value {_json(old)}")
         st.set("users", "grace", {"name": "Grace", "visits": 3, "tags": ["admiral"]})
@@ -42,6 +50,10 @@ def demo(path: str | None = None) -> int:
         value = st.trigger("state::get", {"scope": "users", "key": "ada"})
         print(f"trigger state::get       -> {_json(value)}")
         assert value == {"name": "Ada", "visits": 1, "tags": ["math"]}, value
+        assert st.flush_events(timeout=30), "events did not finish"
+        for line in events:
+            print(f"trigger on users/ada     -> {line}")
+        assert len(events) == 2, events
         print(f"stats                    -> {_json(st.stats())}")
     if path is not None:
         return _durable(path)

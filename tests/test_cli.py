@@ -14,6 +14,9 @@ def test_demo_writes_updates_lists_and_reads_back(tmp_path):
     assert "op 2 skipped: increment.not_number" in out
     assert 'list_groups              -> ["users"]' in out
     assert "trigger state::get" in out
+    assert 'trigger on users/ada     -> state:created users/ada -> {"name":"Ada","visits":0,"tags":[]}' in out
+    assert 'trigger on users/ada     -> state:updated users/ada -> {"name":"Ada","visits":1,"tags":["math"]}' in out
+    assert "grace" not in "".join(line for line in out.splitlines() if line.startswith("trigger on"))
 
 
 def test_unknown_command_exits_with_usage(tmp_path):
