@@ -22,6 +22,7 @@ except ImportError as e:  # pragma: no cover - only on a broken install
     ) from e
 
 from pystate.errors import (
+    AdapterUnavailableError,
     ClosedError,
     ConfigError,
     ConflictError,
@@ -61,6 +62,7 @@ __all__ = [
     "InvocationError",
     "TriggerConfigError",
     "EventQueueFullError",
+    "AdapterUnavailableError",
     "StateError",
     "PayloadError",
     "InvalidValueError",

@@ -4,10 +4,10 @@ A thin layer over :class:`pystate.State`, not a second store. Calls that
 only touch memory (every read and write of an in-memory store, and writes
 of a file-based one in the ``interval`` and ``never`` modes, which copy into
 a mapped log) run directly on the loop: they take microseconds, less than a
-hop to a thread would. Calls that wait on the disk or on other threads
-(writes with ``sync="always"``, ``flush``, ``compact``, ``check``,
-``flush_events``, ``close``) run on a worker thread, so the loop keeps
-going. When the event queue is full, writes wait for room without blocking
+hop to a thread would. Calls that wait on the disk, the network or other
+threads (every call of the redis adapter, writes with ``sync="always"``,
+``flush``, ``compact``, ``check``, ``flush_events``, ``close``) run on a
+worker thread, so the loop keeps going. When the event queue is full, writes wait for room without blocking
 the loop.
 
 >>> import asyncio, pystate
@@ -48,7 +48,7 @@ class AsyncState:
     they never wait. The rest are coroutines.
     """
 
-    __slots__ = ("state", "_blocking_writes")
+    __slots__ = ("state", "_blocking_writes", "_remote")
 
     def __init__(
         self, path: str | os.PathLike[str] | None = None, *, state: State | None = None, **options: Any
@@ -56,7 +56,9 @@ class AsyncState:
         if state is not None and (path is not None or options):
             raise TypeError("AsyncState: give either state= or State's arguments, not both")
         self.state: State = state if state is not None else State(path, **options)
-        self._blocking_writes = self.state.sync == "always"
+        # A Redis server is a round trip away: every call goes to a thread.
+        self._remote = self.state.adapter != "kv"
+        self._blocking_writes = self._remote or self.state.sync == "always"
 
     # ---- the six functions ---------------------------------------------
 
@@ -77,9 +79,14 @@ class AsyncState:
         """Store ``value``; return the previous value or None."""
         return await self._write(self.state.set, scope, key, value)
 
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._remote:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
     async def get(self, scope: str, key: str, default: Any = None) -> Any:
         """The value at (scope, key), or ``default``."""
-        return self.state.get(scope, key, default)
+        return await self._read(self.state.get, scope, key, default)
 
     async def delete(self, scope: str, key: str) -> Any:
         """Remove (scope, key); return the removed value or None."""
@@ -91,11 +98,11 @@ class AsyncState:
 
     async def list(self, scope: str) -> list[Any]:
         """All values of ``scope`` in key insertion order."""
-        return self.state.list(scope)
+        return await self._read(self.state.list, scope)
 
     async def list_groups(self) -> list[str]:
         """Sorted names of the scopes that hold keys."""
-        return self.state.list_groups()
+        return await self._read(self.state.list_groups)
 
     async def trigger(self, request: Any, payload: Any = _UNSET) -> Any:
         """Call a function by id, as :meth:`State.trigger`; a registered
@@ -120,8 +127,8 @@ class AsyncState:
             "state::list_groups",
         ):
             await self._room()
-            if self._blocking_writes:
-                return await asyncio.to_thread(st.trigger, request, payload)
+        if self._blocking_writes:
+            return await asyncio.to_thread(st.trigger, request, payload)
         return st.trigger(request, payload)
 
     # ---- triggers and functions ------------------------------------------

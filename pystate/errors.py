@@ -30,6 +30,7 @@ __all__ = [
     "InvocationError",
     "TriggerConfigError",
     "EventQueueFullError",
+    "AdapterUnavailableError",
     "ClosedError",
     "ConfigError",
     "NotFoundError",
@@ -114,6 +115,14 @@ class EventQueueFullError(StateError):
     with ``event_queue_full="raise"``. The write was not made."""
 
     code = "event_queue_full"
+
+
+class AdapterUnavailableError(StateError, ConnectionError):
+    """The storage server (Redis) could not be reached, or stopped answering,
+    during this call. The call may not have been applied (an ``update``
+    never half-applies); the adapter reconnects by itself on the next call."""
+
+    code = "adapter_unavailable"
 
 
 class UnsupportedActionError(StateError, ValueError):

@@ -196,10 +196,18 @@ class State(_core.Store):
 
     __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "__weakref__")
 
+    def __new__(cls, *args: Any, adapter: str = "kv", **kwargs: Any) -> State:
+        # State(adapter="redis", ...) is a State whose storage is a Redis
+        # server: the subclass overrides every storage method.
+        if cls is State and adapter != "kv":
+            cls = _adapter_class(adapter)
+        return super().__new__(cls)
+
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
         *,
+        adapter: str = "kv",
         sync: str = "interval",
         save_interval_ms: int = 5000,
         repair: bool = False,
@@ -209,16 +217,9 @@ class State(_core.Store):
         event_queue_full: str = "block",
         **_testing: Any,
     ) -> None:
-        if type(max_pending_events) is not int or max_pending_events < 1:
-            raise ConfigError(
-                f"max_pending_events: expected a positive integer, got {max_pending_events!r}"
-            )
-        if event_queue_full not in QUEUE_POLICIES:
-            raise ConfigError(
-                f"event_queue_full: expected one of {', '.join(QUEUE_POLICIES)}, got {event_queue_full!r}"
-            )
-        if not isinstance(triggers_enabled, bool):
-            raise ConfigError(f"triggers_enabled: expected True or False, got {triggers_enabled!r}")
+        if adapter != "kv":
+            raise ConfigError(f"adapter: expected one of kv, redis, got {adapter!r}")
+        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
         if path is not None:
             # The C core creates the directory itself; its parents too, here.
             parent = os.path.dirname(os.path.abspath(os.fspath(path)))
@@ -231,6 +232,22 @@ class State(_core.Store):
             max_value_bytes=max_value_bytes,
             **_testing,
         )
+        self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
+
+    @staticmethod
+    def _check_dispatch_options(triggers_enabled: Any, max_pending_events: Any, event_queue_full: Any) -> None:
+        if type(max_pending_events) is not int or max_pending_events < 1:
+            raise ConfigError(
+                f"max_pending_events: expected a positive integer, got {max_pending_events!r}"
+            )
+        if event_queue_full not in QUEUE_POLICIES:
+            raise ConfigError(
+                f"event_queue_full: expected one of {', '.join(QUEUE_POLICIES)}, got {event_queue_full!r}"
+            )
+        if not isinstance(triggers_enabled, bool):
+            raise ConfigError(f"triggers_enabled: expected True or False, got {triggers_enabled!r}")
+
+    def _init_dispatch(self, triggers_enabled: bool, max_pending_events: int, event_queue_full: str) -> None:
         self._functions = FunctionRegistry(reserved=_BUILTINS.__contains__)
         # Weakly: the dispatcher thread reaches the index, and must not keep
         # the store alive.
@@ -260,6 +277,11 @@ class State(_core.Store):
             )
         else:
             self._set_watch(None)
+
+    @property
+    def adapter(self) -> str:
+        """The storage adapter: ``"kv"`` (this compiled store) or ``"redis"``."""
+        return "kv"
 
     # ---- functions and triggers ------------------------------------------
 
@@ -497,3 +519,11 @@ def _call_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
     method = ref()
     if method is not None:
         method()
+
+
+def _adapter_class(adapter: Any) -> type[State]:
+    if adapter == "redis":
+        from pystate.adapters.redis_adapter import RedisState
+
+        return RedisState
+    raise ConfigError(f"adapter: expected one of kv, redis, got {adapter!r}")

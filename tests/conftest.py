@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
 import pytest
 
 import pystate
@@ -10,11 +17,109 @@ MISSING = object()
 
 
 @pytest.fixture
-def st():
-    """A fresh in-memory store, closed after the test."""
-    s = pystate.State()
+def st(request, tmp_path):
+    """A fresh, empty store, closed after the test: in memory, or, in a
+    contract module (``CONTRACT = True``), each adapter in turn."""
+    adapter = getattr(request, "param", "kv-memory")
+    if adapter == "kv-memory":
+        s = pystate.State()
+    elif adapter == "kv-file":
+        s = pystate.State(tmp_path / "store")
+    else:
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        s = pystate.State(adapter="redis", redis_url=server.url)
     yield s
     s.close()
+
+
+#: The adapters the contract suite runs on.
+ADAPTERS = ["kv-memory", "kv-file", "redis"]
+
+
+def pytest_generate_tests(metafunc):
+    # Modules that say CONTRACT = True are the shared adapter contract: each
+    # of their tests using `st` runs on every adapter, or on those named by
+    # an `adapters(...)` mark, for what only some adapters promise.
+    if "st" in metafunc.fixturenames and getattr(metafunc.module, "CONTRACT", False):
+        mark = metafunc.definition.get_closest_marker("adapters")
+        adapters = list(mark.args) if mark else ADAPTERS
+        metafunc.parametrize("st", adapters, indirect=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port with its own data
+    directory, stopped by PID."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail(
+                "redis-server is not installed: the redis adapter's tests need a real server "
+                "(apt-get install redis-server); they fail rather than skip"
+            )
+        self.dir = tempfile.mkdtemp(prefix="pystate-redis-")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", self.dir,
+                "--save", "",
+                "--appendonly", "no",
+                "--protected-mode", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as r:
+            r.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the session (tests flush it before use)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ import pytest
 
 import pystate
 
+# Part of the shared adapter contract (see tests/conftest.py).
+CONTRACT = True
+
 
 def test_trigger_calls_a_registered_function_and_returns_its_result(st):
     st.register_function("math::add", lambda data: data["a"] + data["b"])

@@ -11,6 +11,9 @@ from conftest import MISSING
 I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 DOC_URL = "https://iii.dev/docs/workers/iii-state#error-codes"
 
+# Part of the shared adapter contract (see tests/conftest.py).
+CONTRACT = True
+
 
 def op(kind, path=MISSING, **kw):
     d = {"type": kind}

@@ -7,6 +7,9 @@ import pytest
 import pystate
 from conftest import MISSING
 
+# Part of the shared adapter contract (see tests/conftest.py).
+CONTRACT = True
+
 
 def test_set_answers_old_and_new(st):
     assert st.trigger("state::set", {"scope": "s", "key": "k", "value": {"a": 1}}) == {

@@ -8,6 +8,9 @@ import pytest
 import pystate
 from conftest import drain
 
+# Part of the shared adapter contract (see tests/conftest.py).
+CONTRACT = True
+
 
 def ev(event_type, scope, key, old, new):
     return {"type": "state", "event_type": event_type, "scope": scope, "key": key, "old_value": old, "new_value": new}

@@ -1,0 +1,385 @@
+"""The ``redis`` adapter: state in a Redis server, in the iii engine's layout.
+
+Each scope is one hash, ``state:<scope>``; its fields are the keys and its
+values the JSON texts, as the engine writes them, so a pystate process and
+an engine sharing a server read and write the same data.
+
+Every call is atomic on the server. ``set`` and ``delete`` run a Lua script
+that reads the old text and writes in one step. ``update`` runs pystate's
+compiled op engine here (Lua's JSON cannot keep 64-bit integers exact) and
+stores the result with a Lua compare-and-set on the exact old text,
+starting over if another client wrote the key in between: two processes
+racing on one counter lose no increment, and a failure leaves either the
+old value or the new one, never half of it.
+
+Redis keeps no order inside a hash, so ``list`` returns a scope's values in
+the server's order, not in insertion order.
+
+>>> import pystate  # doctest: +SKIP
+>>> st = pystate.State(adapter="redis", redis_url="redis://localhost:6379/0")  # doctest: +SKIP
+>>> st.set("users", "u1", {"name": "Ada"}) is None  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+from pystate import _codec
+from pystate._core import UpdateResult
+from pystate._ops import apply
+from pystate.errors import (
+    AdapterUnavailableError,
+    ClosedError,
+    ConfigError,
+    PayloadError,
+    ValueTooLargeError,
+)
+from pystate.state import State
+
+__all__ = ["RedisState", "DEFAULT_REDIS_URL", "PREFIX"]
+
+#: The engine's default server.
+DEFAULT_REDIS_URL = "redis://localhost:6379"
+#: Scope hashes are named ``PREFIX + scope``, as the engine names them.
+PREFIX = "state:"
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+# KEYS[1] the scope's hash, ARGV[1] the key, ARGV[2] the new JSON text.
+_SET = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return old
+"""
+_DELETE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return old
+"""
+# ARGV[2] the new text; ARGV[3] "1" if the key must exist with exactly the
+# text ARGV[4], "0" if it must not exist. Returns 1 when written.
+_CAS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  if cur ~= ARGV[4] then return 0 end
+elseif cur then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+_EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state:deleted"
+_N_STRIPES = 64
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"{what}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+    return value
+
+
+class RedisState(State):
+    """A :class:`pystate.State` whose values live in a Redis server.
+
+    Made by ``State(adapter="redis", redis_url=...)``. Only the storage
+    differs: functions, triggers (fired for writes made through this
+    object), ``trigger`` and ``AsyncState`` work as with the kv adapter.
+
+    Args:
+        redis_url: ``redis://[user:password@]host:port/db`` (also
+            ``rediss://`` and ``unix://``); default ``redis://localhost:6379``,
+            as in the engine.
+        max_value_bytes, triggers_enabled, max_pending_events,
+            event_queue_full: as for :class:`pystate.State`.
+        socket_timeout: seconds a call may wait on the server before it
+            fails with ``adapter_unavailable`` (default 5).
+
+    Raises:
+        ConfigError: a malformed URL, or options of the kv adapter.
+        AdapterUnavailableError: the server cannot be reached.
+    """
+
+    __slots__ = (
+        "_redis",
+        "_url",
+        "_is_closed",
+        "_limit",
+        "_scripts",
+        "_stripes",
+        "_watched",
+        "_redis_errors",
+    )
+
+    def __init__(
+        self,
+        path: Any = None,
+        *,
+        adapter: str = "redis",
+        redis_url: str | None = None,
+        max_value_bytes: int | None = None,
+        triggers_enabled: bool = True,
+        max_pending_events: int = 10_000,
+        event_queue_full: str = "block",
+        socket_timeout: float = 5.0,
+        **kv_options: Any,
+    ) -> None:
+        self._is_closed = True  # until connected
+        if path is not None or kv_options:
+            given = ["path"] if path is not None else []
+            given += sorted(kv_options)
+            raise ConfigError(
+                f"{', '.join(given)}: option(s) of the kv adapter; the redis adapter takes redis_url"
+            )
+        if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
+            raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
+        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        url = DEFAULT_REDIS_URL if redis_url is None else redis_url
+        if not isinstance(url, str) or urlparse(url).scheme not in _SCHEMES or not (
+            urlparse(url).netloc or urlparse(url).path
+        ):
+            raise ConfigError(
+                f"redis_url: expected redis://host:port[/db], rediss://... or unix://path, got {redis_url!r}"
+            )
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - redis-py is a declared dependency
+            raise ConfigError("the redis adapter needs redis-py: pip install 'pystate[redis]'") from None
+        self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
+        self._url = url
+        self._limit = max_value_bytes
+        try:
+            self._redis = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        except ValueError as e:
+            raise ConfigError(f"redis_url: {e} (got {redis_url!r})") from None
+        try:
+            self._redis.ping()
+        except self._redis_errors as e:
+            self._redis.close()
+            raise AdapterUnavailableError(f"cannot reach Redis at {_safe(url)}: {e}") from None
+        self._scripts = {
+            "set": self._redis.register_script(_SET),
+            "delete": self._redis.register_script(_DELETE),
+            "cas": self._redis.register_script(_CAS),
+        }
+        self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
+        self._watched = False
+        self._is_closed = False
+        self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
+
+    # ---- plumbing ----------------------------------------------------------
+
+    @property
+    def adapter(self) -> str:
+        """The storage adapter: ``"redis"``."""
+        return "redis"
+
+    @property
+    def redis_url(self) -> str:
+        """The server's URL (with any password)."""
+        return self._url
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return self._is_closed
+
+    @property
+    def max_value_bytes(self) -> int | None:  # type: ignore[override]
+        return self._limit
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._is_closed:
+            raise ClosedError("the store is closed")
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_errors as e:
+            raise AdapterUnavailableError(f"Redis at {_safe(self._url)} is unavailable: {e}") from e
+
+    def _rewire(self) -> None:
+        idx = self._triggers
+        self._watched = bool(self._triggers_enabled and idx.count)
+
+    def _is_watched(self, scope: str, key: str) -> bool:
+        if not self._watched:
+            return False
+        idx = self._triggers
+        if idx.watch_all or scope in idx.watched_scopes or key in idx.watched_keys:
+            return True
+        keys = idx.watched_pairs.get(scope)
+        return keys is not None and key in keys
+
+    def _stripe(self, scope: str, key: str) -> threading.Lock:
+        return self._stripes[hash((scope, key)) % _N_STRIPES]
+
+    def _emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
+        self._events.emit(event_type, scope, key, old, new)
+
+    def _admit(self) -> None:
+        ev = self._events
+        if len(ev.pending) >= ev.bound:
+            ev.admit()
+
+    # ---- the six functions -----------------------------------------------
+
+    def set(self, scope: str, key: str, value: Any) -> Any:
+        """Store ``value`` at (scope, key); return the previous value or None."""
+        _text(scope, "scope")
+        _text(key, "key")
+        data = _codec.dumps(value)
+        if self._limit is not None and len(data) > self._limit:
+            raise ValueTooLargeError(
+                f"value of {len(data)} bytes exceeds the configured max_value_bytes limit of {self._limit}"
+            )
+        if not self._is_watched(scope, key):
+            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data])
+            return None if old is None else _codec.loads(old)
+        self._admit()
+        with self._stripe(scope, key):
+            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data])
+            self._emit(_EV_CREATED if old is None else _EV_UPDATED, scope, key, old, data)
+        return None if old is None else _codec.loads(old)
+
+    def get(self, scope: str, key: str, default: Any = None) -> Any:
+        """The value at (scope, key), or ``default``."""
+        _text(scope, "scope")
+        _text(key, "key")
+        data = self._call(self._redis.hget, PREFIX + scope, key)
+        return default if data is None else _codec.loads(data)
+
+    def delete(self, scope: str, key: str) -> Any:
+        """Remove (scope, key); return the removed value or None."""
+        _text(scope, "scope")
+        _text(key, "key")
+        if not self._is_watched(scope, key):
+            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key])
+            return None if old is None else _codec.loads(old)
+        self._admit()
+        with self._stripe(scope, key):
+            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key])
+            self._emit(_EV_DELETED, scope, key, old, None)
+        return None if old is None else _codec.loads(old)
+
+    def update(self, scope: str, key: str, ops: Any) -> UpdateResult:
+        """Apply ``ops`` atomically (compare-and-set, retried on conflict);
+        see :meth:`pystate.State.update`."""
+        _text(scope, "scope")
+        _text(key, "key")
+        if not self._is_watched(scope, key):
+            return self._update(scope, key, ops, False)
+        self._admit()
+        with self._stripe(scope, key):
+            return self._update(scope, key, ops, True)
+
+    def _update(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
+        name = PREFIX + scope
+        cas = self._scripts["cas"]
+        while True:
+            old_data = self._call(self._redis.hget, name, key)
+            if old_data is None:
+                old = None
+                new, errors = apply(None, True, ops)
+            else:
+                old = _codec.loads(old_data)
+                new, errors = apply(_codec.loads(old_data), False, ops)
+            new_data = _codec.dumps(new)
+            exists = "0" if old_data is None else "1"
+            args = [key, new_data, exists, old_data if old_data is not None else b""]
+            if self._call(cas, keys=[name], args=args):
+                break
+        if watched:
+            self._emit(_EV_CREATED if old_data is None else _EV_UPDATED, scope, key, old_data, new_data)
+        return UpdateResult(old, new, errors)
+
+    def list(self, scope: str) -> list[Any]:
+        """All values of ``scope``, in Redis's order (not insertion order)."""
+        _text(scope, "scope")
+        loads = _codec.loads
+        return [loads(v) for v in self._call(self._redis.hvals, PREFIX + scope)]
+
+    def list_groups(self) -> list[str]:
+        """Sorted names of the scopes holding keys (SCAN, never KEYS)."""
+        names = set()
+        cut = len(PREFIX)
+        for raw in self._call(self._scan_all):
+            names.add(raw[cut:].decode("utf-8", "surrogateescape"))
+        return sorted(names)
+
+    def _scan_all(self) -> list[bytes]:
+        return list(self._redis.scan_iter(match=PREFIX + "*", count=1000, _type="hash"))
+
+    # ---- the rest of the State surface -----------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this client: ``adapter``, ``redis_url`` (password
+        hidden), and the trigger counters of :meth:`pystate.State.stats`."""
+        if self._is_closed:
+            raise ClosedError("the store is closed")
+        return {
+            "adapter": "redis",
+            "redis_url": _safe(self._url),
+            "handler_errors": self._events.handler_errors,
+            "triggers": self._triggers.count,
+            "events": self._events.stats(),
+        }
+
+    def flush(self) -> None:
+        """Nothing to do: durability is the server's (its AOF/RDB settings)."""
+        if self._is_closed:
+            raise ClosedError("the store is closed")
+
+    def compact(self, scope: str | None = None) -> None:
+        """Nothing to do: Redis manages its own memory."""
+        if self._is_closed:
+            raise ClosedError("the store is closed")
+
+    def check(self) -> dict[str, Any]:
+        """Verify that every value of every scope is JSON. Changes nothing."""
+        records, problem = 0, None
+        for scope in self.list_groups():
+            for field, value in self._call(self._redis.hgetall, PREFIX + scope).items():
+                records += 1
+                try:
+                    _codec.loads(value)
+                except ValueError:
+                    problem = problem or f"scope {scope!r} key {field!r}: not JSON"
+        return {"ok": problem is None, "logs": 0, "records": records, "problem": problem}
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run queued events, stop dispatch and disconnect. Idempotent."""
+        if self._is_closed:
+            return
+        self._events.close(timeout)
+        self._watched = False
+        self._is_closed = True
+        self._redis.close()
+
+    def __enter__(self) -> RedisState:
+        if self._is_closed:
+            raise ClosedError("the store is closed")
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._is_closed else ""
+        return f"<pystate.State redis at {_safe(self._url)}{state}>"
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    p = urlparse(url)
+    if p.password:
+        netloc = p.netloc.replace(f":{p.password}@", ":***@")
+        return p._replace(netloc=netloc).geturl()
+    return url
