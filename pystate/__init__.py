@@ -46,6 +46,7 @@ from pystate.state import State, Subscription, UpdateResult
 from pystate.triggers import Trigger
 from pystate.functions import FunctionRef
 from pystate.aio import AsyncState
+from pystate.config import ConfigWarning
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "TriggerConfigError",
     "EventQueueFullError",
     "AdapterUnavailableError",
+    "ConfigWarning",
     "StateError",
     "PayloadError",
     "InvalidValueError",

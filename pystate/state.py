@@ -283,6 +283,22 @@ class State(_core.Store):
         """The storage adapter: ``"kv"`` (this compiled store) or ``"redis"``."""
         return "kv"
 
+    @classmethod
+    def from_config(cls, config_path: str | os.PathLike[str], **overrides: Any) -> State:
+        """Open the store an iii engine config file describes (its
+        ``iii-state`` entry; see :mod:`pystate.config`). ``overrides`` are
+        State arguments that take precedence over the file.
+
+        Raises:
+            ConfigError: the file cannot be read or a value is invalid; the
+                message names the file, the key and what is allowed.
+        """
+        from pystate.config import load_state_options
+
+        options = load_state_options(config_path)
+        options.update(overrides)
+        return cls(**options)
+
     # ---- functions and triggers ------------------------------------------
 
     @property

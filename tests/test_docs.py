@@ -20,6 +20,7 @@ MODULES = [
     "pystate.triggers",
     "pystate.dispatch",
     "pystate.aio",
+    "pystate.config",
 ]
 
 
