@@ -1229,6 +1229,12 @@ static int load_log(opener *o, const char *fname)
             rep->bytes_cut += size - end;
             rc = add_fix(o, FIX_CUT, fname, end, sc);
         }
+    } else if (rc == 0 && ps_log_end_hint(map) > end) {
+        /* The log ends cleanly on a record boundary, short of its hint (the
+         * file was cut there). Nothing is damaged, but the stale hint must
+         * come back to the real end, or zeros later preallocated past it
+         * would be taken for a torn tail. */
+        rc = add_fix(o, FIX_CUT, fname, end, sc);
     }
     munmap((void *)map, size);
     l->size = end;
@@ -1323,7 +1329,11 @@ static int apply_fixes(opener *o)
                 continue; /* the whole log goes (FIX_UNLINK below) */
             if (ftruncate(l->fd, (off_t)f->size) != 0)
                 return errno;
-            int rc = datasync(l->fd);
+            /* The hint may point into what was cut: it must not outlive it. */
+            int rc = write_end_hint(l->fd, f->size);
+            if (rc)
+                return rc;
+            rc = datasync(l->fd);
             if (rc)
                 return rc;
         } else { /* FIX_REPAIR: keep the damaged file aside, write the salvage */

@@ -204,6 +204,31 @@ def test_truncation_at_every_offset_keeps_exactly_the_whole_records(path):
             assert os.path.getsize(logpath) == recs[whole - 1].offset + recs[whole - 1].size
 
 
+def test_a_log_cut_on_a_record_boundary_gets_its_end_hint_back(path, tmp_path):
+    """Found by the model test: a log cut on a record boundary kept an end
+    hint past its end, so zeros preallocated after reopening were later
+    taken for a torn tail."""
+    logpath = fill(path)
+    data = open(logpath, "rb").read()
+    _, recs, _ = logfmt.parse(data)
+    cut = recs[3].offset + recs[3].size
+    with open(logpath, "wb") as f:
+        f.write(data[:cut])
+    st = pystate.State(path, sync="never")
+    assert st.stats()["recovery"]["torn_tails"] == 0  # nothing is damaged
+    hint = int.from_bytes(open(logpath, "rb").read()[20:28], "little")
+    assert hint == cut  # already on disk while the store is open
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with open(crashed / os.path.basename(logpath), "wb") as f:
+        f.write(open(logpath, "rb").read() + b"\0" * 4096)  # a crash after preallocating
+    st.close()
+    again = pystate.State(crashed, sync="never")
+    assert again.stats()["recovery"]["torn_tails"] == 0
+    assert again.list("s") == [{"i": i} for i in range(4)]
+    again.close()
+
+
 def set_end_hint(logpath, end):
     with open(logpath, "r+b") as f:
         f.seek(20)
