@@ -57,7 +57,8 @@ class RedisServer:
     """A real redis-server on a free loopback port with its own data
     directory, stopped by PID."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self.extra = list(extra or [])
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail(
@@ -80,6 +81,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--protected-mode", "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -109,6 +111,48 @@ class RedisServer:
 
         with redis.Redis.from_url(self.url) as r:
             r.flushall()
+
+
+class RedisClusterServers:
+    """Three real redis-server primaries on loopback, joined into a cluster
+    with ``redis-cli --cluster create``; stopped by PID."""
+
+    def __init__(self, n: int = 3) -> None:
+        if shutil.which("redis-cli") is None:
+            pytest.fail("redis-cli is not installed (apt-get install redis-server); the cluster tests need it")
+        self.nodes = [RedisServer(extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]) for _ in range(n)]
+        addrs = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        r = subprocess.run(
+            ["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if r.returncode != 0:
+            self.stop()
+            pytest.fail(f"redis-cli --cluster create failed: {r.stdout} {r.stderr}")
+        import redis
+
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            with redis.Redis(host="127.0.0.1", port=node.port) as c:
+                while c.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        pytest.fail("the test cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)
+        self.url = self.nodes[0].url.rsplit("/", 1)[0]  # clusters have one database
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+            shutil.rmtree(node.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A three-primary Redis Cluster for the session."""
+    cluster = RedisClusterServers()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -210,3 +210,48 @@ def test_async_state_over_redis(server):
             return seen
 
     assert asyncio.run(main()) == [1, 2]
+
+
+# ---- Redis Cluster ---------------------------------------------------------------
+
+
+def test_the_adapter_works_against_a_three_primary_cluster(redis_cluster):
+    import redis.cluster
+
+    st = pystate.State(adapter="redis", redis_url=redis_cluster.url)
+    try:
+        assert st.clustered and st.stats()["cluster"] is True
+        scopes = [f"scope-{i}" for i in range(40)]  # spread over the three primaries' slots
+        for s in scopes:
+            st.delete(s, "k")
+        for i, s in enumerate(scopes):
+            assert st.set(s, "k", {"i": i}) is None
+            st.update(s, "k", [{"type": "increment", "path": "i", "by": 1}])
+            assert st.get(s, "k") == {"i": i + 1}
+            assert st.list(s) == [{"i": i + 1}]
+        assert st.list_groups() == sorted(scopes)
+        with redis.cluster.RedisCluster.from_url(redis_cluster.url) as rc:
+            homes = {rc.get_node_from_key(f"state:{s}").name for s in scopes}
+            assert len(homes) == 3  # the scopes really are spread over every primary
+            assert rc.hget("state:scope-0", "k") == b'{"i":1}'  # the engine's layout, on the cluster
+        for s in scopes:
+            assert st.delete(s, "k") == {"i": scopes.index(s) + 1}
+        assert st.list_groups() == []
+    finally:
+        st.close()
+
+
+def test_two_processes_racing_on_a_cluster_lose_no_increment(redis_cluster):
+    st = pystate.State(adapter="redis", redis_url=redis_cluster.url)
+    try:
+        st.delete("race", "counter")
+        st.delete("race", "list")
+        n = 150
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _RACER, redis_cluster.url, str(n), tag]) for tag in ("a", "b")
+        ]
+        for p in procs:
+            assert p.wait(120) == 0
+        assert st.get("race", "counter") == {"n": 2 * n}
+    finally:
+        st.close()

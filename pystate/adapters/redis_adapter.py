@@ -116,6 +116,7 @@ class RedisState(State):
         "_stripes",
         "_watched",
         "_redis_errors",
+        "_clustered",
     )
 
     def __init__(
@@ -163,9 +164,22 @@ class RedisState(State):
             raise ConfigError(f"redis_url: {e} (got {redis_url!r})") from None
         try:
             self._redis.ping()
+            # A cluster node: talk to the cluster (each scope's hash is one
+            # key, so it lives on one slot; SCAN visits every primary).
+            clustered = self._redis.info("cluster").get("cluster_enabled") == 1
+            if clustered:
+                from redis.cluster import RedisCluster
+
+                self._redis.close()
+                self._redis = RedisCluster.from_url(
+                    url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+                )
+                self._redis_errors = self._redis_errors + (redis.exceptions.ClusterError,)
+                self._redis.ping()
         except self._redis_errors as e:
             self._redis.close()
             raise AdapterUnavailableError(f"cannot reach Redis at {_safe(url)}: {e}") from None
+        self._clustered = clustered
         self._scripts = {
             "set": self._redis.register_script(_SET),
             "delete": self._redis.register_script(_DELETE),
@@ -182,6 +196,11 @@ class RedisState(State):
     def adapter(self) -> str:
         """The storage adapter: ``"redis"``."""
         return "redis"
+
+    @property
+    def clustered(self) -> bool:
+        """True when the server is a Redis Cluster node."""
+        return self._clustered
 
     @property
     def redis_url(self) -> str:
@@ -314,6 +333,7 @@ class RedisState(State):
         return sorted(names)
 
     def _scan_all(self) -> list[bytes]:
+        # On a cluster, redis-py's scan_iter walks every primary in turn.
         return list(self._redis.scan_iter(match=PREFIX + "*", count=1000, _type="hash"))
 
     # ---- the rest of the State surface -----------------------------------
@@ -326,6 +346,7 @@ class RedisState(State):
         return {
             "adapter": "redis",
             "redis_url": _safe(self._url),
+            "cluster": self._clustered,
             "handler_errors": self._events.handler_errors,
             "triggers": self._triggers.count,
             "events": self._events.stats(),
