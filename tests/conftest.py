@@ -47,10 +47,25 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("st", adapters, indirect=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(cluster_bus: bool = False) -> int:
+    """A free loopback port; for a cluster node, one whose bus port (the
+    port + 10000) is free and valid too."""
+    if not cluster_bus:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisServer:
@@ -66,7 +81,7 @@ class RedisServer:
                 "(apt-get install redis-server); they fail rather than skip"
             )
         self.dir = tempfile.mkdtemp(prefix="pystate-redis-")
-        self.port = _free_port()
+        self.port = _free_port(cluster_bus="--cluster-enabled" in self.extra)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
         self.start()
