@@ -119,6 +119,25 @@ def triggers(path: str) -> None:
             )
 
 
+REDIS_TARGETS = {"set": 1.15, "get": 1.15, "update": 1.3, "list_25000": 1.1}
+
+
+def redis_suite(path: str) -> None:
+    """The redis adapter against plain redis-py, paired rounds."""
+    data = json.loads(Path(path).read_text())
+    print(f"{'op':12s} {'redis-py us/op':>15s} {'pystate us/op':>14s} {'paired med':>11s} {'target':>7s}")
+    for b in data["benchmarks"]:
+        ei = b["extra_info"]
+        n, ours, base = ei["ops_per_round"], b["stats"]["data"], ei["floor_times"]
+        paired = sorted(p / f for p, f in zip(ours, base))
+        med = paired[len(paired) // 2]
+        target = REDIS_TARGETS[ei["op"]]
+        print(
+            f"{ei['op']:12s} {min(base) / n * 1e6:15.2f} {min(ours) / n * 1e6:14.2f} {med:11.2f} "
+            f"{'<=' + str(target):>7s}  {'met' if med <= target else 'MISSED'}"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", help="pytest-benchmark --benchmark-json output")
@@ -131,6 +150,9 @@ def main() -> int:
         return 0
     if "triggers" in suites:
         triggers(a.json)
+        return 0
+    if "redis" in suites:
+        redis_suite(a.json)
         return 0
     print(f"{'op':10s} {'floor ns/op':>12s} {'pystate ns/op':>14s} {'best/best':>11s} {'paired med':>11s} {'target':>7s}")
     for op, f, p, rmin, rmed, target in table(a.json):

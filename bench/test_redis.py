@@ -1,0 +1,183 @@
+"""The redis adapter against plain redis-py on the same server, same run.
+
+The baseline is what a program would write by hand: ``HSET`` of the
+orjson text, ``HGET`` then decode, ``HVALS`` then decode. pystate's set also
+returns the old value (one Lua call), and its update is a read and a
+compare-and-set (two round trips), against a baseline update of HGET,
+decode, change, encode, HSET (two round trips, not atomic). Paired rounds,
+as in test_core.py. The server is a fresh redis-server on a loopback port.
+
+    python -m pytest bench/test_redis.py --benchmark-json=bench-redis.json
+    python bench/ratios.py bench-redis.json
+
+PYSTATE_BENCH_REDIS_KEYS (default 20,000) sets how many keys of the
+workload are used: every call is a network round trip.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import orjson
+import pytest
+import redis
+
+import pystate
+from workload import UPDATE_OPS
+
+ROUNDS = 7
+N = int(os.environ.get("PYSTATE_BENCH_REDIS_KEYS", 20_000))
+LIST_KEYS = 25_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tempfile.mkdtemp(prefix="pystate-bench-redis-")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield url
+    proc.kill()
+    proc.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clients(server):
+    raw = redis.Redis.from_url(server)
+    st = pystate.State(adapter="redis", redis_url=server)
+    yield raw, st
+    st.close()
+    raw.close()
+
+
+def paired(benchmark, op, n, setup_round, run_base, run_ours):
+    benchmark.group = f"redis-{op}"
+    base_times: list[float] = []
+    benchmark.extra_info.update(suite="redis", op=op, ops_per_round=n, floor_times=base_times)
+
+    def setup():
+        setup_round()
+        gc.collect()
+        gc.disable()
+        try:
+            t = time.perf_counter()
+            run_base()
+            base_times.append(time.perf_counter() - t)
+        finally:
+            gc.enable()
+        setup_round()
+        return (), {}
+
+    def timed():
+        gc.disable()
+        try:
+            run_ours()
+        finally:
+            gc.enable()
+
+    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
+
+
+def test_set(benchmark, clients, keys, values):
+    raw, st = clients
+    work = list(zip(keys[:N], values[:N]))
+
+    def base():
+        hset, dumps = raw.hset, orjson.dumps
+        for (s, k), v in work:
+            hset("state:" + s, k, dumps(v))
+
+    def ours():
+        set_ = st.set
+        for (s, k), v in work:
+            set_(s, k, v)
+
+    paired(benchmark, "set", len(work), raw.flushdb, base, ours)
+
+
+def test_get(benchmark, clients, keys, values):
+    raw, st = clients
+    work = keys[:N]
+    raw.flushdb()
+    pipe = raw.pipeline(transaction=False)
+    for (s, k), v in zip(work, values[:N]):
+        pipe.hset("state:" + s, k, orjson.dumps(v))
+    pipe.execute()
+
+    def base():
+        hget, loads = raw.hget, orjson.loads
+        for s, k in work:
+            loads(hget("state:" + s, k))
+
+    def ours():
+        get = st.get
+        for s, k in work:
+            get(s, k)
+
+    paired(benchmark, "get", len(work), lambda: None, base, ours)
+
+
+def test_update(benchmark, clients, keys, values):
+    raw, st = clients
+    work = keys[:N]
+
+    def fill():
+        raw.flushdb()
+        pipe = raw.pipeline(transaction=False)
+        for (s, k), v in zip(work, values[:N]):
+            pipe.hset("state:" + s, k, orjson.dumps(v))
+        pipe.execute()
+
+    def base():
+        hget, hset, loads, dumps = raw.hget, raw.hset, orjson.loads, orjson.dumps
+        for s, k in work:
+            v = loads(hget("state:" + s, k))
+            v["age"] += 1  # UPDATE_OPS, by hand
+            v["tags"].append("delta")
+            hset("state:" + s, k, dumps(v))
+
+    def ours():
+        update = st.update
+        for s, k in work:
+            update(s, k, UPDATE_OPS)
+
+    paired(benchmark, "update", len(work), fill, base, ours)
+
+
+def test_list_of_a_25000_key_scope(benchmark, clients, values):
+    raw, st = clients
+    raw.flushdb()
+    pipe = raw.pipeline(transaction=False)
+    for i in range(LIST_KEYS):
+        pipe.hset("state:big", f"k{i}", orjson.dumps(values[i % len(values)]))
+    pipe.execute()
+
+    def base():
+        loads = orjson.loads
+        [loads(v) for v in raw.hvals("state:big")]
+
+    def ours():
+        st.list("big")
+
+    paired(benchmark, "list_25000", LIST_KEYS, lambda: None, base, ours)
