@@ -255,3 +255,65 @@ def test_two_processes_racing_on_a_cluster_lose_no_increment(redis_cluster):
         assert st.get("race", "counter") == {"n": 2 * n}
     finally:
         st.close()
+
+
+# ---- shared events -------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, pystate
+    st = pystate.State(adapter="redis", redis_url=sys.argv[1], share_events=True)
+    for i in range(int(sys.argv[2])):
+        st.update("shared", "counter", [{"type": "increment", "path": "n", "by": 1}])
+        st.set("shared", "w-" + sys.argv[3], i)
+    st.delete("shared", "w-" + sys.argv[3])
+    st.close()
+    """
+)
+
+
+def test_shared_events_reach_every_process_in_order_per_key(server):
+    st = pystate.State(adapter="redis", redis_url=server.url, share_events=True)
+    try:
+        seen = []
+        st.register_function("h", seen.append)
+        st.register_trigger({"type": "state", "function_id": "h", "config": {"scope": "shared"}})
+        st.set("shared", "mine", 'é/"quoted"')  # this process's own writes come the same way
+        n = 200
+        procs = [subprocess.Popen([sys.executable, "-c", _WRITER, server.url, str(n), tag]) for tag in ("a", "b")]
+        for p in procs:
+            assert p.wait(120) == 0
+        import time
+
+        deadline = time.monotonic() + 30
+        while len(seen) < 1 + 2 * (2 * n + 1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        drain(st)
+        assert seen[0] == {
+            "type": "state", "event_type": "state:created", "scope": "shared", "key": "mine",
+            "old_value": None, "new_value": 'é/"quoted"',
+        }
+        counter = [e["new_value"]["n"] for e in seen if e["key"] == "counter"]
+        assert counter == list(range(1, 2 * n + 1))  # every increment, in the server's order
+        for tag in ("a", "b"):
+            mine = [e for e in seen if e["key"] == f"w-{tag}"]
+            assert [e["new_value"] for e in mine[:-1]] == list(range(n))
+            assert [e["old_value"] for e in mine[1:]] == list(range(n))
+            assert mine[0]["event_type"] == "state:created" and mine[-1]["event_type"] == "state:deleted"
+        assert len(seen) == 1 + 2 * (2 * n + 1)  # and nothing twice
+    finally:
+        st.close()
+
+
+def test_without_share_events_other_processes_writes_are_not_seen(server):
+    st = pystate.State(adapter="redis", redis_url=server.url)
+    try:
+        seen = []
+        st.register_function("h", seen.append)
+        st.register_trigger({"type": "state", "function_id": "h"})
+        p = subprocess.run([sys.executable, "-c", _WRITER, server.url, "3", "x"], timeout=60)
+        assert p.returncode == 0
+        drain(st)
+        assert seen == []
+    finally:
+        st.close()

@@ -23,7 +23,9 @@ True
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 from urllib.parse import urlparse
 
@@ -48,20 +50,38 @@ PREFIX = "state:"
 
 _SCHEMES = ("redis", "rediss", "unix")
 
-# KEYS[1] the scope's hash, ARGV[1] the key, ARGV[2] the new JSON text.
-_SET = """
+# Every script takes, last, the channel to publish the change on ('' for
+# none): published inside the script, so every subscriber sees the changes
+# of one key in the order the server applied them. The message is
+# {"t": event type, "s": scope, "k": key, "o": old text, "n": new text},
+# "o"/"n" left out for no value.
+_PUBLISH = """
+local function publish(channel, etype, scope, key, old, new)
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode({t = etype, s = scope, k = key, o = old or nil, n = new}))
+  end
+end
+"""
+
+# KEYS[1] the scope's hash, ARGV[1] the key, ARGV[2] the new JSON text,
+# ARGV[3] the scope's name, ARGV[4] the channel.
+_SET = _PUBLISH + """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+publish(ARGV[4], old and 'state:updated' or 'state:created', ARGV[3], ARGV[1], old, ARGV[2])
 return old
 """
-_DELETE = """
+# ARGV[1] the key, ARGV[2] the scope's name, ARGV[3] the channel.
+_DELETE = _PUBLISH + """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('HDEL', KEYS[1], ARGV[1]) end
+publish(ARGV[3], 'state:deleted', ARGV[2], ARGV[1], old, nil)
 return old
 """
 # ARGV[2] the new text; ARGV[3] "1" if the key must exist with exactly the
-# text ARGV[4], "0" if it must not exist. Returns 1 when written.
-_CAS = """
+# text ARGV[4], "0" if it must not exist; ARGV[5] the scope's name, ARGV[6]
+# the channel. Returns 1 when written.
+_CAS = _PUBLISH + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[3] == '1' then
   if cur ~= ARGV[4] then return 0 end
@@ -69,8 +89,12 @@ elseif cur then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+publish(ARGV[6], cur and 'state:updated' or 'state:created', ARGV[5], ARGV[1], cur, ARGV[2])
 return 1
 """
+
+#: The default channel of ``share_events``.
+DEFAULT_EVENTS_CHANNEL = "pystate:state-events"
 
 _EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state:deleted"
 _N_STRIPES = 64
@@ -117,6 +141,9 @@ class RedisState(State):
         "_watched",
         "_redis_errors",
         "_clustered",
+        "_channel",
+        "_subscriber",
+        "_sub_stop",
     )
 
     def __init__(
@@ -130,9 +157,13 @@ class RedisState(State):
         max_pending_events: int = 10_000,
         event_queue_full: str = "block",
         socket_timeout: float = 5.0,
+        share_events: bool = False,
+        events_channel: str = DEFAULT_EVENTS_CHANNEL,
         **kv_options: Any,
     ) -> None:
         self._is_closed = True  # until connected
+        self._subscriber: threading.Thread | None = None
+        self._channel = ""
         if path is not None or kv_options:
             given = ["path"] if path is not None else []
             given += sorted(kv_options)
@@ -142,6 +173,10 @@ class RedisState(State):
         if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
             raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        if not isinstance(share_events, bool):
+            raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
+        if not isinstance(events_channel, str) or not events_channel:
+            raise ConfigError(f"events_channel: expected a non-empty string, got {events_channel!r}")
         url = DEFAULT_REDIS_URL if redis_url is None else redis_url
         if not isinstance(url, str) or urlparse(url).scheme not in _SCHEMES or not (
             urlparse(url).netloc or urlparse(url).path
@@ -189,6 +224,10 @@ class RedisState(State):
         self._watched = False
         self._is_closed = False
         self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
+        if share_events:
+            self._channel = events_channel  # every write publishes, whatever this process watches
+            if triggers_enabled:
+                self._start_subscriber()
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -225,7 +264,9 @@ class RedisState(State):
 
     def _rewire(self) -> None:
         idx = self._triggers
-        self._watched = bool(self._triggers_enabled and idx.count)
+        # With shared events every event, this process's own included,
+        # arrives through the channel, in the server's order.
+        self._watched = bool(self._triggers_enabled and idx.count and self._subscriber is None)
 
     def _is_watched(self, scope: str, key: str) -> bool:
         if not self._watched:
@@ -247,6 +288,29 @@ class RedisState(State):
         if len(ev.pending) >= ev.bound:
             ev.admit()
 
+    # ---- shared events ------------------------------------------------------
+
+    def _start_subscriber(self) -> None:
+        """Subscribe before returning, so no change made after the
+        constructor returns is missed."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._channel)
+            # Wait for the confirmation: from then on the server sends us every message.
+            deadline = time.monotonic() + 10
+            while not pubsub.subscribed and time.monotonic() < deadline:
+                pubsub.get_message(timeout=0.05)
+        except self._redis_errors as e:
+            pubsub.close()
+            raise AdapterUnavailableError(f"cannot subscribe to {self._channel!r}: {e}") from None
+        self._sub_stop = threading.Event()
+        self._subscriber = threading.Thread(
+            target=_listen, args=(pubsub, self._sub_stop, self._events, self._triggers, self._redis_errors),
+            name="pystate-redis-events", daemon=True,
+        )
+        self._subscriber.start()
+        self._rewire()
+
     # ---- the six functions -----------------------------------------------
 
     def set(self, scope: str, key: str, value: Any) -> Any:
@@ -258,12 +322,13 @@ class RedisState(State):
             raise ValueTooLargeError(
                 f"value of {len(data)} bytes exceeds the configured max_value_bytes limit of {self._limit}"
             )
+        args = [key, data, scope, self._channel]
         if not self._is_watched(scope, key):
-            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data])
+            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
             return None if old is None else _codec.loads(old)
         self._admit()
         with self._stripe(scope, key):
-            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data])
+            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
             self._emit(_EV_CREATED if old is None else _EV_UPDATED, scope, key, old, data)
         return None if old is None else _codec.loads(old)
 
@@ -278,12 +343,13 @@ class RedisState(State):
         """Remove (scope, key); return the removed value or None."""
         _text(scope, "scope")
         _text(key, "key")
+        args = [key, scope, self._channel]
         if not self._is_watched(scope, key):
-            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key])
+            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
             return None if old is None else _codec.loads(old)
         self._admit()
         with self._stripe(scope, key):
-            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key])
+            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
             self._emit(_EV_DELETED, scope, key, old, None)
         return None if old is None else _codec.loads(old)
 
@@ -311,7 +377,7 @@ class RedisState(State):
                 new, errors = apply(_codec.loads(old_data), False, ops)
             new_data = _codec.dumps(new)
             exists = "0" if old_data is None else "1"
-            args = [key, new_data, exists, old_data if old_data is not None else b""]
+            args = [key, new_data, exists, old_data if old_data is not None else b"", scope, self._channel]
             if self._call(cas, keys=[name], args=args):
                 break
         if watched:
@@ -378,6 +444,9 @@ class RedisState(State):
         """Run queued events, stop dispatch and disconnect. Idempotent."""
         if self._is_closed:
             return
+        if self._subscriber is not None:
+            self._sub_stop.set()
+            self._subscriber.join()
         self._events.close(timeout)
         self._watched = False
         self._is_closed = True
@@ -404,3 +473,33 @@ def _safe(url: str) -> str:
         netloc = p.netloc.replace(f":{p.password}@", ":***@")
         return p._replace(netloc=netloc).geturl()
     return url
+
+
+_log = logging.getLogger("pystate.redis")
+
+
+def _listen(pubsub: Any, stop: threading.Event, events: Any, index: Any, errors: tuple) -> None:
+    """The subscriber thread: every change published on the channel, in the
+    server's order, into this process's event queue (matched like a local
+    write). It queues past the bound rather than wait: Redis would drop a
+    subscriber that stops reading."""
+    loads = _codec.loads
+    while not stop.is_set():
+        try:
+            msg = pubsub.get_message(timeout=0.2)
+        except errors as e:
+            _log.warning("pystate: lost the Redis event channel (%s); resubscribing", e)
+            time.sleep(0.2)
+            continue
+        if msg is None or msg.get("type") != "message":
+            continue
+        try:
+            ev = loads(msg["data"])
+            old, new = ev.get("o"), ev.get("n")
+            events.emit(
+                ev["t"], ev["s"], ev["k"],
+                None if old is None else old.encode(), None if new is None else new.encode(),
+            )
+        except Exception:  # a foreign message on our channel
+            _log.exception("pystate: ignored a malformed message on the event channel: %r", msg.get("data"))
+    pubsub.close()
