@@ -12,9 +12,7 @@ along in ``extra_info["floor_times"]``. bench/ratios.py prints the ratios.
 
 from __future__ import annotations
 
-import gc
-import time
-
+import pairing
 import pystate
 from workload import SCOPES, UPDATE_OPS, DictFloor
 
@@ -28,39 +26,15 @@ def filled(cls, keys, values):
     return st
 
 
-def paired(benchmark, op, n, make, run):
-    """Benchmark run(pystate_store) against run(floor_store), in pairs.
-
-    make(cls) returns a store for one round: a fresh one, or a shared one
-    for operations that leave it as it was.
-    """
+def paired(benchmark, op, n, make, run, fresh=True):
+    """Benchmark run(make(pystate.State)) against run(make(DictFloor)) in
+    pairs (bench/pairing.py). make(cls) returns a store for one round: a
+    fresh one, or (fresh=False) a shared one for operations that leave it
+    as it was."""
     benchmark.group = op
-    floor_times: list[float] = []
-    benchmark.extra_info.update(op=op, ops_per_round=n, floor_times=floor_times)
-
-    def setup():
-        floor = make(DictFloor)
-        ours = make(pystate.State)
-        gc.collect()
-        gc.disable()
-        try:
-            t = time.perf_counter()
-            run(floor)
-            floor_times.append(time.perf_counter() - t)
-        finally:
-            gc.enable()
-        gc.collect()
-        return (ours,), {}
-
-    def timed(st):
-        # The same conditions as the floor's pass, whatever the flags.
-        gc.disable()
-        try:
-            run(st)
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
+    pairing.paired(benchmark, rounds=ROUNDS, make_base=lambda: make(DictFloor), run_base=run,
+                   make_ours=lambda: make(pystate.State), run_ours=run, fresh=fresh,
+                   op=op, ops_per_round=n)
 
 
 def test_insert(benchmark, keys, values):
@@ -80,7 +54,7 @@ def test_overwrite(benchmark, shared, keys, values, values2):
         for (s, k), v in zip(keys, vs[0]):
             st.set(s, k, v)
 
-    paired(benchmark, "overwrite", len(keys), shared, run)
+    paired(benchmark, "overwrite", len(keys), shared, run, fresh=False)
 
 
 def test_get_hit(benchmark, shared, keys):
@@ -89,7 +63,7 @@ def test_get_hit(benchmark, shared, keys):
         for s, k in keys:
             get(s, k)
 
-    paired(benchmark, "get_hit", len(keys), shared, run)
+    paired(benchmark, "get_hit", len(keys), shared, run, fresh=False)
 
 
 def test_get_miss(benchmark, shared, keys):
@@ -100,7 +74,7 @@ def test_get_miss(benchmark, shared, keys):
         for s, k in missing:
             get(s, k)
 
-    paired(benchmark, "get_miss", len(keys), shared, run)
+    paired(benchmark, "get_miss", len(keys), shared, run, fresh=False)
 
 
 def test_update(benchmark, keys, values):
@@ -119,7 +93,7 @@ def test_list(benchmark, shared, keys):
         for s in scopes:
             st.list(s)
 
-    paired(benchmark, "list", len(keys), shared, run)  # per value listed
+    paired(benchmark, "list", len(keys), shared, run, fresh=False)  # per value listed
 
 
 def test_delete(benchmark, keys, values):

@@ -22,12 +22,12 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 
 import pytest
 
 import pystate
 from durable_impls import Lmdb, PyLog, Sqlite
+import pairing
 from workload import UPDATE_OPS, make_value
 
 ROUNDS = 5
@@ -54,50 +54,14 @@ def fill(st, keys, values):
     return st
 
 
-def no_gc(fn, *args):
-    gc.collect()
-    gc.disable()
-    try:
-        t = time.perf_counter()
-        fn(*args)
-        return time.perf_counter() - t
-    finally:
-        gc.enable()
-
-
 def paired(benchmark, op, n, other, make_other, make_ours, run_other, run_ours, rounds=ROUNDS,
            fresh=True):
     """Benchmark run_ours(make_ours()) against run_other(make_other()) in
-    pairs: one of each per round, back to back. fresh: make_ours gives a
-    new store per round (closed when the next round starts)."""
+    pairs (bench/pairing.py). fresh: new stores per round, closed after."""
     benchmark.group = op
-    other_times: list[float] = []
-    benchmark.extra_info.update(op=op, impl="pystate", other=other, ops_per_round=n,
-                                suite="durable", other_times=other_times)
-    opened = []
-
-    def setup():
-        while fresh and opened:
-            opened.pop().close()
-        o = make_other()
-        other_times.append(no_gc(run_other, o))
-        if fresh and hasattr(o, "close"):
-            o.close()
-        ours = make_ours()
-        if fresh:
-            opened.append(ours)
-        return (ours,), {}
-
-    def timed(ours):
-        gc.disable()
-        try:
-            run_ours(ours)
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=rounds)
-    for st in opened:
-        st.close()
+    pairing.paired(benchmark, rounds=rounds, make_base=make_other, run_base=run_other,
+                   make_ours=make_ours, run_ours=run_ours, times_key="other_times", fresh=fresh,
+                   op=op, impl="pystate", other=other, ops_per_round=n, suite="durable")
 
 
 def alone(benchmark, op, impl, n, make, run, rounds=3):

@@ -16,7 +16,6 @@ workload are used: every call is a network round trip.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import socket
@@ -28,6 +27,7 @@ import orjson
 import pytest
 import redis
 
+import pairing
 import pystate
 from workload import UPDATE_OPS
 
@@ -71,32 +71,21 @@ def clients(server):
     raw.close()
 
 
-def paired(benchmark, op, n, setup_round, run_base, run_ours):
+def fill(raw, work, values):
+    raw.flushdb()
+    pipe = raw.pipeline(transaction=False)
+    for (s, k), v in zip(work, values):
+        pipe.hset("state:" + s, k, orjson.dumps(v))
+    pipe.execute()
+
+
+def paired(benchmark, op, n, prepare, run_base, run_ours):
+    """Each round: prepare() the server, time run_base by hand, prepare()
+    again, time run_ours by pytest-benchmark (bench/pairing.py)."""
     benchmark.group = f"redis-{op}"
-    base_times: list[float] = []
-    benchmark.extra_info.update(suite="redis", op=op, ops_per_round=n, floor_times=base_times)
-
-    def setup():
-        setup_round()
-        gc.collect()
-        gc.disable()
-        try:
-            t = time.perf_counter()
-            run_base()
-            base_times.append(time.perf_counter() - t)
-        finally:
-            gc.enable()
-        setup_round()
-        return (), {}
-
-    def timed():
-        gc.disable()
-        try:
-            run_ours()
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
+    pairing.paired(benchmark, rounds=ROUNDS, make_base=prepare, run_base=lambda _: run_base(),
+                   make_ours=prepare, run_ours=lambda _: run_ours(), fresh=False,
+                   suite="redis", op=op, ops_per_round=n)
 
 
 def test_set(benchmark, clients, keys, values):
@@ -119,11 +108,7 @@ def test_set(benchmark, clients, keys, values):
 def test_get(benchmark, clients, keys, values):
     raw, st = clients
     work = keys[:N]
-    raw.flushdb()
-    pipe = raw.pipeline(transaction=False)
-    for (s, k), v in zip(work, values[:N]):
-        pipe.hset("state:" + s, k, orjson.dumps(v))
-    pipe.execute()
+    fill(raw, work, values[:N])
 
     def base():
         hget, loads = raw.hget, orjson.loads
@@ -142,13 +127,6 @@ def test_update(benchmark, clients, keys, values):
     raw, st = clients
     work = keys[:N]
 
-    def fill():
-        raw.flushdb()
-        pipe = raw.pipeline(transaction=False)
-        for (s, k), v in zip(work, values[:N]):
-            pipe.hset("state:" + s, k, orjson.dumps(v))
-        pipe.execute()
-
     def base():
         hget, hset, loads, dumps = raw.hget, raw.hset, orjson.loads, orjson.dumps
         for s, k in work:
@@ -162,7 +140,7 @@ def test_update(benchmark, clients, keys, values):
         for s, k in work:
             update(s, k, UPDATE_OPS)
 
-    paired(benchmark, "update", len(work), fill, base, ours)
+    paired(benchmark, "update", len(work), lambda: fill(raw, work, values[:N]), base, ours)
 
 
 def test_list_of_a_25000_key_scope(benchmark, clients, values):

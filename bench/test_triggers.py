@@ -15,9 +15,7 @@ a build of an older commit, since one process cannot load two builds.
 
 from __future__ import annotations
 
-import gc
-import time
-
+import pairing
 import pystate
 
 ROUNDS = 9
@@ -39,41 +37,11 @@ def insert_all(st, keys, values):
 
 
 def paired(benchmark, op, n, make_base, make_ours, run, run_base=None):
-    """Time run(ours) by pytest-benchmark and run_base(base) by hand (default:
-    the same run), in pairs; the baseline's times go to extra_info."""
-    run_base = run_base or run
+    """Time run(make_ours()) by pytest-benchmark and run_base(make_base())
+    (default: the same run) by hand, in pairs (bench/pairing.py)."""
     benchmark.group = op
-    base_times: list[float] = []
-    benchmark.extra_info.update(suite="triggers", op=op, ops_per_round=n, floor_times=base_times)
-    last: list[pystate.State] = []
-
-    def setup():
-        while last:  # closing is not part of any pass
-            last.pop().close()
-        base, ours = make_base(), make_ours()
-        gc.collect()
-        gc.disable()
-        try:
-            t = time.perf_counter()
-            run_base(base)
-            base_times.append(time.perf_counter() - t)
-        finally:
-            gc.enable()
-            base.close()
-        gc.collect()
-        last.append(ours)
-        return (ours,), {}
-
-    def timed(st):
-        gc.disable()
-        try:
-            run(st)
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS)
-    while last:
-        last.pop().close()
+    pairing.paired(benchmark, rounds=ROUNDS, make_base=make_base, run_base=run_base or run,
+                   make_ours=make_ours, run_ours=run, suite="triggers", op=op, ops_per_round=n)
 
 
 def test_set_with_10000_triggers_on_other_scopes(benchmark, keys, values):
