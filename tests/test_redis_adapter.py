@@ -317,3 +317,36 @@ def test_without_share_events_other_processes_writes_are_not_seen(server):
         assert seen == []
     finally:
         st.close()
+
+
+def test_shared_events_on_a_cluster_reach_a_client_of_another_node(redis_cluster):
+    import time
+
+    urls = [node.url.rsplit("/", 1)[0] for node in redis_cluster.nodes]
+    listener = pystate.State(adapter="redis", redis_url=urls[0], share_events=True)
+    writer = pystate.State(adapter="redis", redis_url=urls[2], share_events=True)
+    try:
+        seen = []
+        listener.register_function("h", seen.append)
+        listener.register_trigger({"type": "state", "function_id": "h", "config": {"key": "k"}})
+        scopes = [f"ev-{i}" for i in range(12)]  # on every primary's slots
+        for s in scopes:
+            writer.delete(s, "k")
+        for round_ in range(3):
+            for s in scopes:
+                writer.set(s, "k", round_)
+        deadline = time.monotonic() + 30
+        while len(seen) < 3 * len(scopes) + len(scopes) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        drain(listener)
+        for s in scopes:
+            mine = [e for e in seen if e["scope"] == s]
+            assert [(e["event_type"], e["new_value"]) for e in mine] == [
+                ("state:deleted", None),
+                ("state:created", 0),
+                ("state:updated", 1),
+                ("state:updated", 2),
+            ]
+    finally:
+        writer.close()
+        listener.close()
