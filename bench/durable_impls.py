@@ -16,7 +16,7 @@ import sqlite3
 
 import orjson
 
-from workload import DictFloor
+from workload import DictFloor, apply_update_ops
 
 _loads, _dumps = orjson.loads, orjson.dumps
 
@@ -57,11 +57,7 @@ class PyLog(DictFloor):
 
     def update(self, scope, key, ops):
         t = self.d[scope]
-        raw = t[key]
-        old = _loads(raw)
-        new = _loads(raw)
-        new["age"] += 1
-        new["tags"].append("delta")
+        old, new = apply_update_ops(t[key])
         data = _dumps(new)
         self._log(b'["set",' + _dumps(scope) + b"," + _dumps(key) + b"," + data + b"]\n")
         t[key] = bytes(memoryview(data))
@@ -100,10 +96,7 @@ class Lmdb:
     def update(self, scope, key, ops):
         k = self._k(scope, key)
         with self.env.begin(write=True) as txn:
-            raw = txn.get(k)
-            old, new = _loads(raw), _loads(raw)
-            new["age"] += 1
-            new["tags"].append("delta")
+            old, new = apply_update_ops(txn.get(k))
             txn.put(k, _dumps(new))
         return (old, new, [])
 
@@ -146,9 +139,7 @@ class Sqlite:
         c = self.db
         c.execute("BEGIN")
         raw = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()[0]
-        old, new = _loads(raw), _loads(raw)
-        new["age"] += 1
-        new["tags"].append("delta")
+        old, new = apply_update_ops(raw)
         c.execute("UPDATE kv SET value=? WHERE scope=? AND key=?", (_dumps(new), scope, key))
         c.execute("COMMIT")
         return (old, new, [])

@@ -16,16 +16,21 @@ import time
 from typing import Any, Callable
 
 
+def gc_off(run: Callable[[Any], Any], arg: Any) -> None:
+    """``run(arg)`` with the garbage collector off (the timed pass)."""
+    gc.disable()
+    try:
+        run(arg)
+    finally:
+        gc.enable()
+
+
 def no_gc(run: Callable[[Any], Any], arg: Any) -> float:
     """Seconds ``run(arg)`` takes with the garbage collector off."""
     gc.collect()
-    gc.disable()
-    try:
-        t = time.perf_counter()
-        run(arg)
-        return time.perf_counter() - t
-    finally:
-        gc.enable()
+    t = time.perf_counter()
+    gc_off(run, arg)
+    return time.perf_counter() - t
 
 
 def paired(
@@ -62,13 +67,6 @@ def paired(
         gc.collect()
         return (ours,), {}
 
-    def timed(ours):
-        gc.disable()
-        try:
-            run_ours(ours)
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=rounds)
+    benchmark.pedantic(lambda ours: gc_off(run_ours, ours), setup=setup, rounds=rounds)
     while opened:
         opened.pop().close()

@@ -17,7 +17,6 @@ their own.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -76,14 +75,7 @@ def alone(benchmark, op, impl, n, make, run, rounds=3):
         opened.append(st)
         return (st,), {}
 
-    def timed(st):
-        gc.disable()
-        try:
-            run(st)
-        finally:
-            gc.enable()
-
-    benchmark.pedantic(timed, setup=setup, rounds=rounds)
+    benchmark.pedantic(lambda st: pairing.gc_off(run, st), setup=setup, rounds=rounds)
     for st in opened:
         st.close()
 

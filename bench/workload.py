@@ -45,6 +45,16 @@ UPDATE_OPS = [
 ]
 
 
+def apply_update_ops(raw: bytes) -> tuple[dict, dict]:
+    """UPDATE_OPS by hand on a stored JSON text: (old, new), independent
+    values. The alternatives' update, the cheapest correct one."""
+    old = _loads(raw)
+    new = _loads(raw)
+    new["age"] += 1
+    new["tags"].append("delta")
+    return old, new
+
+
 class DictFloor:
     """dict of dicts of exact-size orjson bytes, with State's return values."""
 
@@ -79,11 +89,7 @@ class DictFloor:
         # Specialised to UPDATE_OPS: the cheapest possible correct update
         # that returns independent old and new values.
         t = self.d[scope]
-        raw = t[key]
-        old = _loads(raw)
-        new = _loads(raw)
-        new["age"] += 1
-        new["tags"].append("delta")
+        old, new = apply_update_ops(t[key])
         t[key] = bytes(memoryview(_dumps(new)))
         return (old, new, [])
 

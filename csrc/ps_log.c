@@ -53,11 +53,12 @@ static inline uint32_t check_of(const void *p, size_t n)
 
 /* ---- records ------------------------------------------------------------------ */
 
-size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void *key,
-                          size_t klen, const void *value, size_t vlen)
+/* The fixed head of a record and its key-length varint, all but the check;
+ * returns where the key goes. */
+static unsigned char *put_head(unsigned char *buf, int kind, uint64_t seq, size_t klen,
+                               size_t vlen)
 {
-    size_t vn = ps_varint_size(klen);
-    put_u32(buf + 4, (uint32_t)(vn + klen + vlen));
+    put_u32(buf + 4, (uint32_t)(ps_varint_size(klen) + klen + vlen));
     put_u64(buf + 8, seq);
     buf[16] = (unsigned char)kind;
     buf[17] = 0;
@@ -68,6 +69,13 @@ size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void
         k >>= 7;
     }
     *p++ = (unsigned char)k;
+    return p;
+}
+
+size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void *key,
+                          size_t klen, const void *value, size_t vlen)
+{
+    unsigned char *p = put_head(buf, kind, seq, klen, vlen);
     XXH3_state_t s;
     XXH3_64bits_reset(&s);
     XXH3_64bits_update(&s, buf + 4, (size_t)(p - buf) - 4);
@@ -80,24 +88,12 @@ size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void
 void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
                    size_t klen, const void *value, size_t vlen)
 {
-    size_t vn = ps_varint_size(klen);
-    size_t len = vn + klen + vlen;
-    put_u32(buf + 4, (uint32_t)len);
-    put_u64(buf + 8, seq);
-    buf[16] = (unsigned char)kind;
-    buf[17] = 0;
-    unsigned char *p = buf + PS_REC_HEADER;
-    uint64_t k = klen;
-    while (k >= 0x80) {
-        *p++ = (unsigned char)(k | 0x80);
-        k >>= 7;
-    }
-    *p++ = (unsigned char)k;
+    unsigned char *p = put_head(buf, kind, seq, klen, vlen);
     if (klen)
         memcpy(p, key, klen);
     if (vlen)
         memcpy(p + klen, value, vlen);
-    put_u32(buf, check_of(buf + 4, PS_REC_HEADER - 4 + len));
+    put_u32(buf, check_of(buf + 4, (size_t)(p - buf) - 4 + klen + vlen));
 }
 
 int ps_rec_parse(const unsigned char *p, size_t n, ps_rec *r)
