@@ -78,6 +78,45 @@ def _durable(path: str) -> int:
     return 0
 
 
+DEFAULT_DATA_DIR = "pystate-data"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``pystate serve``: open the store, print where it listens, serve."""
+    from pystate.errors import StateError
+    from pystate.server import DEFAULT_HOST, DEFAULT_PORT, run, token_from_env
+
+    try:
+        if args.config is not None:
+            st = pystate.State.from_config(args.config)
+        else:
+            st = pystate.State(args.data or DEFAULT_DATA_DIR)
+    except StateError as e:
+        print(f"pystate serve: {e}", file=sys.stderr)
+        return 1
+    what = f"{st.adapter} adapter"
+    if st.adapter == "kv":
+        what += f", file store at {st.path}" if st.path is not None else ", in memory"
+
+    def ready(server) -> None:
+        auth = ", bearer token required" if server._token else ""
+        print(f"pystate serve: listening on ws://{server.host}:{server.port} ({what}{auth})", flush=True)
+
+    try:
+        run(
+            st,
+            host=args.host or DEFAULT_HOST,
+            port=DEFAULT_PORT if args.port is None else args.port,
+            token=args.token or token_from_env(),
+            on_ready=ready,
+        )
+    except OSError as e:
+        print(f"pystate serve: cannot listen: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print("pystate serve: stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pystate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,9 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--path", help="directory of the file store part (default: a temporary one)"
     )
+    p = sub.add_parser(
+        "serve",
+        help="serve a store to iii workers (iii-sdk) over the engine's WebSocket protocol",
+        description="Serve a store over the iii worker protocol until SIGTERM or SIGINT; "
+        "then stop accepting, finish in-flight calls, flush the store and exit 0.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data", metavar="DIR", help=f"file store directory (default: ./{DEFAULT_DATA_DIR})")
+    where.add_argument("--config", metavar="FILE", help="an iii engine config file (iii-config.yaml)")
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 49134, the engine's; 0: any free one)")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $III_TOKEN)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.path)
+    if args.command == "serve":
+        return serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
