@@ -180,6 +180,105 @@ def redis_server():
 
 
 
+class PystateServer:
+    """``python -m pystate serve`` in a subprocess on a free loopback port,
+    started and stopped with bounded waits."""
+
+    def __init__(self, args: list[str], cwd: str) -> None:
+        import sys
+
+        self.args, self.cwd = args, cwd
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.port = 0
+        self.start([sys.executable, "-m", "pystate", "serve", *args])
+
+    def start(self, cmd: list[str] | None = None, port: int | None = None) -> None:
+        import sys
+
+        cmd = cmd or [sys.executable, "-m", "pystate", "serve", *self.args]
+        if port is not None:  # a restart: the same port, so clients reconnect
+            cmd = [*cmd, "--port", str(port)]
+        elif "--port" not in cmd:
+            cmd = [*cmd, "--port", "0"]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.2):
+                line = self.proc.stdout.readline()
+                if "listening on ws://" in line or not line:
+                    break
+        sel.close()
+        if "listening on ws://" not in line:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+            pytest.fail(f"pystate serve did not start: {line}{out}{err}")
+        self.url = line.split("listening on ", 1)[1].split()[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; SIGKILL if it overstays. Returns the exit code."""
+        import signal
+
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        self.stdout, self.stderr = proc.communicate(timeout=10)
+        return proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc.communicate(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def pystate_server(tmp_path):
+    """A ``pystate serve`` subprocess on a file store in ``tmp_path/data``."""
+    server = PystateServer(["--data", str(tmp_path / "data")], cwd=str(tmp_path))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sdk():
+    """Connect iii-sdk workers to a URL; each is shut down after the test
+    (its loop thread is not a daemon: a forgotten one would hang pytest)."""
+    from iii import InitOptions, register_worker
+
+    workers = []
+
+    def connect(url: str, **options):
+        options.setdefault("otel", {"enabled": False})
+        options.setdefault("invocation_timeout_ms", 10_000)
+        w = register_worker(url, InitOptions(**options))
+        workers.append(w)
+        return w
+
+    yield connect
+    for w in workers:
+        # A second shutdown() would wait forever on the stopped loop.
+        if w._thread.is_alive():
+            w.shutdown()
+
+
 
 @pytest.fixture
 def run_ops(st):
