@@ -210,4 +210,5 @@ def load_state_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     parsed = urlparse(url) if isinstance(url, str) else None
     if parsed is None or parsed.scheme not in ("ws", "wss") or not parsed.netloc:
         raise ConfigError(f"{awhere}.bridge_url: expected ws://host:port or wss://..., got {url!r}")
-    raise ConfigError(f"{awhere}: the bridge adapter is not available in this version of pystate")
+    options.update(adapter="bridge", bridge_url=url)
+    return options

@@ -218,7 +218,7 @@ class State(_core.Store):
         **_testing: Any,
     ) -> None:
         if adapter != "kv":
-            raise ConfigError(f"adapter: expected one of kv, redis, got {adapter!r}")
+            raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
         if path is not None:
             # The C core creates the directory itself; its parents too, here.
@@ -280,7 +280,7 @@ class State(_core.Store):
 
     @property
     def adapter(self) -> str:
-        """The storage adapter: ``"kv"`` (this compiled store) or ``"redis"``."""
+        """The storage adapter: ``"kv"`` (this compiled store), ``"redis"`` or ``"bridge"``."""
         return "kv"
 
     @classmethod
@@ -542,4 +542,8 @@ def _adapter_class(adapter: Any) -> type[State]:
         from pystate.adapters.redis_adapter import RedisState
 
         return RedisState
-    raise ConfigError(f"adapter: expected one of kv, redis, got {adapter!r}")
+    if adapter == "bridge":
+        from pystate.adapters.bridge_adapter import BridgeState
+
+        return BridgeState
+    raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")

@@ -25,16 +25,23 @@ def st(request, tmp_path):
         s = pystate.State()
     elif adapter == "kv-file":
         s = pystate.State(tmp_path / "store")
-    else:
+    elif adapter == "redis":
         server = request.getfixturevalue("redis_server")
         server.flush()
         s = pystate.State(adapter="redis", redis_url=server.url)
+    else:
+        # A bridge to a `pystate serve` of its own: the API has no way to
+        # empty a store, so each test gets a fresh server process.
+        server = PystateServer(["--data", str(tmp_path / "served")], cwd=str(tmp_path))
+        s = pystate.State(adapter="bridge", bridge_url=server.url)
     yield s
     s.close()
+    if adapter == "bridge":
+        assert server.stop() == 0, server.stderr
 
 
 #: The adapters the contract suite runs on.
-ADAPTERS = ["kv-memory", "kv-file", "redis"]
+ADAPTERS = ["kv-memory", "kv-file", "redis", "bridge"]
 
 
 def pytest_generate_tests(metafunc):

@@ -153,10 +153,20 @@ def test_bad_values_name_the_file_the_key_and_what_is_allowed(write, text, key, 
     assert str(path) in msg and key in msg and allowed in msg, msg
 
 
-def test_the_bridge_adapter_is_refused_clearly_until_it_exists(write):
-    with pytest.raises(pystate.ConfigError) as e:
-        load_state_options(write("workers:\n  - name: iii-state\n    config:\n      adapter: {name: bridge}\n"))
-    assert "bridge adapter is not available" in e.value.message
+def test_bridge_adapter_takes_the_engines_bridge_url_key(write):
+    opts = load_state_options(write(
+        "workers:\n  - name: iii-state\n    config:\n      adapter:\n        name: bridge\n"
+        "        config: {bridge_url: 'ws://10.0.0.5:49134'}\n"
+    ))
+    assert opts == {"adapter": "bridge", "bridge_url": "ws://10.0.0.5:49134"}
+
+
+def test_old_form_bridge_class_defaults_to_the_engines_address(write):
+    opts = load_state_options(write(
+        "modules:\n  - class: modules::state::StateModule\n    config:\n"
+        "      adapter: {class: modules::state::adapters::Bridge}\n"
+    ))
+    assert opts == {"adapter": "bridge", "bridge_url": "ws://localhost:49134"}
 
 
 def test_unknown_keys_are_warned_about_and_ignored(write):

@@ -34,6 +34,7 @@ def test_set_with_empty_path_replaces_the_root(run_ops):
     assert run_ops({"a": 1}, [op("set", "", value=[1, 2])]) == ([1, 2], [])
 
 
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")  # the wire protocol reads a stored null as missing
 @pytest.mark.parametrize("ops", [[op("set", "")], [op("set", "", value=None)]])
 def test_set_without_value_writes_null(run_ops, ops):
     assert run_ops({"": "empty-field", "keep": True}, ops) == (None, [])
@@ -365,6 +366,7 @@ def test_remove_field_and_missing_field(run_ops):
     assert run_ops({"a": 1, "b": 2}, [op("remove", "a"), op("remove", "zz")]) == ({"b": 2}, [])
 
 
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")  # the wire protocol reads a stored null as missing
 def test_remove_root_gives_null(run_ops):
     assert run_ops({"": 1, "keep": True}, [op("remove", "")]) == (None, [])
 

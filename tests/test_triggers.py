@@ -34,6 +34,7 @@ def test_set_of_an_existing_key_emits_updated_with_old_and_new(st, watch):
     assert seen == [ev("state:updated", "s", "k", 1, [2])]
 
 
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")  # the wire protocol reads a stored null as missing
 def test_overwriting_a_stored_null_is_an_update(st, watch):
     st.set("s", "k", None)
     seen = watch()

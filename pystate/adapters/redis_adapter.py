@@ -40,6 +40,7 @@ from pystate.errors import (
     ValueTooLargeError,
 )
 from pystate.state import State
+from pystate.adapters import check_text as _text
 
 __all__ = ["RedisState", "DEFAULT_REDIS_URL", "PREFIX"]
 
@@ -98,16 +99,6 @@ DEFAULT_EVENTS_CHANNEL = "pystate:state-events"
 
 _EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state:deleted"
 _N_STRIPES = 64
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise PayloadError(f"{what}: expected a string, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
-    return value
 
 
 class RedisState(State):
