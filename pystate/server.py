@@ -183,6 +183,7 @@ class Server:
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
             write_limit=2**20,
+            close_timeout=2,  # a peer that will not finish the closing handshake does not hold up SIGTERM
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -200,8 +201,7 @@ class Server:
         await asyncio.to_thread(self.state.flush_events, timeout)
         while self._tasks and loop.time() < deadline:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
-        for w in list(self._workers.values()):
-            await w.ws.close(1001, "server shutting down")
+        await asyncio.gather(*(w.ws.close(1001, "server shutting down") for w in list(self._workers.values())))
         await self._server.wait_closed()
         if self._deliver_ref is not None:
             self._deliver_ref.unregister()
