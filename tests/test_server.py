@@ -4,7 +4,6 @@ engine sees when it connects here instead."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -513,3 +512,24 @@ def test_serve_with_a_bad_config_exits_with_one_clear_line(tmp_path):
 
 def test_serve_binds_loopback_by_default(pystate_server):
     assert pystate_server.url.startswith("ws://127.0.0.1:")
+
+
+def test_serve_a_redis_store_from_config(tmp_path, sdk, redis_server):
+    redis_server.flush()
+    cfg = tmp_path / "iii-config.yaml"
+    cfg.write_text(
+        "workers:\n  - name: iii-state\n    config:\n      adapter:\n        name: redis\n"
+        f"        config: {{redis_url: '{redis_server.url}'}}\n"
+    )
+    server = PystateServer(["--config", str(cfg)], cwd=str(tmp_path))
+    try:
+        w = sdk(server.url)
+        got = Collector()
+        trigger_on(w, {"scope": "r"}, got)
+        assert call(w, "state::set", {"scope": "r", "key": "k", "value": {"n": 1}})["old_value"] is None
+        assert call(w, "state::update", {"scope": "r", "key": "k", "ops": [{"type": "increment", "path": "n", "by": 1}]})["new_value"] == {"n": 2}
+        assert sorted(e["new_value"]["n"] for e in got.wait(2)) == [1, 2]
+    finally:
+        assert server.stop() == 0
+    with pystate.State(adapter="redis", redis_url=redis_server.url) as st:
+        assert st.get("r", "k") == {"n": 2}

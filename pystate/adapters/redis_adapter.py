@@ -36,7 +36,6 @@ from pystate.errors import (
     AdapterUnavailableError,
     ClosedError,
     ConfigError,
-    PayloadError,
     ValueTooLargeError,
 )
 from pystate.state import State
