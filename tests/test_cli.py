@@ -1,9 +1,17 @@
-"""`python -m pystate demo`: the first command README gives."""
+"""The ``pystate`` command line, through a subprocess on real store
+directories: ``demo`` (the first command README gives) and the data
+commands."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+import pystate
 
 
 def test_demo_writes_updates_lists_and_reads_back(tmp_path):
@@ -38,3 +46,153 @@ def test_demo_file_store_keeps_writes_across_runs(tmp_path):
     assert "reopened, counters/runs  -> 1" in outs[0]
     assert "reopened, counters/runs  -> 2" in outs[1]
     assert '"ok":true' in outs[1]
+
+
+# ---- the data commands -----------------------------------------------------------
+
+
+def pystate_cli(*args, cwd, input=None):
+    return subprocess.run([sys.executable, "-m", "pystate", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, input=input)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    store = str(tmp_path / "store")
+
+    def run(cmd, *args):
+        return pystate_cli(cmd, "--data", store, *args, cwd=tmp_path)
+
+    run.store = store
+    return run
+
+
+def test_set_then_get_round_trips_unicode_and_big_integers(cli):
+    value = '{"name":"Zoë ✓","big":9223372036854775807,"neg":-9223372036854775808,"nested":[{"a":[1.5,null,true]}]}'
+    assert cli("set", "users", "u1", value).returncode == 0
+    r = cli("get", "users", "u1")
+    assert r.returncode == 0
+    assert r.stdout == value + "\n"
+
+
+def test_get_of_a_missing_key_exits_1_with_not_found(cli):
+    cli("set", "s", "other", "1")
+    r = cli("get", "s", "missing")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert "not found" in r.stderr
+
+
+def test_get_of_a_stored_null_prints_null(cli):
+    cli("set", "s", "k", "null")
+    r = cli("get", "s", "k")
+    assert (r.returncode, r.stdout) == (0, "null\n")
+
+
+def test_invalid_json_value_is_one_line_exit_2_and_writes_nothing(cli):
+    cli("set", "s", "k", "1")
+    r = cli("set", "s", "k", "{not json")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "not valid JSON" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert cli("get", "s", "k").stdout == "1\n"
+
+
+def test_set_json_prints_old_and_new_value(cli):
+    cli("set", "s", "k", "1")
+    r = cli("set", "s", "k", "2", "--json")
+    assert json.loads(r.stdout) == {"old_value": 1, "new_value": 2}
+
+
+def test_update_prints_new_value_and_reports_skipped_ops(cli):
+    cli("set", "c", "k", '{"n": 1}')
+    r = cli("update", "c", "k", '[{"type":"increment","path":"n","by":2},{"type":"append","path":"n","value":1}]')
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {"n": 3}
+    assert "op 1 skipped: append.type_mismatch" in r.stderr
+
+
+def test_update_json_gives_the_engines_response(cli):
+    r = cli("update", "c", "k", '[{"type":"set","path":"a","value":1}]', "--json")
+    assert json.loads(r.stdout) == {"old_value": None, "new_value": {"a": 1}}
+
+
+def test_malformed_ops_exit_2_and_change_nothing(cli):
+    cli("set", "c", "k", '{"n": 1}')
+    r = cli("update", "c", "k", '[{"type":"increment","path":"n","by":"x"}]')
+    assert r.returncode == 2 and "ops[0].by" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(cli("get", "c", "k").stdout) == {"n": 1}
+
+
+def test_list_prints_one_value_per_line_or_a_json_array(cli):
+    for i, v in enumerate(['{"a":1}', '"two"', "[3]"]):
+        cli("set", "s", f"k{i}", v)
+    assert cli("list", "s").stdout.splitlines() == ['{"a":1}', '"two"', "[3]"]
+    assert json.loads(cli("list", "s", "--json").stdout) == [{"a": 1}, "two", [3]]
+
+
+def test_groups_are_sorted(cli):
+    for s in ("b", "a", "c"):
+        cli("set", s, "k", "1")
+    assert cli("groups").stdout.splitlines() == ["a", "b", "c"]
+    assert json.loads(cli("groups", "--json").stdout) == {"groups": ["a", "b", "c"]}
+
+
+def test_delete_removes_the_key(cli):
+    cli("set", "s", "k", "5")
+    assert json.loads(cli("delete", "s", "k", "--json").stdout) == 5
+    assert cli("get", "s", "k").returncode == 1
+
+
+def test_stats_json_counts_keys(cli):
+    for i in range(3):
+        cli("set", "s", f"k{i}", "1")
+    assert json.loads(cli("stats", "--json").stdout)["keys"] == 3
+
+
+def test_compact_shrinks_the_logs(cli):
+    for i in range(20):
+        cli("set", "s", "k", str(i))
+    r = cli("compact", "--json")
+    sizes = json.loads(r.stdout)
+    assert sizes["log_bytes_after"] < sizes["log_bytes_before"]
+    assert cli("get", "s", "k").stdout == "19\n"
+
+
+def test_read_command_on_a_missing_store_exits_3_and_creates_nothing(tmp_path):
+    r = pystate_cli("get", "--data", str(tmp_path / "nope"), "s", "k", cwd=tmp_path)
+    assert r.returncode == 3 and "no store at" in r.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_locked_store_exits_3_in_one_line(cli):
+    cli("set", "s", "k", "1")
+    with pystate.State(cli.store):
+        r = cli("get", "s", "k")
+    assert r.returncode == 3
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_damaged_store_exits_3_naming_the_damage(cli):
+    for i in range(10):
+        cli("set", "s", f"k{i}", '"' + "x" * 100 + '"')
+    log = next(p for p in Path(cli.store).iterdir() if p.is_file() and p.stat().st_size > 500)
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    log.write_bytes(bytes(data))
+    r = cli("list", "s")
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert "corrupt" in r.stderr.lower()
+
+
+def test_data_and_config_together_is_a_usage_error(tmp_path):
+    r = pystate_cli("get", "--data", "a", "--config", "b", "s", "k", cwd=tmp_path)
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_commands_read_a_config_file(tmp_path):
+    cfg = tmp_path / "iii-config.yaml"
+    cfg.write_text("workers:\n  - name: iii-state\n    config:\n      adapter:\n        name: kv\n"
+                   "        config: {store_method: file_based, file_path: ./cfgstore}\n")
+    assert pystate_cli("set", "--config", str(cfg), "s", "k", '"v"', cwd=tmp_path).returncode == 0
+    assert pystate_cli("get", "--config", str(cfg), "s", "k", cwd=tmp_path).stdout == '"v"\n'
+    assert (tmp_path / "cfgstore").is_dir()

@@ -1,0 +1,276 @@
+"""The ``pystate`` command line (also ``python -m pystate``).
+
+Form: ``pystate COMMAND [--data DIR | --config FILE] [--json] [ARGS]``.
+Values are JSON text in and out. Output is for people unless ``--json``
+asks for one JSON document (the engine's response shapes) for scripts.
+
+Exit codes:
+
+* 0 - done;
+* 1 - ``get`` of a key that is not there (``not found`` on stderr);
+* 2 - a bad command line or bad input (invalid JSON, malformed ops);
+* 3 - the store cannot be opened or used (locked, damaged, unreachable,
+  a bad config file).
+
+Errors are one line on stderr, never a traceback.
+
+>>> import subprocess, sys, tempfile              # doctest: +SKIP
+>>> d = tempfile.mkdtemp()                        # doctest: +SKIP
+>>> subprocess.run([sys.executable, "-m", "pystate", "set", "--data", d, "users", "u1", '{"n": 1}'])  # doctest: +SKIP
+>>> subprocess.run([sys.executable, "-m", "pystate", "get", "--data", d, "users", "u1"])  # doctest: +SKIP
+{"n":1}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+import pystate
+from pystate._codec import dumps, loads
+from pystate.errors import InvalidValueError, PayloadError, StateError, ValueTooLargeError
+
+__all__ = ["main", "DEFAULT_DATA_DIR", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_STORE"]
+
+#: The store the commands use when neither --data nor --config is given.
+DEFAULT_DATA_DIR = "pystate-data"
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+_MISSING = object()
+
+
+class _Fail(Exception):
+    """A one-line failure with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _text(value: Any) -> str:
+    return dumps(value).decode()
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return loads(text)
+    except ValueError as e:
+        raise _Fail(f"{what} is not valid JSON: {e}", EXIT_USAGE) from None
+
+
+def _open(args: argparse.Namespace, *, create: bool) -> pystate.State:
+    """The store the command line names. Read-only commands do not create
+    a directory that is not there."""
+    try:
+        if args.config is not None:
+            return pystate.State.from_config(args.config)
+        path = args.data or DEFAULT_DATA_DIR
+        if not create and not os.path.isdir(path):
+            raise _Fail(f"no store at {path} (give --data DIR or --config FILE)", EXIT_STORE)
+        return pystate.State(path)
+    except StateError as e:
+        raise _Fail(str(e), EXIT_STORE) from None
+
+
+# ---- the commands ------------------------------------------------------------------
+
+
+def _cmd_get(st: pystate.State, args: argparse.Namespace) -> int:
+    value = st.get(args.scope, args.key, _MISSING)
+    if value is _MISSING:
+        raise _Fail(f"not found: {args.scope}/{args.key}", EXIT_NOT_FOUND)
+    _out(_text(value))
+    return EXIT_OK
+
+
+def _cmd_set(st: pystate.State, args: argparse.Namespace) -> int:
+    value = _json_arg(args.value, "VALUE")
+    old = st.set(args.scope, args.key, value)
+    if args.json:
+        _out(_text({"old_value": old, "new_value": value}))
+    return EXIT_OK
+
+
+def _cmd_delete(st: pystate.State, args: argparse.Namespace) -> int:
+    old = st.delete(args.scope, args.key)
+    if args.json:
+        _out(_text(old))
+    return EXIT_OK
+
+
+def _cmd_update(st: pystate.State, args: argparse.Namespace) -> int:
+    ops = _json_arg(args.ops, "OPS")
+    r = st.update(args.scope, args.key, ops)
+    if args.json:
+        _out(_text(r.to_response()))
+        return EXIT_OK
+    _out(_text(r.new_value))
+    for e in r.errors:
+        print(f"op {e['op_index']} skipped: {e['code']}: {e['message']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_list(st: pystate.State, args: argparse.Namespace) -> int:
+    values = st.list(args.scope)
+    if args.json:
+        _out(_text(values))
+    else:
+        for v in values:
+            _out(_text(v))
+    return EXIT_OK
+
+
+def _cmd_groups(st: pystate.State, args: argparse.Namespace) -> int:
+    groups = st.list_groups()
+    if args.json:
+        _out(_text({"groups": groups}))
+    else:
+        for g in groups:
+            _out(g)
+    return EXIT_OK
+
+
+def _cmd_stats(st: pystate.State, args: argparse.Namespace) -> int:
+    s = st.stats()
+    if args.json:
+        _out(_text(s))
+    else:
+        for name, value in s.items():
+            _out(f"{name}: {_text(value) if isinstance(value, (dict, list)) else value}")
+    return EXIT_OK
+
+
+def _cmd_compact(st: pystate.State, args: argparse.Namespace) -> int:
+    before = st.stats().get("log_bytes")
+    st.compact(args.scope)
+    after = st.stats().get("log_bytes")
+    if args.json:
+        _out(_text({"log_bytes_before": before, "log_bytes_after": after}))
+    elif before is None:
+        _out("nothing to compact: this store keeps no logs")
+    else:
+        _out(f"compacted: logs {before:,} -> {after:,} bytes")
+    return EXIT_OK
+
+
+# (handler, creates the store if missing)
+_DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], int], bool]] = {
+    "get": (_cmd_get, False),
+    "set": (_cmd_set, True),
+    "delete": (_cmd_delete, False),
+    "update": (_cmd_update, True),
+    "list": (_cmd_list, False),
+    "groups": (_cmd_groups, False),
+    "stats": (_cmd_stats, False),
+    "compact": (_cmd_compact, False),
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pystate.server import DEFAULT_HOST, DEFAULT_PORT, run, token_from_env
+
+    st = _open(args, create=True)
+    what = f"{st.adapter} adapter"
+    if st.adapter == "kv":
+        what += f", file store at {st.path}" if st.path is not None else ", in memory"
+
+    def ready(server: Any) -> None:
+        auth = ", bearer token required" if server._token else ""
+        print(f"pystate serve: listening on ws://{server.host}:{server.port} ({what}{auth})", flush=True)
+
+    try:
+        run(
+            st,
+            host=args.host or DEFAULT_HOST,
+            port=DEFAULT_PORT if args.port is None else args.port,
+            token=args.token or token_from_env(),
+            on_ready=ready,
+        )
+    except OSError as e:
+        raise _Fail(f"cannot listen: {e.strerror or e}", EXIT_STORE) from None
+    print("pystate serve: stopped", flush=True)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pystate",
+        description="pystate: a durable JSON state store with the iii engine's state API.",
+        epilog="exit codes: 0 done, 1 not found, 2 bad command line or input, 3 store unavailable",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    store = argparse.ArgumentParser(add_help=False)
+    where = store.add_mutually_exclusive_group()
+    where.add_argument("--data", metavar="DIR", help=f"file store directory (default: ./{DEFAULT_DATA_DIR})")
+    where.add_argument("--config", metavar="FILE", help="an iii engine config file (iii-config.yaml)")
+    store.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+
+    def add(name: str, help: str, *positionals: tuple[str, str]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[store], help=help, description=help)
+        for arg, arg_help in positionals:
+            if arg.endswith("?"):
+                p.add_argument(arg[:-1], nargs="?", default=None, help=arg_help)
+            else:
+                p.add_argument(arg, help=arg_help)
+        return p
+
+    scope, key = ("scope", "scope name"), ("key", "key name")
+    add("get", "print the value at SCOPE KEY as JSON", scope, key)
+    add("set", "store VALUE (JSON text) at SCOPE KEY", scope, key, ("value", "the value, as JSON text"))
+    add("delete", "remove SCOPE KEY", scope, key)
+    add("update", "apply OPS (a JSON list of update ops) to SCOPE KEY, atomically", scope, key,
+        ("ops", 'e.g. \'[{"type": "increment", "path": "n", "by": 1}]\''))
+    add("list", "print every value of SCOPE (one JSON value per line)", scope)
+    add("groups", "print the scope names, sorted")
+    add("stats", "print the store's counters")
+    add("compact", "rewrite the logs (of SCOPE, or of all scopes) to hold only live records",
+        ("scope?", "one scope (default: all)"))
+
+    p = sub.add_parser("demo", help="write, update, list and read back; then reopen a file store")
+    p.add_argument("--path", help="directory of the file store part (default: a temporary one)")
+
+    p = sub.add_parser(
+        "serve", parents=[store],
+        help="serve a store to iii workers (iii-sdk) over the engine's WebSocket protocol",
+        description="Serve a store over the iii worker protocol until SIGTERM or SIGINT; "
+        "then stop accepting, finish in-flight calls, flush the store and exit 0.",
+    )
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 49134, the engine's; 0: any free one)")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $III_TOKEN)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from pystate.demo import demo
+
+            return demo(args.path)
+        if args.command == "serve":
+            return _serve(args)
+        handler, create = _DATA_COMMANDS[args.command]
+        st = _open(args, create=create)
+        try:
+            return handler(st, args)
+        finally:
+            st.close()
+    except _Fail as e:
+        print(f"pystate {args.command}: {e}", file=sys.stderr)
+        return e.code
+    except (PayloadError, InvalidValueError, ValueTooLargeError) as e:  # the input, not the store
+        print(f"pystate {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateError as e:
+        print(f"pystate {args.command}: {e}", file=sys.stderr)
+        return EXIT_STORE
+    except BrokenPipeError:  # `pystate list s | head`
+        return EXIT_OK
