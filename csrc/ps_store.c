@@ -222,6 +222,57 @@ int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch, const ps
     return rc;
 }
 
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,
+             size_t max, const ps_sink *out, size_t *count)
+{
+    int rc = 0;
+    ps_where w;
+    *count = 0;
+    lock(st);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    const ps_table *t = sc ? &sc->table : NULL;
+    uint32_t end = t ? t->n_entries : 0;
+    uint32_t i = *pos < end ? *pos : end, j = i;
+    size_t size = 0, n = 0;
+    /* First pass sizes the page, second copies it: one allocation, made
+     * while the scope cannot change. */
+    for (; j < end && (!max || n < max); j++) {
+        const unsigned char *it = t->entries[j];
+        if (!it)
+            continue;
+        size += 8 + (size_t)ps_item_klen(it) + ps_item_vlen(it);
+        n++;
+    }
+    unsigned char *buf = out->alloc(out->ctx, size);
+    if (!buf) {
+        rc = ENOMEM;
+    } else {
+        for (; i < j; i++) {
+            const unsigned char *it = t->entries[i];
+            if (!it)
+                continue;
+            uint32_t kl = ps_item_klen(it), vl = ps_item_vlen(it);
+            put_le32(buf, kl);
+            memcpy(buf + 4, ps_item_key(it), kl);
+            put_le32(buf + 4 + kl, vl);
+            memcpy(buf + 8 + kl, ps_item_value(it), vl);
+            buf += 8 + (size_t)kl + vl;
+        }
+        *pos = j;
+        *count = n;
+    }
+    unlock(st);
+    return rc;
+}
+
 typedef struct name_ref {
     const unsigned char *p;
     uint32_t n;

@@ -206,6 +206,18 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
 int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
             const ps_sink *out);
 
+/* Deliver a page of the keys and values of `scope`, in key order, starting
+ * at entry position *pos (0 to begin): at most `max` entries (0: no
+ * limit), packed as repeated [u32 klen][key][u32 vlen][value] with
+ * little-endian lengths, in one call of `out` (made even for none).
+ * *count receives the number of entries delivered, *pos where the next
+ * page starts; a page of 0 entries means the scope is exhausted (a missing
+ * scope gives one at once). Each page is consistent; positions hold while
+ * the scope is not written, so a scope written between pages may be seen
+ * with keys missed or repeated. Returns PS_OK or ENOMEM. */
+int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,
+             size_t max, const ps_sink *out, size_t *count);
+
 /* Deliver the names of all scopes, sorted bytewise (which is code point
  * order for UTF-8), packed as repeated [u32 length, little-endian][bytes].
  * *count receives the number of names. Returns PS_OK or ENOMEM. */

@@ -785,6 +785,56 @@ cdef class Store:
             p += 4 + n
         return names
 
+    def items_page(self, scope, uint32_t pos=0, size_t limit=1000):
+        """One page of ``scope``'s keys and raw JSON values, in key order:
+        ``(pairs, next_pos)`` with ``pairs`` a list of ``(key, bytes)``;
+        an empty list means the scope is exhausted. Pages are consistent
+        one by one; a scope written between pages may show keys missed or
+        repeated. :meth:`items` walks every page.
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", {"n": 1})
+        >>> st.items_page("s")
+        ([('a', b'{"n":1}')], 1)
+        """
+        cdef Py_ssize_t sl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef _Out out
+        _out_init(&out)
+        cdef size_t count = 0, i
+        cdef uint32_t kl, vl
+        self._open()
+        cdef int rc = ps_items(self._st, s, sl, &pos, limit, &out.sink, &count)
+        data = _take(&out)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "items")
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+        cdef list pairs = []
+        for i in range(count):
+            kl = _le32(p)
+            key = PyUnicode_DecodeUTF8(<const char *>p + 4, kl, NULL)
+            vl = _le32(p + 4 + kl)
+            pairs.append((key, PyBytes_FromStringAndSize(<const char *>p + 8 + kl, vl)))
+            p += 8 + kl + vl
+        return pairs, pos
+
+    def items(self, scope, size_t page=1000):
+        """Iterate ``(key, value)`` over ``scope`` in key order, a page of
+        ``page`` entries at a time, so a big scope is never all in memory.
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", 1); _ = st.set("s", "b", [2])
+        >>> list(st.items("s"))
+        [('a', 1), ('b', [2])]
+        """
+        pos = 0
+        while True:
+            pairs, pos = self.items_page(scope, pos, page)
+            if not pairs:
+                return
+            for key, raw in pairs:
+                yield key, decode(raw)
+
     def stats(self) -> dict:
         """Counters: scopes, keys, key/value bytes, reclaimable memory
         (dead_bytes) and the memory the store holds (heap_bytes). A

@@ -158,6 +158,123 @@ def _cmd_compact(st: pystate.State, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Progress:
+    """A one-line progress report on stderr, only when it is a terminal."""
+
+    def __init__(self, what: str, total_bytes: int | None = None) -> None:
+        self.what, self.total = what, total_bytes
+        self.on = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, records: int, done_bytes: int, final: bool = False) -> None:
+        if not self.on:
+            return
+        import time
+
+        now = time.monotonic()
+        if not final and now - self.last < 0.2:
+            return
+        self.last = now
+        size = f"{done_bytes / 2**20:,.1f} MiB"
+        if self.total:
+            size += f" of {self.total / 2**20:,.1f} MiB ({100 * done_bytes / self.total:.0f}%)"
+        sys.stderr.write(f"\r{self.what}: {records:,} records, {size}" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+def _cmd_dump(st: pystate.State, args: argparse.Namespace) -> int:
+    if st.adapter != "kv":
+        raise _Fail(f"dump reads a kv store; this one is {st.adapter}", EXIT_STORE)
+    out, tmp = (sys.stdout.buffer, None) if args.output in (None, "-") else (None, args.output + ".tmp")
+    f = out if out is not None else open(tmp, "wb")  # noqa: SIM115 - closed below
+    progress = _Progress("dump")
+    records = written = 0
+    try:
+        for scope in st.list_groups():
+            head = b'{"scope":' + dumps(scope) + b',"key":'
+            pos = 0
+            while True:
+                # Raw JSON values straight from the store: nothing decoded.
+                pairs, pos = st.items_page(scope, pos, 1000)
+                if not pairs:
+                    break
+                for key, raw in pairs:
+                    line = head + dumps(key) + b',"value":' + raw + b"}\n"
+                    f.write(line)
+                    written += len(line)
+                records += len(pairs)
+                progress.update(records, written)
+        f.flush()
+        if tmp is not None:
+            os.fsync(f.fileno())
+    except BaseException:
+        if tmp is not None:
+            f.close()
+            os.unlink(tmp)
+        raise
+    if tmp is not None:
+        f.close()
+        os.replace(tmp, args.output)  # a failed dump never leaves a half file under the name
+    progress.update(records, written, final=True)
+    if args.json:
+        print(_text({"records": records, "bytes": written}), file=sys.stderr)
+    return EXIT_OK
+
+
+def _records(f: Any, what: str) -> Any:
+    """(line number, scope, key, value) of each line of a dump; bad lines
+    raise, naming the line."""
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = loads(line)
+        except ValueError as e:
+            raise _Fail(f"{what} line {n}: not valid JSON: {e}", EXIT_USAGE) from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("scope"), str) or \
+                not isinstance(rec.get("key"), str) or "value" not in rec:
+            raise _Fail(f'{what} line {n}: expected {{"scope": str, "key": str, "value": ...}}', EXIT_USAGE)
+        yield n, rec["scope"], rec["key"], rec["value"]
+
+
+def _cmd_load(st: pystate.State, args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    spool = None
+    if args.input == "-":
+        # Checked in full before anything is written, so stdin is kept
+        # (on disk, not in memory) for the second pass.
+        spool = tempfile.TemporaryFile()
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        what = "stdin"
+    else:
+        what = args.input
+    try:
+        f = spool if spool is not None else open(args.input, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise _Fail(f"cannot read {args.input}: {e.strerror or e}", EXIT_USAGE) from None
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        for _record in _records(f, what):
+            pass  # first pass: a bad line anywhere means nothing is written
+        f.seek(0)
+        progress = _Progress("load", total)
+        done = 0
+        for done, (_n, scope, key, value) in enumerate(_records(f, what), 1):
+            st.set(scope, key, value)
+            if done % 1000 == 0:
+                progress.update(done, f.tell())
+        st.flush()
+        progress.update(done, total, final=True)
+    if args.json:
+        _out(_text({"records": done}))
+    else:
+        _out(f"loaded {done:,} records")
+    return EXIT_OK
+
+
 # (handler, creates the store if missing)
 _DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], int], bool]] = {
     "get": (_cmd_get, False),
@@ -168,6 +285,8 @@ _DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], in
     "groups": (_cmd_groups, False),
     "stats": (_cmd_stats, False),
     "compact": (_cmd_compact, False),
+    "dump": (_cmd_dump, False),
+    "load": (_cmd_load, True),
 }
 
 
@@ -231,6 +350,11 @@ def _parser() -> argparse.ArgumentParser:
     add("stats", "print the store's counters")
     add("compact", "rewrite the logs (of SCOPE, or of all scopes) to hold only live records",
         ("scope?", "one scope (default: all)"))
+
+    p = add("dump", "write every record as JSON lines {scope, key, value}, streaming")
+    p.add_argument("-o", "--output", default=None, help="a file (default: stdout)")
+    add("load", "set every record of a dump (checked in full first: a bad line writes nothing)",
+        ("input", "a dump file, or - for stdin"))
 
     p = sub.add_parser("demo", help="write, update, list and read back; then reopen a file store")
     p.add_argument("--path", help="directory of the file store part (default: a temporary one)")

@@ -196,3 +196,86 @@ def test_commands_read_a_config_file(tmp_path):
     assert pystate_cli("set", "--config", str(cfg), "s", "k", '"v"', cwd=tmp_path).returncode == 0
     assert pystate_cli("get", "--config", str(cfg), "s", "k", cwd=tmp_path).stdout == '"v"\n'
     assert (tmp_path / "cfgstore").is_dir()
+
+
+TRICKY = {
+    ("u", "plain"): {"name": "Ada", "tags": ["a", "b"]},
+    ("u", "ключ ✓ with spaces"): "Zoë \u0000 \u2028 \U0001F600",
+    ("u", ""): 0,
+    ("nums", "big"): [9223372036854775807, -9223372036854775808, 1.5e300, -0.0],
+    ("nums", "null"): None,
+    ("deep", "nested"): {"a": [{"b": [{"c": {"d": [1, [2, [3]]]}}]}], "e": {}},
+}
+
+
+def _fill(path):
+    with pystate.State(path) as st:
+        for (scope, key), value in TRICKY.items():
+            st.set(scope, key, value)
+
+
+def _contents(path):
+    with pystate.State(path) as st:
+        return {(s, k): v for s in st.list_groups() for k, v in st.items(s)}
+
+
+def test_dump_then_load_round_trips_exactly(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _fill(src)
+    dump = tmp_path / "dump.jsonl"
+    r = pystate_cli("dump", "--data", str(src), "-o", str(dump), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = pystate_cli("load", "--data", str(dst), str(dump), cwd=tmp_path)
+    assert r.returncode == 0 and "loaded 6 records" in r.stdout
+    got = _contents(dst)
+    assert got == TRICKY
+    assert repr(got[("nums", "big")]) == repr(TRICKY[("nums", "big")])  # -0.0 and exact integers
+    again = pystate_cli("dump", "--data", str(dst), cwd=tmp_path).stdout
+    assert again == dump.read_text()  # same bytes, same order
+
+
+def test_dump_writes_one_json_object_per_line_to_stdout(tmp_path):
+    _fill(tmp_path / "s")
+    out = pystate_cli("dump", "--data", str(tmp_path / "s"), cwd=tmp_path).stdout
+    # split on newlines only: a value may hold U+2028, which JSON keeps raw
+    records = [json.loads(line) for line in out.split("\n") if line]
+    assert {(r["scope"], r["key"]) for r in records} == set(TRICKY)
+
+
+def test_load_from_stdin(tmp_path):
+    text = '{"scope":"s","key":"k","value":[1,2]}\n\n{"scope":"s","key":"j","value":"x"}\n'
+    r = pystate_cli("load", "--data", str(tmp_path / "d"), "-", cwd=tmp_path, input=text)
+    assert r.returncode == 0, r.stderr
+    assert _contents(tmp_path / "d") == {("s", "k"): [1, 2], ("s", "j"): "x"}
+
+
+@pytest.mark.parametrize("bad, line", [
+    ('{"scope":"s","key":"k","value":1}\n{"scope":"s","key":"k2"}\n', 2),
+    ('{"scope":"s","key":"k","value":1}\nnot json\n', 2),
+    ('[1,2]\n', 1),
+    ('{"scope":1,"key":"k","value":1}\n', 1),
+])
+def test_load_with_a_bad_line_names_it_and_writes_nothing(tmp_path, bad, line):
+    store = tmp_path / "d"
+    with pystate.State(store) as st:
+        st.set("keep", "k", "before")
+    r = pystate_cli("load", "--data", str(store), "-", cwd=tmp_path, input=bad)
+    assert r.returncode == 2 and f"line {line}" in r.stderr and "Traceback" not in r.stderr
+    assert _contents(store) == {("keep", "k"): "before"}
+
+
+def test_load_of_a_missing_file_is_one_line(tmp_path):
+    r = pystate_cli("load", "--data", str(tmp_path / "d"), str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dump_pages_through_a_big_scope(tmp_path):
+    store = tmp_path / "big"
+    with pystate.State(store) as st:
+        for i in range(5000):
+            st.set("s", f"k{i}", i)
+        for i in range(0, 5000, 7):
+            st.delete("s", f"k{i}")
+    lines = pystate_cli("dump", "--data", str(store), cwd=tmp_path).stdout.splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert keys == [f"k{i}" for i in range(5000) if i % 7]
