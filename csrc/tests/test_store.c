@@ -194,6 +194,61 @@ TEST(list_splits_into_arrays_of_at_most_batch_bytes)
     ps_store_close(st);
 }
 
+/* Reads the page in b as "key=value;" pairs. */
+static void items_text(const buf_sink *b, size_t count, char *out, size_t cap)
+{
+    const unsigned char *p = (const unsigned char *)b->data;
+    size_t o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t kl = p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+        const unsigned char *k = p + 4;
+        const unsigned char *v = k + kl + 4;
+        uint32_t vl = k[kl] | k[kl + 1] << 8 | k[kl + 2] << 16 | (uint32_t)k[kl + 3] << 24;
+        o += (size_t)snprintf(out + o, cap - o, "%.*s=%.*s;", (int)kl, (const char *)k, (int)vl, (const char *)v);
+        p = v + vl;
+    }
+}
+
+TEST(items_pages_keys_and_values_in_key_order)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    ps_sink s = sink_of(&b);
+    char text[256];
+    uint32_t pos = 0;
+    size_t count = 99;
+    CHECK_RC(ps_items(st, S("s"), &pos, 0, &s, &count), PS_OK); /* missing scope */
+    CHECK(count == 0 && pos == 0 && b.calls == 1);
+    put_str(st, "s", "a", "1");
+    put_str(st, "s", "b", "22");
+    put_str(st, "s", "c", "333");
+    put_str(st, "s", "d", "4");
+    put_str(st, "t", "x", "0");
+    CHECK_RC(ps_del(st, S("s"), S("b"), NULL), PS_OK); /* a hole */
+    CHECK_RC(ps_items(st, S("s"), &pos, 2, &s, &count), PS_OK);
+    items_text(&b, count, text, sizeof text);
+    CHECK(count == 2 && strcmp(text, "a=1;c=333;") == 0);
+    CHECK_RC(ps_items(st, S("s"), &pos, 2, &s, &count), PS_OK);
+    items_text(&b, count, text, sizeof text);
+    CHECK(count == 1 && strcmp(text, "d=4;") == 0);
+    CHECK_RC(ps_items(st, S("s"), &pos, 2, &s, &count), PS_OK);
+    CHECK(count == 0 && b.len == 0);
+    pos = 0;
+    CHECK_RC(ps_items(st, S("s"), &pos, 0, &s, &count), PS_OK); /* no limit */
+    items_text(&b, count, text, sizeof text);
+    CHECK(count == 3 && strcmp(text, "a=1;c=333;d=4;") == 0);
+    buf_sink no = {0};
+    no.refuse = 1;
+    ps_sink r = sink_of(&no);
+    pos = 0;
+    CHECK_RC(ps_items(st, S("s"), &pos, 0, &r, &count), ENOMEM);
+    CHECK(count == 0 && pos == 0); /* the cursor does not move on failure */
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
 TEST(groups_are_sorted_and_only_non_empty)
 {
     ps_store *st = open_store(NULL);
