@@ -36,7 +36,7 @@ from pystate.errors import (
     StateError,
     ValueTooLargeError,
 )
-from pystate.state import State
+from pystate.adapters.remote import RemoteState
 from pystate.adapters import check_text as _text
 from pystate._ops import apply
 
@@ -68,7 +68,7 @@ class _Waiter:
         self.error: Any = None
 
 
-class BridgeState(State):
+class BridgeState(RemoteState):
     """A :class:`pystate.State` whose values live behind an iii engine or a
     ``pystate serve`` process.
 
@@ -90,8 +90,8 @@ class BridgeState(State):
     """
 
     __slots__ = (
-        "_url", "_headers", "_timeout", "_limit", "_is_closed", "_conn", "_conn_lock",
-        "_pending", "_reader", "_stripes", "_watched", "worker_id",
+        "_url", "_headers", "_timeout", "_conn", "_conn_lock",
+        "_pending", "_reader", "_stripes", "worker_id",
     )
 
     def __init__(
@@ -241,30 +241,8 @@ class BridgeState(State):
     def bridge_url(self) -> str:
         return self._url
 
-    @property
-    def closed(self) -> bool:  # type: ignore[override]
-        return self._is_closed
-
-    @property
-    def max_value_bytes(self) -> int | None:  # type: ignore[override]
-        return self._limit
-
     def _rewire(self) -> None:
         self._watched = bool(self._triggers_enabled and self._triggers.count)
-
-    def _is_watched(self, scope: str, key: str) -> bool:
-        if not self._watched:
-            return False
-        idx = self._triggers
-        if idx.watch_all or scope in idx.watched_scopes or key in idx.watched_keys:
-            return True
-        keys = idx.watched_pairs.get(scope)
-        return keys is not None and key in keys
-
-    def _admit(self) -> None:
-        ev = self._events
-        if len(ev.pending) >= ev.bound:
-            ev.admit()
 
     # ---- the six functions -------------------------------------------------------
 
@@ -389,15 +367,6 @@ class BridgeState(State):
             conn.close()
         if self._reader is not None:
             self._reader.join(10)
-
-    def __enter__(self) -> BridgeState:
-        if self._is_closed:
-            raise ClosedError("the store is closed")
-        return self
-
-    def __exit__(self, *exc: object) -> bool:
-        self.close()
-        return False
 
     def __repr__(self) -> str:
         state = ", closed" if self._is_closed else ""

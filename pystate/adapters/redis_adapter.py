@@ -38,7 +38,7 @@ from pystate.errors import (
     ConfigError,
     ValueTooLargeError,
 )
-from pystate.state import State
+from pystate.adapters.remote import RemoteState
 from pystate.adapters import check_text as _text
 
 __all__ = ["RedisState", "DEFAULT_REDIS_URL", "PREFIX"]
@@ -100,7 +100,7 @@ _EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state
 _N_STRIPES = 64
 
 
-class RedisState(State):
+class RedisState(RemoteState):
     """A :class:`pystate.State` whose values live in a Redis server.
 
     Made by ``State(adapter="redis", redis_url=...)``. Only the storage
@@ -124,11 +124,8 @@ class RedisState(State):
     __slots__ = (
         "_redis",
         "_url",
-        "_is_closed",
-        "_limit",
         "_scripts",
         "_stripes",
-        "_watched",
         "_redis_errors",
         "_clustered",
         "_channel",
@@ -236,14 +233,6 @@ class RedisState(State):
         """The server's URL (with any password)."""
         return self._url
 
-    @property
-    def closed(self) -> bool:  # type: ignore[override]
-        return self._is_closed
-
-    @property
-    def max_value_bytes(self) -> int | None:  # type: ignore[override]
-        return self._limit
-
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._is_closed:
             raise ClosedError("the store is closed")
@@ -258,25 +247,11 @@ class RedisState(State):
         # arrives through the channel, in the server's order.
         self._watched = bool(self._triggers_enabled and idx.count and self._subscriber is None)
 
-    def _is_watched(self, scope: str, key: str) -> bool:
-        if not self._watched:
-            return False
-        idx = self._triggers
-        if idx.watch_all or scope in idx.watched_scopes or key in idx.watched_keys:
-            return True
-        keys = idx.watched_pairs.get(scope)
-        return keys is not None and key in keys
-
     def _stripe(self, scope: str, key: str) -> threading.Lock:
         return self._stripes[hash((scope, key)) % _N_STRIPES]
 
     def _emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
         self._events.emit(event_type, scope, key, old, new)
-
-    def _admit(self) -> None:
-        ev = self._events
-        if len(ev.pending) >= ev.bound:
-            ev.admit()
 
     # ---- shared events ------------------------------------------------------
 
@@ -441,15 +416,6 @@ class RedisState(State):
         self._watched = False
         self._is_closed = True
         self._redis.close()
-
-    def __enter__(self) -> RedisState:
-        if self._is_closed:
-            raise ClosedError("the store is closed")
-        return self
-
-    def __exit__(self, *exc: object) -> bool:
-        self.close()
-        return False
 
     def __repr__(self) -> str:
         state = ", closed" if self._is_closed else ""
