@@ -36,6 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import orjson  # noqa: E402
+from redis_server import start_redis  # noqa: E402
 from workload import make_value  # noqa: E402
 
 OPS = ("set", "get", "update")
@@ -176,26 +177,6 @@ def run_clients(target, url, op, clients, n):
 
 
 # ---- servers ------------------------------------------------------------------------------
-
-
-def start_redis(tmp):
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def start_pystate(tmp):

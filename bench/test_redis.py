@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 
 import orjson
 import pytest
 import redis
 
 import pairing
+from redis_server import start_redis
 import pystate
 from workload import UPDATE_OPS, apply_update_ops
 
@@ -38,24 +36,8 @@ LIST_KEYS = 25_000
 
 @pytest.fixture(scope="module")
 def server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     d = tempfile.mkdtemp(prefix="pystate-bench-redis-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    proc, url = start_redis(d)
     yield url
     proc.kill()
     proc.wait()

@@ -40,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pystate import _codec
 from pystate.errors import StateError, TriggerConfigError
-from pystate.state import _BUILTINS, State
+from pystate.state import _BUILTINS, State, is_void
 from pystate.triggers import parse_trigger
 
 __all__ = ["Server", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_FRAME_BYTES", "run"]
@@ -328,18 +328,10 @@ class Server:
         self.counters["calls"] += 1
         fid = msg.get("function_id")
         iid = msg.get("invocation_id")
-        action = msg.get("action")
-        void = False
-        if action is not None:
-            kind = action.get("type") if isinstance(action, dict) else None
-            if kind == "void":
-                void = True
-            elif kind == "enqueue":
-                return self._answer(w, iid, fid, None, _error(
-                    "enqueue_error", "No queue provider is installed: pystate serves state functions only"))
-            else:
-                return self._answer(w, iid, fid, None, _error(
-                    "deserialization_error", f'invokefunction: action must be {{"type": "void"}} or absent, got {action!r}'))
+        try:
+            void = is_void(msg.get("action"))
+        except StateError as e:  # enqueue (no queues here) or a malformed action
+            return self._answer(w, iid, fid, None, _error(e.code, e.message))
         answer = not void and iid is not None
         if not isinstance(fid, str):
             if answer:

@@ -112,6 +112,25 @@ def _fn_list_groups(st: State, payload: Any) -> Any:
     return {"groups": st.list_groups()}
 
 
+def is_void(action: Any) -> bool:
+    """Whether a call's ``action`` makes it fire-and-forget: None (a
+    synchronous call) gives False, ``{"type": "void"}`` True.
+
+    Raises:
+        UnsupportedActionError: an ``enqueue`` action (code ``enqueue_error``,
+            the engine's answer without a queue worker).
+        PayloadError: any other action.
+    """
+    if action is None:
+        return False
+    kind = action.get("type") if isinstance(action, dict) else None
+    if kind == "void":
+        return True
+    if kind == "enqueue":
+        raise UnsupportedActionError("No queue provider is installed: enqueue actions need a queue worker")
+    raise PayloadError(f'action: expected {{"type": "void"}}, got {action!r}')
+
+
 _BUILTINS: dict[str, Callable[[State, Any], Any]] = {
     "state::set": _fn_set,
     "state::get": _fn_get,
@@ -504,17 +523,7 @@ class State(_core.Store):
         user_fn = None
         if fn is None:
             user_fn = self._functions.require(function_id)
-        void = False
-        if action is not None:
-            kind = action.get("type") if isinstance(action, dict) else None
-            if kind == "void":
-                void = True
-            elif kind == "enqueue":
-                raise UnsupportedActionError(
-                    "No queue provider is installed: enqueue actions need a queue worker"
-                )
-            else:
-                raise PayloadError(f'action: expected {{"type": "void"}}, got {action!r}')
+        void = is_void(action)
         if user_fn is not None:
             if void:
                 self._events.submit_call(user_fn, payload)

@@ -108,16 +108,11 @@ class BridgeState(RemoteState):
         event_queue_full: str = "block",
         **kv_options: Any,
     ) -> None:
-        self._is_closed = True  # until connected
         self._conn: Any = None
-        if path is not None or kv_options:
-            given = (["path"] if path is not None else []) + sorted(kv_options)
-            raise ConfigError(f"{', '.join(given)}: option(s) of the kv adapter; the bridge adapter takes bridge_url")
-        if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
-            raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
+        self._check_options("bridge", "bridge_url", path, kv_options, max_value_bytes,
+                            triggers_enabled, max_pending_events, event_queue_full)
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
         url = DEFAULT_BRIDGE_URL if bridge_url is None else bridge_url
         parsed = urlparse(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("ws", "wss") or not parsed.netloc:
@@ -126,12 +121,10 @@ class BridgeState(RemoteState):
         self._url = url
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = float(timeout)
-        self._limit = max_value_bytes
         self._conn_lock = threading.Lock()
         self._pending: dict[str, _Waiter] = {}
         self._reader: threading.Thread | None = None
         self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
-        self._watched = False
         self.worker_id: str | None = None
         self._connect()
         self._is_closed = False

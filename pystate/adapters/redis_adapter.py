@@ -148,18 +148,10 @@ class RedisState(RemoteState):
         events_channel: str = DEFAULT_EVENTS_CHANNEL,
         **kv_options: Any,
     ) -> None:
-        self._is_closed = True  # until connected
         self._subscriber: threading.Thread | None = None
         self._channel = ""
-        if path is not None or kv_options:
-            given = ["path"] if path is not None else []
-            given += sorted(kv_options)
-            raise ConfigError(
-                f"{', '.join(given)}: option(s) of the kv adapter; the redis adapter takes redis_url"
-            )
-        if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
-            raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
-        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        self._check_options("redis", "redis_url", path, kv_options, max_value_bytes,
+                            triggers_enabled, max_pending_events, event_queue_full)
         if not isinstance(share_events, bool):
             raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
         if not isinstance(events_channel, str) or not events_channel:
@@ -177,7 +169,6 @@ class RedisState(RemoteState):
             raise ConfigError("the redis adapter needs redis-py: pip install 'pystate[redis]'") from None
         self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
         self._url = url
-        self._limit = max_value_bytes
         try:
             self._redis = redis.Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
@@ -208,7 +199,6 @@ class RedisState(RemoteState):
             "cas": self._redis.register_script(_CAS),
         }
         self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
-        self._watched = False
         self._is_closed = False
         self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
         if share_events:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pystate.errors import ClosedError
+from pystate.errors import ClosedError, ConfigError
 from pystate.state import State
 
 __all__ = ["RemoteState"]
@@ -18,6 +18,29 @@ class RemoteState(State):
     :class:`~pystate.adapters.bridge_adapter.BridgeState`; not made directly."""
 
     __slots__ = ("_is_closed", "_limit", "_watched")
+
+    def _check_options(
+        self,
+        adapter: str,
+        takes: str,
+        path: Any,
+        kv_options: dict[str, Any],
+        max_value_bytes: Any,
+        triggers_enabled: Any,
+        max_pending_events: Any,
+        event_queue_full: Any,
+    ) -> None:
+        """The checks every remote adapter makes before connecting: no kv
+        options, a sane value limit, valid dispatch options."""
+        self._is_closed = True  # until connected
+        if path is not None or kv_options:
+            given = (["path"] if path is not None else []) + sorted(kv_options)
+            raise ConfigError(f"{', '.join(given)}: option(s) of the kv adapter; the {adapter} adapter takes {takes}")
+        if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
+            raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
+        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        self._limit = max_value_bytes
+        self._watched = False
 
     @property
     def closed(self) -> bool:  # type: ignore[override]
