@@ -1425,7 +1425,7 @@ static void disk_free(ps_store *st)
     st->disk = NULL;
 }
 
-int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect)
 {
     ps_report scratch_rep;
     if (!rep)
@@ -1505,12 +1505,12 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
                 rc = add_fix(&op, FIX_UNLINK, ps_scope_of(it)->log->name, 0, NULL);
         }
     }
-    if (rc == 0)
+    if (rc == 0 && !inspect)
         rc = apply_fixes(&op);
     ps_mem_free(&st->mem, op.fixes, op.cap_fixes * sizeof *op.fixes);
-    if (rc == 0)
+    if (rc == 0 && !inspect)
         drop_empty_scopes(st);
-    if (rc == 0) {
+    if (rc == 0 && !inspect) {
         /* Everything read from disk counts as durable. */
         pthread_mutex_lock(&d->sync_mu);
         d->dir_dirty = 0;

@@ -97,7 +97,7 @@ static int deliver(const ps_sink *sink, const void *p, size_t n)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
+static int store_open(ps_store **out, const ps_options *opts, ps_report *report, int inspect)
 {
     if (report)
         memset(report, 0, sizeof *report);
@@ -114,7 +114,7 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
     ps_hasher_init(&st->hasher, opts ? opts->hash_seed : 0);
     ps_table_init(&st->scopes);
     if (opts && opts->path) {
-        int rc = ps_disk_open(st, opts, report);
+        int rc = ps_disk_open(st, opts, report, inspect);
         if (rc) {
             pthread_mutex_destroy(&st->mu);
             a->free(a->ctx, st);
@@ -123,6 +123,25 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
     }
     *out = st;
     return PS_OK;
+}
+
+int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
+{
+    return store_open(out, opts, report, 0);
+}
+
+int ps_store_inspect(const ps_options *opts, ps_report *report)
+{
+    if (!opts || !opts->path) {
+        if (report)
+            memset(report, 0, sizeof *report);
+        return EINVAL;
+    }
+    ps_store *st = NULL;
+    int rc = store_open(&st, opts, report, 1);
+    if (rc == PS_OK)
+        ps_store_close(st); /* nothing was written, so nothing to sync */
+    return rc;
 }
 
 int ps_store_close(ps_store *st)

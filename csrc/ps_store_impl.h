@@ -62,7 +62,9 @@ typedef struct ps_commit {
 
 /* Open the directory, lock it, replay every log into st->scopes. Called
  * without st->mu, before the store is shared. */
-int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep);
+/* inspect: read and report only; no fixes applied, no background thread
+ * (the store must then only be closed). */
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect);
 
 /* Sync everything, stop the background thread, close and free. Called
  * without st->mu, after the store stopped being shared. */

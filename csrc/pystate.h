@@ -190,6 +190,15 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report);
  * the errno of a failed final sync; the store is freed either way. */
 int ps_store_close(ps_store *st);
 
+/* Read every log of the file-based store at opts->path as ps_store_open
+ * would, and change nothing on disk: *report says what opening would fix
+ * (torn_tails and bytes_cut, stray_files, and with opts->repair the logs
+ * it would salvage in `repaired`). Takes the directory's lock for the
+ * duration. Returns PS_OK, PS_CORRUPT (damage followed by valid records,
+ * without opts->repair; the report names file and offset), PS_LOCKED,
+ * EINVAL (no path) or another errno. */
+int ps_store_inspect(const ps_options *opts, ps_report *report);
+
 /* ---- reads --------------------------------------------------------------- */
 
 /* Copy the value of (scope, key) into `value`.

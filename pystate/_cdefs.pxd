@@ -81,6 +81,7 @@ cdef extern from "pystate.h" nogil:
 
     int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
     int ps_store_close(ps_store *st)
+    int ps_store_inspect(const ps_options *opts, ps_report *report)
 
     int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *value)

@@ -242,6 +242,42 @@ cdef dict _report_dict(ps_report *r):
     }
 
 
+def inspect(path, *, repair=False) -> dict:
+    """Read every log of the file store at ``path`` as opening it would,
+    changing nothing on disk, and say what opening would fix: ``ok``
+    (nothing to fix), ``problem`` (damage that refuses to open without
+    ``repair``, naming file and offset, or None), and the counts of
+    :meth:`Store.stats`'s ``recovery`` (``torn_tails``, ``bytes_cut``,
+    ``repaired`` (with ``repair``: logs it would salvage), ``stray_files``).
+    Takes the directory's lock while it reads.
+
+    Raises:
+        LockedError: another process has the store open.
+        StoreOSError: the directory cannot be read.
+    """
+    cdef ps_options o
+    cdef ps_report rep
+    memset_options(&o)
+    cdef bytes bpath = os.fsencode(path)
+    if not bpath or b"\0" in bpath:
+        raise ConfigError(f"path: expected a directory path, got {path!r}")
+    o.path = bpath
+    o.repair = 1 if repair else 0
+    cdef int rc
+    with nogil:
+        rc = ps_store_inspect(&o, &rep)
+    if rc and rc != PS_CORRUPT:
+        err = error_for_rc(rc, RC_CODES, f"inspect {path!r}")
+        msg = rep.message.decode("utf-8", "replace")
+        if msg:
+            _with_message(err, msg)
+        raise err
+    out = _report_dict(&rep)
+    out["problem"] = rep.message.decode("utf-8", "replace") if rc else None
+    out["ok"] = rc == PS_OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
+    return out
+
+
 cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
     """UTF-8 of a scope or key, borrowed from the str object (CPython caches
     it, and ASCII strings need no conversion at all)."""

@@ -7,7 +7,8 @@ asks for one JSON document (the engine's response shapes) for scripts.
 Exit codes:
 
 * 0 - done;
-* 1 - ``get`` of a key that is not there (``not found`` on stderr);
+* 1 - ``get`` of a key that is not there (``not found`` on stderr), or
+  ``check`` found something to fix;
 * 2 - a bad command line or bad input (invalid JSON, malformed ops);
 * 3 - the store cannot be opened or used (locked, damaged, unreachable,
   a bad config file).
@@ -275,6 +276,94 @@ def _cmd_load(st: pystate.State, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _store_dir(args: argparse.Namespace) -> str:
+    """The file store directory the command line names (check works on
+    the files, so it needs one)."""
+    if args.config is not None:
+        from pystate.config import load_state_options
+
+        try:
+            options = load_state_options(args.config)
+        except StateError as e:
+            raise _Fail(str(e), EXIT_STORE) from None
+        if options.get("adapter") != "kv" or options.get("path") is None:
+            raise _Fail(f"{args.config} describes no file store: check reads a kv file_based store's logs", EXIT_STORE)
+        path = str(options["path"])
+    else:
+        path = args.data or DEFAULT_DATA_DIR
+    if not os.path.isdir(path):
+        raise _Fail(f"no store at {path} (give --data DIR or --config FILE)", EXIT_STORE)
+    return path
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pystate import _core
+
+    path = _store_dir(args)
+    if args.fix:
+        return _check_fix(path, args)
+    try:
+        r = _core.inspect(path)
+    except StateError as e:
+        raise _Fail(str(e), EXIT_STORE) from None
+    if args.json:
+        _out(_text(r))
+        return EXIT_OK if r["ok"] else EXIT_NOT_FOUND
+    if r["problem"]:
+        _out(f"damaged: {r['problem']}")
+        _out("`pystate check --fix` salvages every valid record and keeps the damaged file beside the "
+             "store as <file>.corrupt-<n>")
+    if r["torn_tails"]:
+        _out(f"torn tail in {_plural(r['torn_tails'], 'log')}: a partly written last record "
+             f"({_plural(r['bytes_cut'], 'byte')}, never acknowledged): `pystate check --fix` cuts it")
+    if r["stray_files"]:
+        _out(f"{_plural(r['stray_files'], 'leftover file')} of an interrupted compaction: "
+             "`pystate check --fix` removes them")
+    if r["ok"]:
+        _out(f"ok: {_plural(r['logs'], 'log')}, {_plural(r['records'], 'record')}")
+    return EXIT_OK if r["ok"] else EXIT_NOT_FOUND
+
+
+def _check_fix(path: str, args: argparse.Namespace) -> int:
+    import warnings
+
+    from pystate.errors import RecoveryWarning
+
+    progress = _Progress("check --fix")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecoveryWarning)  # reported below, in full
+            st = pystate.State(path, repair=True)
+    except StateError as e:
+        raise _Fail(str(e), EXIT_STORE) from None
+    try:
+        rec = st.stats()["recovery"]
+        verdict = st.check()
+    finally:
+        st.close()
+    progress.update(rec["records"], 0, final=True)
+    if args.json:
+        _out(_text({"fixed": rec, "check": verdict}))
+        return EXIT_OK if verdict["ok"] else EXIT_STORE
+    done = []
+    if rec["torn_tails"]:
+        done.append(f"cut {_plural(rec['torn_tails'], 'torn tail')} ({_plural(rec['bytes_cut'], 'byte')})")
+    if rec["repaired"]:
+        done.append(f"salvaged {_plural(rec['repaired'], 'damaged log')} (the damaged files are kept "
+                    "beside the store as <file>.corrupt-<n>)")
+    if rec["stray_files"]:
+        done.append(f"removed {_plural(rec['stray_files'], 'leftover file')} of an interrupted compaction")
+    _out("fixed: " + "; ".join(done) if done else "nothing to fix")
+    if not verdict["ok"]:
+        raise _Fail(f"still damaged after the fix: {verdict['problem']}", EXIT_STORE)
+    _out(f"ok: {_plural(verdict['logs'], 'log')}, {_plural(verdict['records'], 'record')}")
+    return EXIT_OK
+
+
 # (handler, creates the store if missing)
 _DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], int], bool]] = {
     "get": (_cmd_get, False),
@@ -320,7 +409,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pystate",
         description="pystate: a durable JSON state store with the iii engine's state API.",
-        epilog="exit codes: 0 done, 1 not found, 2 bad command line or input, 3 store unavailable",
+        epilog="exit codes: 0 done, 1 not found (get) or damage found (check), 2 bad command line or input, "
+        "3 store unavailable",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -351,6 +441,9 @@ def _parser() -> argparse.ArgumentParser:
     add("compact", "rewrite the logs (of SCOPE, or of all scopes) to hold only live records",
         ("scope?", "one scope (default: all)"))
 
+    p = add("check", "verify every log; changes nothing unless --fix")
+    p.add_argument("--fix", action="store_true",
+                   help="cut torn tails and salvage damaged logs (the damaged file is kept), saying what it did")
     p = add("dump", "write every record as JSON lines {scope, key, value}, streaming")
     p.add_argument("-o", "--output", default=None, help="a file (default: stdout)")
     add("load", "set every record of a dump (checked in full first: a bad line writes nothing)",
@@ -381,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo(args.path)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "check":
+            return _check(args)
         handler, create = _DATA_COMMANDS[args.command]
         st = _open(args, create=create)
         try:

@@ -279,3 +279,85 @@ def test_dump_pages_through_a_big_scope(tmp_path):
     lines = pystate_cli("dump", "--data", str(store), cwd=tmp_path).stdout.splitlines()
     keys = [json.loads(line)["key"] for line in lines]
     assert keys == [f"k{i}" for i in range(5000) if i % 7]
+
+
+# ---- check ---------------------------------------------------------------------------
+
+
+def _log_of(store):
+    (log,) = [p for p in Path(store).iterdir() if p.suffix == ".log"]
+    return log
+
+
+@pytest.fixture
+def filled(cli):
+    for i in range(6):
+        cli("set", "s", f"k{i}", '"' + f"value-{i}-" + "x" * 40 + '"')
+    return cli
+
+
+def test_check_of_a_healthy_store_says_ok(filled):
+    r = filled("check")
+    assert r.returncode == 0 and r.stdout.startswith("ok: 1 log, 6 records")
+    assert json.loads(filled("check", "--json").stdout)["ok"] is True
+
+
+def test_check_reports_a_torn_tail_without_cutting_it(filled):
+    log = _log_of(filled.store)
+    with open(log, "ab") as f:
+        f.write(b"half a record")
+    size = log.stat().st_size
+    r = filled("check")
+    assert r.returncode == 1 and "torn tail" in r.stdout and "--fix" in r.stdout
+    assert log.stat().st_size == size  # changed nothing
+    report = json.loads(filled("check", "--json").stdout)
+    assert (report["ok"], report["torn_tails"], report["bytes_cut"]) == (False, 1, 13)
+
+
+def test_check_fix_cuts_a_torn_tail_and_keeps_every_record(filled):
+    log = _log_of(filled.store)
+    size = log.stat().st_size
+    with open(log, "ab") as f:
+        f.write(b"half a record")
+    r = filled("check", "--fix")
+    assert r.returncode == 0 and "cut 1 torn tail (13 bytes)" in r.stdout
+    assert log.stat().st_size == size
+    assert filled("check").returncode == 0
+    assert len(filled("list", "s").stdout.splitlines()) == 6
+
+
+def test_check_names_damage_in_the_middle_and_changes_nothing(filled):
+    log = _log_of(filled.store)
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    log.write_bytes(bytes(data))
+    r = filled("check")
+    assert r.returncode == 1 and "corrupt at offset" in r.stdout and log.name in r.stdout
+    assert log.read_bytes() == bytes(data)
+    assert not list(Path(filled.store).glob("*.corrupt-*"))
+
+
+def test_check_fix_salvages_a_damaged_log_and_keeps_the_damaged_file(filled):
+    log = _log_of(filled.store)
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    log.write_bytes(bytes(data))
+    r = filled("check", "--fix")
+    assert r.returncode == 0 and "salvaged 1 damaged log" in r.stdout
+    assert (Path(str(log) + ".corrupt-1")).read_bytes() == bytes(data)
+    values = filled("list", "s").stdout.splitlines()
+    assert 0 < len(values) < 6  # every valid record, and not the damaged one
+    assert filled("check").returncode == 0
+
+
+def test_check_of_a_store_in_use_exits_3(filled):
+    with pystate.State(filled.store):
+        r = filled("check")
+    assert r.returncode == 3 and "in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_with_a_config_that_is_not_a_file_store_exits_3(tmp_path):
+    cfg = tmp_path / "iii-config.yaml"
+    cfg.write_text("workers:\n  - name: iii-state\n    config:\n      adapter: {name: kv}\n")
+    r = pystate_cli("check", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 3 and "no file store" in r.stderr

@@ -449,6 +449,69 @@ TEST(damage_in_the_middle_refuses_to_open_and_changes_nothing)
     free(orig);
 }
 
+static int inspect_dir(const char *path, int repair, ps_report *rep)
+{
+    ps_options o;
+    memset(&o, 0, sizeof o);
+    o.path = path;
+    o.repair = repair;
+    return ps_store_inspect(&o, rep);
+}
+
+TEST(inspect_reports_what_open_would_fix_and_changes_nothing)
+{
+    char dir[512], logpath[600];
+    make_root();
+    snprintf(dir, sizeof dir, "%s/inspect", root);
+    write_log(dir, 5, logpath, sizeof logpath);
+    size_t n;
+    unsigned char *orig = slurp(logpath, &n);
+    ps_report rep;
+    CHECK_RC(inspect_dir(dir, 0, &rep), PS_OK); /* a healthy store */
+    CHECK(rep.records == 5 && rep.torn_tails == 0);
+
+    /* a torn tail: reported, not cut */
+    unsigned char *torn = malloc(n + 7);
+    REQUIRE(torn);
+    memcpy(torn, orig, n);
+    memcpy(torn + n, "garbage", 7);
+    spit(logpath, torn, n + 7);
+    CHECK_RC(inspect_dir(dir, 0, &rep), PS_OK);
+    CHECK(rep.torn_tails == 1 && rep.bytes_cut == 7 && rep.records == 5);
+    CHECK(file_size(logpath) == (long)(n + 7));
+    free(torn);
+
+    /* damage in the middle: PS_CORRUPT without repair, a salvage report
+     * with it, and no file written or moved either way */
+    unsigned char *bad = malloc(n);
+    REQUIRE(bad);
+    memcpy(bad, orig, n);
+    bad[ps_log_header_size(1) + 25] ^= 0xff;
+    spit(logpath, bad, n);
+    CHECK_RC(inspect_dir(dir, 0, &rep), PS_CORRUPT);
+    CHECK(strstr(rep.message, "corrupt at offset") != NULL);
+    CHECK_RC(inspect_dir(dir, 1, &rep), PS_OK);
+    CHECK(rep.repaired == 1);
+    size_t n2;
+    unsigned char *after = slurp(logpath, &n2);
+    CHECK(n2 == n && memcmp(after, bad, n) == 0);
+    free(after);
+    char aside[700];
+    snprintf(aside, sizeof aside, "%s.corrupt-1", logpath);
+    CHECK(file_size(aside) < 0);
+
+    /* a store in use is refused, and no path is EINVAL */
+    ps_store *st = open_dir(dir, PS_SYNC_NEVER, 1, NULL, NULL);
+    REQUIRE(st);
+    CHECK_RC(inspect_dir(dir, 0, &rep), PS_LOCKED);
+    ps_store_close(st);
+    ps_options none;
+    memset(&none, 0, sizeof none);
+    CHECK_RC(ps_store_inspect(&none, &rep), EINVAL);
+    free(bad);
+    free(orig);
+}
+
 /* ---- compaction -------------------------------------------------------------------------- */
 
 static void hook_count(void *ctx, int point)
