@@ -7,6 +7,8 @@ process after every acknowledged write (none of them fsyncs per write):
 - Lmdb: lmdb with sync=False, one write transaction per operation.
 - Sqlite: sqlite3 in WAL mode with synchronous=NORMAL, one transaction
   per operation.
+- DiskCache: diskcache, one Cache (SQLite underneath) per scope.
+- Rocks: rocksdict (RocksDB), keys prefixed by their scope, WAL not synced.
 """
 
 from __future__ import annotations
@@ -93,6 +95,18 @@ class Lmdb:
             old = txn.pop(self._k(scope, key))
         return None if old is None else _loads(old)
 
+    def list(self, scope):
+        prefix = scope.encode() + b"\0"
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append(_loads(v))
+        return out
+
     def update(self, scope, key, ops):
         k = self._k(scope, key)
         with self.env.begin(write=True) as txn:
@@ -135,6 +149,9 @@ class Sqlite:
         c.execute("COMMIT")
         return None if row is None else _loads(row[0])
 
+    def list(self, scope):
+        return [_loads(r[0]) for r in self.db.execute("SELECT value FROM kv WHERE scope=?", (scope,))]
+
     def update(self, scope, key, ops):
         c = self.db
         c.execute("BEGIN")
@@ -143,6 +160,103 @@ class Sqlite:
         c.execute("UPDATE kv SET value=? WHERE scope=? AND key=?", (_dumps(new), scope, key))
         c.execute("COMMIT")
         return (old, new, [])
+
+    def close(self):
+        self.db.close()
+
+
+class DiskCache:
+    def __init__(self, path: str):
+        import diskcache
+
+        self._mk = lambda scope: diskcache.Cache(os.path.join(path, scope.encode().hex()))
+        self.caches: dict = {}
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            scope = bytes.fromhex(name).decode()
+            self.caches[scope] = self._mk(scope)
+
+    def _c(self, scope):
+        c = self.caches.get(scope)
+        if c is None:
+            c = self.caches[scope] = self._mk(scope)
+        return c
+
+    def set(self, scope, key, value):
+        c = self._c(scope)
+        with c.transact():
+            old = c.get(key)
+            c.set(key, _dumps(value))
+        return None if old is None else _loads(old)
+
+    def get(self, scope, key, default=None):
+        c = self.caches.get(scope)
+        b = None if c is None else c.get(key)
+        return default if b is None else _loads(b)
+
+    def delete(self, scope, key):
+        c = self._c(scope)
+        with c.transact():
+            old = c.pop(key, None)
+        return None if old is None else _loads(old)
+
+    def update(self, scope, key, ops):
+        c = self._c(scope)
+        with c.transact():
+            old, new = apply_update_ops(c.get(key))
+            c.set(key, _dumps(new))
+        return (old, new, [])
+
+    def list(self, scope):
+        c = self.caches.get(scope)
+        return [] if c is None else [_loads(c[k]) for k in c.iterkeys()]
+
+    def close(self):
+        for c in self.caches.values():
+            c.close()
+
+
+class Rocks:
+    def __init__(self, path: str):
+        import rocksdict
+
+        self.db = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True))
+
+    @staticmethod
+    def _k(scope, key):
+        return scope.encode() + b"\0" + key.encode()
+
+    def set(self, scope, key, value):
+        k = self._k(scope, key)
+        old = self.db.get(k)
+        self.db[k] = _dumps(value)
+        return None if old is None else _loads(old)
+
+    def get(self, scope, key, default=None):
+        b = self.db.get(self._k(scope, key))
+        return default if b is None else _loads(b)
+
+    def delete(self, scope, key):
+        k = self._k(scope, key)
+        old = self.db.get(k)
+        if old is not None:
+            del self.db[k]
+        return None if old is None else _loads(old)
+
+    def update(self, scope, key, ops):
+        k = self._k(scope, key)
+        old, new = apply_update_ops(self.db[k])
+        self.db[k] = _dumps(new)
+        return (old, new, [])
+
+    def list(self, scope):
+        prefix = scope.encode() + b"\0"
+        out = []
+        for k, v in self.db.items(from_key=prefix):
+            if not k.startswith(prefix):
+                break
+            out.append(_loads(v))
+        return out
 
     def close(self):
         self.db.close()

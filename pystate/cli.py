@@ -405,6 +405,16 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench(bench_args: list[str]) -> int:
+    # The benchmarks compare against packages pystate does not depend on,
+    # so they live in the source tree (bench/), not in the installed package.
+    if not os.path.isfile(os.path.join("bench", "compare.py")):
+        raise _Fail("run it from a pystate source checkout (it runs `python -m bench` there)", EXIT_USAGE)
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "bench", *bench_args])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pystate",
@@ -449,6 +459,13 @@ def _parser() -> argparse.ArgumentParser:
     add("load", "set every record of a dump (checked in full first: a bad line writes nothing)",
         ("input", "a dump file, or - for stdin"))
 
+    p = sub.add_parser(
+        "bench", help="compare pystate with the alternatives (runs `python -m bench` of a source checkout)",
+        description="Runs `python -m bench` from the pystate source checkout in the working directory; "
+        "its arguments follow (--keys, --out, --json, --only, --scaling).",
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench")
+
     p = sub.add_parser("demo", help="write, update, list and read back; then reopen a file store")
     p.add_argument("--path", help="directory of the file store part (default: a temporary one)")
 
@@ -466,6 +483,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and not set(argv[1:]) & {"-h", "--help"}:
+        # Every argument after `bench` belongs to python -m bench.
+        try:
+            return _bench(argv[1:])
+        except _Fail as e:
+            print(f"pystate bench: {e}", file=sys.stderr)
+            return e.code
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -476,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "bench":  # only without arguments; see above
+            return _bench(args.bench_args)
         handler, create = _DATA_COMMANDS[args.command]
         st = _open(args, create=create)
         try:

@@ -361,3 +361,34 @@ def test_check_with_a_config_that_is_not_a_file_store_exits_3(tmp_path):
     cfg.write_text("workers:\n  - name: iii-state\n    config:\n      adapter: {name: kv}\n")
     r = pystate_cli("check", "--config", str(cfg), cwd=tmp_path)
     assert r.returncode == 3 and "no file store" in r.stderr
+
+
+# ---- bench ------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_runs_the_comparison_and_reports_ratios_to_the_floor(tmp_path):
+    out = tmp_path / "report.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "pystate", "bench", "--keys", "1000", "--only", "pystate", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "what an acknowledged write survives" in r.stdout
+    stores = json.loads(out.read_text())["stores"]
+    ops = ("insert", "overwrite", "get hit", "get miss", "update", "list", "delete")
+    assert all(stores["dict + orjson (floor)"]["ratio"][op] == 1.0 for op in ops)
+    file_row = stores["pystate, file, sync=interval"]
+    assert file_row["disk_bytes"] > 1000 * 100 and file_row["reopen_ms"] > 0
+    for name in ("pystate, memory", "pystate, file, sync=always"):
+        for op in ops:
+            cell = stores[name][op]
+            assert 0 < cell["p50_us"] <= cell["p99_us"]
+            assert stores[name]["ratio"][op] > 0
+    assert not any("lmdb" in name for name in stores)  # --only
+
+
+def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path):
+    r = pystate_cli("bench", cwd=tmp_path)
+    assert r.returncode == 2 and "source checkout" in r.stderr
