@@ -148,7 +148,12 @@ def _cmd_stats(st: pystate.State, args: argparse.Namespace) -> int:
 
 def _cmd_compact(st: pystate.State, args: argparse.Namespace) -> int:
     before = st.stats().get("log_bytes")
-    st.compact(args.scope)
+    scopes = [args.scope] if args.scope is not None else st.list_groups()
+    progress = _Progress("compact, scopes")
+    for i, scope in enumerate(scopes, 1):  # scope by scope, to show progress
+        st.compact(scope)
+        progress.update(i, 0)
+    progress.update(len(scopes), 0, final=True)
     after = st.stats().get("log_bytes")
     if args.json:
         _out(_text({"log_bytes_before": before, "log_bytes_after": after}))
@@ -176,10 +181,10 @@ class _Progress:
         if not final and now - self.last < 0.2:
             return
         self.last = now
-        size = f"{done_bytes / 2**20:,.1f} MiB"
+        size = f"{done_bytes / 2**20:,.1f} MiB" if done_bytes or self.total else ""
         if self.total:
             size += f" of {self.total / 2**20:,.1f} MiB ({100 * done_bytes / self.total:.0f}%)"
-        sys.stderr.write(f"\r{self.what}: {records:,} records, {size}" + ("\n" if final else ""))
+        sys.stderr.write(f"\r{self.what}: {records:,} done" + (f", {size}" if size else "") + ("\n" if final else ""))
         sys.stderr.flush()
 
 
@@ -188,7 +193,7 @@ def _cmd_dump(st: pystate.State, args: argparse.Namespace) -> int:
         raise _Fail(f"dump reads a kv store; this one is {st.adapter}", EXIT_STORE)
     out, tmp = (sys.stdout.buffer, None) if args.output in (None, "-") else (None, args.output + ".tmp")
     f = out if out is not None else open(tmp, "wb")  # noqa: SIM115 - closed below
-    progress = _Progress("dump")
+    progress = _Progress("dump, records")
     records = written = 0
     try:
         for scope in st.list_groups():
@@ -261,7 +266,7 @@ def _cmd_load(st: pystate.State, args: argparse.Namespace) -> int:
         for _record in _records(f, what):
             pass  # first pass: a bad line anywhere means nothing is written
         f.seek(0)
-        progress = _Progress("load", total)
+        progress = _Progress("load, records", total)
         done = 0
         for done, (_n, scope, key, value) in enumerate(_records(f, what), 1):
             st.set(scope, key, value)
@@ -333,7 +338,7 @@ def _check_fix(path: str, args: argparse.Namespace) -> int:
 
     from pystate.errors import RecoveryWarning
 
-    progress = _Progress("check --fix")
+    progress = _Progress("check --fix, records")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RecoveryWarning)  # reported below, in full

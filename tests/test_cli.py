@@ -392,3 +392,32 @@ def test_bench_runs_the_comparison_and_reports_ratios_to_the_floor(tmp_path):
 def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path):
     r = pystate_cli("bench", cwd=tmp_path)
     assert r.returncode == 2 and "source checkout" in r.stderr
+
+
+@pytest.mark.parametrize("command", [("dump",), ("compact",)])
+def test_long_commands_show_progress_on_a_terminal_only(cli, command):
+    import os
+    import pty
+
+    cli("set", "s", "k", "1")
+    cli("set", "t", "k", "2")
+    plain = cli(*command)
+    assert "done" not in plain.stderr  # not a terminal: no progress lines
+    leader, follower = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pystate", *command, "--data", cli.store],
+                           stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert r.returncode == 0
+    assert b" done" in seen and b"\r" in seen
