@@ -118,8 +118,9 @@ typedef struct ps_options {
      * file beside the store as <file>.corrupt-<n>. */
     int repair;
     uint32_t max_open_files;   /* log files kept open at once; 0: 256 */
-    /* Compact a log once its dead bytes exceed both its live bytes and
-     * this many bytes; 0: 1 MiB. */
+    /* Compact a log once its dead bytes exceed both twice its live bytes
+     * (so a rewrite costs at most a third of what was appended since the
+     * last) and this many bytes; 0: 1 MiB. */
     uint64_t compact_min_dead;
     /* Testing aid: called at each step of a compaction (PS_HOOK_*), with
      * the store locked. NULL: no calls. */
