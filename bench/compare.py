@@ -76,20 +76,32 @@ class _Redis:
         self.r.close()
 
 
-def _pystate(**kw: Any) -> Callable[[str], Any]:
-    import pystate
+def _pystate_cffi(**kw: Any) -> Callable[[str], Any]:
+    # The cffi binding's Store, whatever PYSTATE_BACKEND chose for this
+    # process: both backends are measured in the same run. (State adds
+    # only trigger plumbing, idle here, on top of either Store.)
+    from pystate._cffi.core import Store
 
-    return lambda d: pystate.State(d, **kw) if kw.get("sync") else pystate.State()
+    return lambda d: Store(d, **kw) if kw.get("sync") else Store()
+
+
+def _pystate_cython(**kw: Any) -> Callable[[str], Any]:
+    from pystate._core import Store
+
+    return lambda d: Store(d, **kw) if kw.get("sync") else Store()
 
 
 # name -> (factory(directory), durable on disk?, what an acknowledged write survives)
 STORES: dict[str, tuple[Callable[[str], Any], bool, str]] = {
     "dict + orjson (floor)": (lambda d: DictFloor(), False, "nothing: process memory"),
-    "pystate, memory": (_pystate(), False, "nothing: process memory"),
-    "pystate, file, sync=never": (_pystate(sync="never"), True, "a killed process"),
-    "pystate, file, sync=interval": (_pystate(sync="interval"), True,
+    "pystate, memory": (_pystate_cython(), False, "nothing: process memory"),
+    "pystate, file, sync=never": (_pystate_cython(sync="never"), True, "a killed process"),
+    "pystate, file, sync=interval": (_pystate_cython(sync="interval"), True,
                                      "a killed process; a machine crash loses up to 5 s"),
-    "pystate, file, sync=always": (_pystate(sync="always"), True, "a killed process and a machine crash"),
+    "pystate, file, sync=always": (_pystate_cython(sync="always"), True, "a killed process and a machine crash"),
+    "pystate cffi, memory": (_pystate_cffi(), False, "nothing: process memory"),
+    "pystate cffi, file, sync=interval": (_pystate_cffi(sync="interval"), True,
+                                          "a killed process; a machine crash loses up to 5 s"),
     "Python append log": (PyLog, True, "a killed process (flushed, not synced)"),
     "lmdb (sync=False)": (Lmdb, True, "a killed process"),
     "sqlite3 (WAL, NORMAL)": (Sqlite, True, "a killed process; a machine crash may lose the last commits"),
@@ -219,6 +231,14 @@ def print_table(report: dict) -> None:
         reopen = f"{r['reopen_ms']:>11.0f}" if "reopen_ms" in r else f"{'-':>11}"
         disk = f"{r['disk_bytes'] / 2**20:>10.1f}" if "disk_bytes" in r else f"{'-':>10}"
         print(f"{name:30}{cells}{reopen}{disk}")
+    pairs = [("memory", "pystate, memory", "pystate cffi, memory"),
+             ("file, sync=interval", "pystate, file, sync=interval", "pystate cffi, file, sync=interval")]
+    pairs = [p for p in pairs if "ratio" in stores.get(p[1], {}) and "ratio" in stores.get(p[2], {})]
+    if pairs:
+        print("\nthe two backends: cffi mean ÷ Cython mean (same run; above 1: cffi slower)")
+        for label, cy, cf in pairs:
+            print(f"  {label:28}" + "".join(
+                f"{op} {stores[cf][op]['mean_us'] / stores[cy][op]['mean_us']:.2f}  " for op in OPS))
     floor = stores["dict + orjson (floor)"]
     print("\nfloor, mean µs per call: " + ", ".join(f"{op} {floor[op]['mean_us']:.2f}" for op in OPS))
     print("\nwhat an acknowledged write survives:")

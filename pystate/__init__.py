@@ -10,16 +10,7 @@ True
 
 from __future__ import annotations
 
-try:
-    from pystate import _core
-except ImportError as e:  # pragma: no cover - only on a broken install
-    raise ImportError(
-        "pystate's compiled core could not be loaded. Build and install the "
-        "package with `pip install .` (see README.md); when running from a "
-        "source checkout, run pytest via the `pytest` command, not "
-        "`python -m pytest`, so the uncompiled source tree does not shadow the "
-        f"installed package. ({e})"
-    ) from e
+from pystate import _backend
 
 from pystate.errors import (
     AdapterUnavailableError,
@@ -50,8 +41,9 @@ from pystate.config import ConfigWarning
 
 __version__ = "0.1.0"
 
-#: Which binding of the C core is loaded.
-backend = "cython"
+#: Which binding of the C core is loaded: "cython" or "cffi" (chosen by the
+#: PYSTATE_BACKEND environment variable; see pystate._backend).
+backend = _backend.name
 
 __all__ = [
     "State",

@@ -189,7 +189,9 @@ cdef int _kind_of(object t, Py_ssize_t i) except -1:
         return K_SET
     k = _KINDS.get(t) if type(t) is str else None
     if k is None:
-        name = _need_str(t, i, "type")
+        name = _need_str(t, i, "type")  # a str subclass becomes a str
+        k = _KINDS.get(name)
+    if k is None:
         raise PayloadError(
             f"{_at(i, 'type')}: unknown op {name!r}; expected one of "
             "set, merge, increment, decrement, append, remove")

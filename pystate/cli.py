@@ -30,8 +30,11 @@ import sys
 from typing import Any, Callable
 
 import pystate
-from pystate._codec import dumps, loads
+from pystate._backend import codec as _codec
 from pystate.errors import InvalidValueError, PayloadError, StateError, ValueTooLargeError
+
+dumps = _codec.dumps
+loads = _codec.loads
 
 __all__ = ["main", "DEFAULT_DATA_DIR", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_STORE"]
 
@@ -306,7 +309,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pystate import _core
+    from pystate._backend import core as _core
 
     path = _store_dir(args)
     if args.fix:

@@ -6,7 +6,9 @@ import os
 import tempfile
 
 import pystate
-from pystate._codec import dumps
+from pystate._backend import codec as _codec
+
+dumps = _codec.dumps
 
 __all__ = ["demo"]
 

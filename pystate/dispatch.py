@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any
 
-from pystate import _codec
+from pystate._backend import codec as _codec
 from pystate.errors import EventQueueFullError, StateError
 from pystate.functions import FunctionRegistry, RegisteredFunction
 from pystate.triggers import Trigger, TriggerIndex

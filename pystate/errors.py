@@ -204,7 +204,7 @@ def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
     binding, so the table cannot drift from the header); ``what`` names the
     operation for the message.
     """
-    from pystate import _core
+    from pystate._backend import core as _core
 
     detail = _core.strerror(rc)
     if rc == names["PS_NOTFOUND"]:

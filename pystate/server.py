@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from pystate import _codec
+from pystate._backend import codec as _codec
 from pystate.errors import StateError, TriggerConfigError
 from pystate.state import _BUILTINS, State, is_void
 from pystate.triggers import parse_trigger

@@ -15,7 +15,7 @@ import uuid
 import weakref
 from typing import Any, Callable, TypeVar
 
-from pystate import _core
+from pystate._backend import core as _core
 from pystate.dispatch import QUEUE_POLICIES, EventDispatcher
 from pystate.errors import (
     ClosedError,

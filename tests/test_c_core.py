@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-C_TESTS = ["test_table", "test_store", "test_disk"]
+C_TESTS = ["test_table", "test_store", "test_disk", "test_guard"]
 
 
 def need(tool: str) -> str:

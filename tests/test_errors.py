@@ -7,7 +7,7 @@ import errno
 import pytest
 
 import pystate
-from pystate import _core
+from pystate._backend import core as _core
 from pystate.errors import error_for_rc
 
 

@@ -6,7 +6,7 @@ import sys
 import threading
 
 import pystate
-from pystate import _core
+from pystate._backend import core as _core
 
 
 def run_threads(n, target):

@@ -25,8 +25,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlparse
 
-from pystate import _codec
-from pystate._core import UpdateResult
+from pystate._backend import codec as _codec
+from pystate._backend import core as _core
 from pystate.errors import (
     AdapterUnavailableError,
     ClosedError,
@@ -38,7 +38,10 @@ from pystate.errors import (
 )
 from pystate.adapters.remote import RemoteState
 from pystate.adapters import check_text as _text
-from pystate._ops import apply
+from pystate._backend import ops as _ops
+
+UpdateResult = _core.UpdateResult
+apply = _ops.apply
 
 __all__ = ["BridgeState", "DEFAULT_BRIDGE_URL"]
 

@@ -29,9 +29,9 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from pystate import _codec
-from pystate._core import UpdateResult
-from pystate._ops import apply
+from pystate._backend import codec as _codec
+from pystate._backend import core as _core
+from pystate._backend import ops as _ops
 from pystate.errors import (
     AdapterUnavailableError,
     ClosedError,
@@ -40,6 +40,9 @@ from pystate.errors import (
 )
 from pystate.adapters.remote import RemoteState
 from pystate.adapters import check_text as _text
+
+UpdateResult = _core.UpdateResult
+apply = _ops.apply
 
 __all__ = ["RedisState", "DEFAULT_REDIS_URL", "PREFIX"]
 

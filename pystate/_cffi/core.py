@@ -1,0 +1,752 @@
+"""cffi binding of the C core: the same ``Store`` as the Cython binding
+(``pystate/_core.pyx``), in plain Python over the compiled module
+``pystate._cffi._native`` (cffi API mode), so it runs on PyPy as well.
+
+The store is reached through ps_guard.h rather than pystate.h directly:
+cffi releases the GIL around every C call, so a thread may be inside the
+store while another closes it; the guard counts calls in and out and makes
+close() wait for them, and a call that comes too late gets PSG_CLOSED.
+Values come back in malloc'd buffers (psg_buf) instead of through a Python
+callback per value.
+
+>>> from pystate._cffi.core import Store
+>>> st = Store()
+>>> st.set("s", "k", {"n": 1}) is None
+True
+>>> st.get("s", "k")
+{'n': 1}
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import warnings
+from typing import Any, Iterator
+
+from pystate._cffi._native import ffi, lib
+from pystate._cffi.codec import copy_containers, decode, encode, encode_trusted
+from pystate._cffi.ops import apply_into
+from pystate.errors import (
+    ClosedError,
+    ConfigError,
+    PayloadError,
+    RecoveryWarning,
+    ValueTooLargeError,
+    error_for_rc,
+)
+
+__all__ = ["Store", "UpdateResult", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
+           "inspect"]
+
+#: Names and values of the C core's status codes, from the header itself.
+RC_CODES = {
+    "PS_OK": lib.PS_OK,
+    "PS_NOTFOUND": lib.PS_NOTFOUND,
+    "PS_CONFLICT": lib.PS_CONFLICT,
+    "PS_TOOBIG": lib.PS_TOOBIG,
+    "PS_CORRUPT": lib.PS_CORRUPT,
+    "PS_LOCKED": lib.PS_LOCKED,
+    "PS_BADVERSION": lib.PS_BADVERSION,
+}
+#: The sync modes of a file-based store, by name.
+SYNC_MODES = {"interval": lib.PS_SYNC_INTERVAL, "never": lib.PS_SYNC_NEVER,
+              "always": lib.PS_SYNC_ALWAYS}
+#: Hook points of a compaction, by name (testing aid).
+COMPACT_HOOK_POINTS = {
+    lib.PS_HOOK_COMPACT_WRITTEN: "written",
+    lib.PS_HOOK_COMPACT_SYNCED: "synced",
+    lib.PS_HOOK_COMPACT_RENAMED: "renamed",
+    lib.PS_HOOK_COMPACT_DONE: "done",
+}
+#: One past the last status code (the header's sentinel).
+RC_END = lib.PS_RC_END
+
+_OK = lib.PS_OK
+_NOTFOUND = lib.PS_NOTFOUND
+_CONFLICT = lib.PS_CONFLICT
+_CORRUPT = lib.PS_CORRUPT
+_CLOSED_RC = lib.PSG_CLOSED
+_NULL = ffi.NULL
+_new = ffi.new
+_unpack = ffi.unpack
+
+EV_CREATED = "state:created"
+EV_UPDATED = "state:updated"
+EV_DELETED = "state:deleted"
+
+# Watched writes of one (scope, key) hold one of these locks from the write
+# until their event is queued, so events reach the queue in write order.
+N_STRIPES = 64
+
+# Bytes per array handed over by list() (see _core.pyx).
+LIST_BATCH = 32 * 1024
+
+_U32 = struct.Struct("<I")
+_SCOPE_STATS = struct.Struct("<QQQQ")
+
+
+def strerror(rc: int) -> str:
+    """The C core's description of a return code."""
+    return ffi.string(lib.ps_strerror(rc)).decode("utf-8", "replace")
+
+
+def version() -> tuple:
+    """(major, minor, patch) of the linked C library."""
+    v = _new("int[3]")
+    lib.ps_version(v, v + 1, v + 2)
+    return (v[0], v[1], v[2])
+
+
+_major, _minor, _patch = version()
+if (_major, _minor) != (lib.PS_VERSION_MAJOR, lib.PS_VERSION_MINOR):
+    raise ImportError(
+        f"pystate's C core is {_major}.{_minor}.{_patch}, but the binding was "
+        f"compiled against {lib.PS_VERSION_MAJOR}.{lib.PS_VERSION_MINOR}")
+
+# A handle that is always closed: what a Store points at before it opens,
+# so every call on it reports PSG_CLOSED instead of touching NULL.
+_closed_handle = _new("psg **")
+_rc = lib.psg_open(_closed_handle, _NULL, _NULL)
+if _rc:
+    raise ImportError(f"pystate's C core cannot open a store: {strerror(_rc)}")
+_CLOSED = _closed_handle[0]
+lib.psg_close(_CLOSED)
+
+# Tests set this to run code between an update's read and its write.
+_race_hook: Any = None
+
+
+def _set_race_hook(hook: Any) -> None:
+    """Testing aid: call ``hook()`` inside every update, after the read and
+    before the compare-and-set. None removes it."""
+    global _race_hook
+    _race_hook = hook
+
+
+@ffi.def_extern()
+def pystate_compact_hook(ctx: Any, point: int) -> None:
+    # Testing aid only: C calls this with the store locked.
+    try:
+        ffi.from_handle(ctx)(COMPACT_HOOK_POINTS.get(point, point))
+    except BaseException:
+        pass
+
+
+def _error(rc: int, what: str) -> Exception:
+    if rc == _CLOSED_RC:
+        return ClosedError("the store is closed")
+    return error_for_rc(rc, RC_CODES, what)
+
+
+def _with_message(err: Any, message: str) -> Any:
+    err.message = message
+    err.args = (message,)
+    return err
+
+
+def _message(rep: Any) -> str:
+    return ffi.string(rep.message).decode("utf-8", "replace")
+
+
+# Each thread's psg_buf, reused by every call it makes: a call fills it and
+# _take() empties it before any other code runs, and cffi's ffi.new would
+# cost more than the rest of a small get.
+_tls = threading.local()
+
+
+def _thread_buf() -> Any:
+    b = _tls.buf = _new("psg_buf *")
+    return b
+
+
+def _take(buf: Any) -> bytes | None:
+    """Own the bytes a call delivered into ``buf`` (None when none), and
+    free the C buffer."""
+    p = buf.data
+    if p == _NULL:
+        return None
+    try:
+        return _unpack(p, buf.len)
+    finally:
+        lib.psg_buf_free(buf)
+
+
+def _report_dict(r: Any) -> dict:
+    return {
+        "logs": r.logs,
+        "records": r.records,
+        "torn_tails": r.torn_tails,
+        "bytes_cut": r.bytes_cut,
+        "repaired": r.repaired,
+        "stray_files": r.stray_files,
+    }
+
+
+def _text(s: Any, what: str) -> bytes:
+    """UTF-8 of a scope or key."""
+    if type(s) is not str:
+        if not isinstance(s, str):
+            raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
+        s = str.__str__(s)
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+
+
+def _path_bytes(path: Any) -> bytes:
+    bpath = os.fsencode(path)
+    if not bpath or b"\0" in bpath:
+        raise ConfigError(f"path: expected a directory path, got {path!r}")
+    return bpath
+
+
+def inspect(path: Any, *, repair: bool = False) -> dict:
+    """Read every log of the file store at ``path`` as opening it would,
+    changing nothing on disk, and say what opening would fix (see the
+    Cython binding's ``inspect``: ``ok``, ``problem`` and the recovery
+    counts).
+
+    Raises:
+        LockedError: another process has the store open.
+        StoreOSError: the directory cannot be read.
+    """
+    o = _new("ps_options *")
+    rep = _new("ps_report *")
+    cpath = _new("char[]", _path_bytes(path))
+    o.path = cpath
+    o.repair = 1 if repair else 0
+    rc = lib.ps_store_inspect(o, rep)
+    if rc and rc != _CORRUPT:
+        err = error_for_rc(rc, RC_CODES, f"inspect {path!r}")
+        msg = _message(rep)
+        if msg:
+            _with_message(err, msg)
+        raise err
+    out = _report_dict(rep)
+    out["problem"] = _message(rep) if rc else None
+    out["ok"] = rc == _OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
+    return out
+
+
+class UpdateResult:
+    """What ``update`` returns: the value before and after, and the errors
+    of the ops that could not apply (empty when all applied).
+
+    Unpacks like a tuple: ``old, new, errors = st.update(...)``.
+    """
+
+    __slots__ = ("_old", "_new", "_errors")
+
+    def __init__(self, old_value: Any = None, new_value: Any = None, errors: Any = None) -> None:
+        self._old = old_value
+        self._new = new_value
+        self._errors = [] if errors is None else list(errors)
+
+    @property
+    def old_value(self) -> Any:
+        return self._old
+
+    @property
+    def new_value(self) -> Any:
+        return self._new
+
+    @property
+    def errors(self) -> list:
+        return self._errors
+
+    def to_response(self) -> dict:
+        """The engine's ``state::update`` response: ``errors`` only when
+        there are any."""
+        r = {"old_value": self._old, "new_value": self._new}
+        if self._errors:
+            r["errors"] = self._errors
+        return r
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self._old, self._new, self._errors))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: Any) -> Any:
+        return (self._old, self._new, self._errors)[i]
+
+    def __eq__(self, other: Any) -> Any:
+        if isinstance(other, UpdateResult):
+            other = tuple(other)
+        if isinstance(other, tuple):
+            return (self._old, self._new, self._errors) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"UpdateResult(old_value={self._old!r}, "
+                f"new_value={self._new!r}, errors={self._errors!r})")
+
+
+def _result(old: Any, new: Any, errors: list) -> UpdateResult:
+    r = UpdateResult.__new__(UpdateResult)
+    r._old = old
+    r._new = new
+    r._errors = errors
+    return r
+
+
+class Store:
+    """A store of JSON values by (scope, key), on the C core: in memory, or
+    durable in a directory of per-scope append-only logs. The cffi twin of
+    the Cython ``Store``; use it through :class:`pystate.State`.
+    """
+
+    # Prefixed: subclasses (the remote adapters) have slots of their own.
+    __slots__ = ("_c_g", "_c_closed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_hook",
+                 "_c_emit", "_c_admit", "_c_pending", "_c_bound", "_c_all", "_c_scopes",
+                 "_c_keys", "_c_pairs", "_c_stripes")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        self._c_g = _CLOSED
+        self._c_closed = True
+        self._c_limit = -1
+        self._c_durable = False
+        self._c_path = None
+        self._c_sync = None
+        self._c_hook = None
+        self._c_emit = None
+        self._c_stripes = None
+        return self
+
+    def __init__(self, path: Any = None, *, sync: str = "interval", save_interval_ms: int = 5000,
+                 repair: bool = False, max_value_bytes: int | None = None,
+                 _compact_hook: Any = None, _compact_min_dead: int = 0,
+                 _max_open_files: int = 0) -> None:
+        if max_value_bytes is not None:
+            if type(max_value_bytes) is not int or max_value_bytes < 1:
+                raise ConfigError(
+                    f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
+            self._c_limit = max_value_bytes
+        if self._c_g is not _CLOSED:
+            return
+        o = _new("ps_options *")
+        rep = _new("ps_report *")
+        keep = []
+        if path is not None:
+            if sync not in SYNC_MODES:
+                raise ConfigError(f"sync: expected one of {', '.join(SYNC_MODES)}, got {sync!r}")
+            if type(save_interval_ms) is not int or not 100 <= save_interval_ms <= 3_600_000:
+                raise ConfigError(
+                    f"save_interval_ms: expected an integer from 100 to 3600000, "
+                    f"got {save_interval_ms!r}")
+            cpath = _new("char[]", _path_bytes(path))
+            keep.append(cpath)
+            o.path = cpath
+            o.sync = SYNC_MODES[sync]
+            o.sync_interval_ms = save_interval_ms
+            o.repair = 1 if repair else 0
+            o.compact_min_dead = _compact_min_dead
+            o.max_open_files = _max_open_files
+            if _compact_hook is not None:
+                self._c_hook = ffi.new_handle(_compact_hook)
+                o.hook = lib.pystate_compact_hook
+                o.hook_ctx = self._c_hook
+        elif sync != "interval" or save_interval_ms != 5000 or repair:
+            raise ConfigError("sync, save_interval_ms and repair apply to file-based stores: give a path")
+        out = _new("psg **")
+        rc = lib.psg_open(out, o, rep)
+        if rc:
+            err = error_for_rc(rc, RC_CODES, f"open {path!r}")
+            msg = _message(rep)
+            if msg:  # the C core's report says what and where (file, offset)
+                _with_message(err, msg)
+            raise err
+        self._c_g = out[0]
+        self._c_closed = False
+        self._c_stripes = [threading.Lock() for _ in range(N_STRIPES)]
+        if path is not None:
+            self._c_durable = True
+            self._c_path = os.fspath(path)
+            self._c_sync = sync
+            if rep.torn_tails or rep.repaired:
+                warnings.warn(
+                    f"pystate: recovered store {self._c_path}: cut {rep.torn_tails} torn "
+                    f"tail(s) ({rep.bytes_cut} bytes), salvaged {rep.repaired} damaged log(s)",
+                    RecoveryWarning, stacklevel=4)
+
+    def __del__(self) -> None:
+        g = self._c_g
+        if g is not _CLOSED:
+            self._c_g = _CLOSED
+            lib.psg_free(g)
+
+    # ---- the trigger gate ------------------------------------------------
+
+    def _set_watch(self, emit: Any, admit: Any = None, pending: Any = None, bound: int = 0,
+                   watch_all: bool = False, scopes: set | None = None, keys: set | None = None,
+                   pairs: dict | None = None) -> None:
+        """Install (or, with ``emit=None``, remove) the trigger gate; see the
+        Cython binding's ``_set_watch``."""
+        self._c_emit = None  # off while the rest changes
+        self._c_admit = admit
+        self._c_pending = pending
+        self._c_bound = bound
+        self._c_all = bool(watch_all)
+        self._c_scopes = scopes if scopes is not None else set()
+        self._c_keys = keys if keys is not None else set()
+        self._c_pairs = pairs if pairs is not None else {}
+        self._c_emit = emit
+
+    def _c_watched(self, scope: Any, key: Any) -> bool:
+        if self._c_all or scope in self._c_scopes or key in self._c_keys:
+            return True
+        if self._c_pairs:
+            keys = self._c_pairs.get(scope)
+            return keys is not None and key in keys
+        return False
+
+    def _c_enter_watched(self, scope: Any, key: Any) -> Any:
+        """Admission, then the stripe lock of (scope, key), held by the
+        caller until its event is queued."""
+        if self._c_admit is not None and len(self._c_pending) >= self._c_bound:
+            self._c_admit()
+        lk = self._c_stripes[(hash(scope) * 1000003 ^ hash(key)) % N_STRIPES]
+        lk.acquire()
+        return lk
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
+        return None if self._c_limit < 0 else self._c_limit
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._c_closed
+
+    @property
+    def path(self) -> Any:
+        """The store directory, or None in memory."""
+        return self._c_path
+
+    @property
+    def sync(self) -> str | None:
+        """The sync mode, or None in memory."""
+        return self._c_sync
+
+    def close(self) -> None:
+        """Make every write durable (file-based), then free the store. Later
+        calls raise ClosedError; closing twice is fine."""
+        if self._c_closed:
+            return
+        self._c_closed = True
+        rc = lib.psg_close(self._c_g)  # waits for calls in flight
+        if rc and rc != _CLOSED_RC:
+            raise error_for_rc(rc, RC_CODES, "close (final sync)")
+
+    def __enter__(self) -> Any:
+        if self._c_closed:
+            raise ClosedError("the store is closed")
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False
+
+    # ---- the six functions ----------------------------------------------
+
+    def set(self, scope: Any, key: Any, value: Any) -> Any:
+        """Store ``value`` at (scope, key); return the previous value or None.
+
+        >>> st = Store()
+        >>> st.set("users", "u1", {"name": "Ada"}) is None
+        True
+        """
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        data = encode(value)
+        n = len(data)
+        if self._c_limit >= 0 and n > self._c_limit:
+            raise ValueTooLargeError(
+                f"value of {n} bytes exceeds the configured max_value_bytes limit of {self._c_limit}")
+        lk = None
+        if self._c_emit is not None and self._c_watched(scope, key):
+            lk = self._c_enter_watched(scope, key)
+        try:
+            try:
+                out = _tls.buf
+            except AttributeError:
+                out = _thread_buf()
+            # The old value is delivered exactly when the key existed (a JSON
+            # text is never empty), which saves an `existed` out-parameter.
+            rc = lib.psg_put(self._c_g, s, len(s), k, len(k), data, n, out, _NULL)
+            old = _take(out)
+            if rc:
+                raise _error(rc, "set")
+            if lk is not None and self._c_emit is not None:
+                self._c_emit(EV_CREATED if old is None else EV_UPDATED, scope, key, old, data)
+        finally:
+            if lk is not None:
+                lk.release()
+        return None if old is None else decode(old)
+
+    def get(self, scope: Any, key: Any, default: Any = None) -> Any:
+        """The value at (scope, key), or ``default`` when there is none.
+
+        >>> Store().get("users", "nobody", "?")
+        '?'
+        """
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        try:
+            out = _tls.buf
+        except AttributeError:
+            out = _thread_buf()
+        rc = lib.psg_get(self._c_g, s, len(s), k, len(k), out)
+        data = _take(out)
+        if rc:
+            if rc == _NOTFOUND:
+                return default
+            raise _error(rc, "get")
+        return decode(data)
+
+    def delete(self, scope: Any, key: Any) -> Any:
+        """Remove (scope, key); return the removed value or None.
+
+        >>> st = Store()
+        >>> _ = st.set("s", "k", [1])
+        >>> st.delete("s", "k"), st.delete("s", "k")
+        ([1], None)
+        """
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        lk = None
+        if self._c_emit is not None and self._c_watched(scope, key):
+            lk = self._c_enter_watched(scope, key)
+        try:
+            try:
+                out = _tls.buf
+            except AttributeError:
+                out = _thread_buf()
+            rc = lib.psg_del(self._c_g, s, len(s), k, len(k), out)
+            old = _take(out)
+            if rc and rc != _NOTFOUND:
+                raise _error(rc, "delete")
+            if lk is not None and self._c_emit is not None:
+                # As the engine does, deleting a missing key is an event too.
+                self._c_emit(EV_DELETED, scope, key, old if rc == _OK else None, None)
+        finally:
+            if lk is not None:
+                lk.release()
+        return decode(old) if rc == _OK else None
+
+    def update(self, scope: Any, key: Any, ops: Any) -> UpdateResult:
+        """Apply ``ops`` to the value at (scope, key) atomically.
+
+        Returns an :class:`UpdateResult`; ops that cannot apply are skipped
+        and reported in ``errors``. A missing key starts as ``{}``.
+
+        >>> Store().update("c", "hits", [{"type": "increment", "path": "n", "by": 1}])
+        UpdateResult(old_value=None, new_value={'n': 1}, errors=[])
+        """
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        if self._c_emit is not None and self._c_watched(scope, key):
+            lk = self._c_enter_watched(scope, key)
+            try:
+                return self._c_update(scope, key, s, k, ops, True)
+            finally:
+                lk.release()
+        return self._c_update(scope, key, s, k, ops, False)
+
+    def _c_update(self, scope: Any, key: Any, s: bytes, k: bytes, ops: Any,
+                  watched: bool) -> UpdateResult:
+        g = self._c_g
+        sl, kl = len(s), len(k)
+        try:
+            out = _tls.buf
+        except AttributeError:
+            out = _thread_buf()
+        while True:
+            errors: list = []
+            rc = lib.psg_get(g, s, sl, k, kl, out)
+            old_data = _take(out)
+            if rc == _NOTFOUND:
+                old = None
+                new = apply_into(None, True, ops, errors)
+                expect: Any = _NULL
+                elen = 0
+            elif rc:
+                raise _error(rc, "update")
+            else:
+                old = decode(old_data)
+                new = apply_into(copy_containers(old), False, ops, errors)
+                expect = old_data
+                elen = len(old_data)
+            new_data = encode_trusted(new)
+            if _race_hook is not None:
+                _race_hook()
+            # Compare-and-set against the bytes read: if another thread wrote
+            # the key meanwhile, start over from its value.
+            rc = lib.psg_put_if(g, s, sl, k, kl, new_data, len(new_data), expect, elen)
+            if rc == _CONFLICT:
+                continue
+            if rc:
+                raise _error(rc, "update")
+            if watched and self._c_emit is not None:
+                self._c_emit(EV_CREATED if old_data is None else EV_UPDATED, scope, key,
+                             old_data, new_data)
+            return _result(old, new, errors)
+
+    def list(self, scope: Any) -> list:
+        """All values of ``scope`` in key insertion order ([] if none)."""
+        s = _text(scope, "scope")
+        arrays = _new("psg_bufs *")
+        try:
+            rc = lib.psg_list(self._c_g, s, len(s), LIST_BATCH, arrays)
+            if rc:
+                raise _error(rc, "list")
+            items = arrays.items
+            if arrays.count == 1:
+                return decode(_unpack(items[0].data, items[0].len))
+            values: list = []
+            for i in range(arrays.count):
+                values.extend(decode(_unpack(items[i].data, items[i].len)))
+            return values
+        finally:
+            lib.psg_bufs_free(arrays)
+
+    def list_groups(self) -> list:
+        """Names of the scopes that hold at least one key, sorted."""
+        out = _new("psg_buf *")
+        count = _new("size_t *")
+        rc = lib.psg_groups(self._c_g, out, count)
+        data = _take(out)
+        if rc:
+            raise _error(rc, "list_groups")
+        names = []
+        p = 0
+        for _ in range(count[0]):
+            (n,) = _U32.unpack_from(data, p)
+            names.append(data[p + 4:p + 4 + n].decode("utf-8"))
+            p += 4 + n
+        return names
+
+    def items_page(self, scope: Any, pos: int = 0, limit: int = 1000) -> tuple:
+        """One page of ``scope``'s keys and raw JSON values, in key order:
+        ``(pairs, next_pos)``; an empty list means the scope is exhausted."""
+        s = _text(scope, "scope")
+        cpos = _new("uint32_t *", pos)
+        out = _new("psg_buf *")
+        count = _new("size_t *")
+        rc = lib.psg_items(self._c_g, s, len(s), cpos, limit, out, count)
+        data = _take(out)
+        if rc:
+            raise _error(rc, "items")
+        pairs = []
+        p = 0
+        unpack = _U32.unpack_from
+        for _ in range(count[0]):
+            (kl,) = unpack(data, p)
+            key = data[p + 4:p + 4 + kl].decode("utf-8")
+            (vl,) = unpack(data, p + 4 + kl)
+            pairs.append((key, data[p + 8 + kl:p + 8 + kl + vl]))
+            p += 8 + kl + vl
+        return pairs, cpos[0]
+
+    def items(self, scope: Any, page: int = 1000) -> Iterator[tuple]:
+        """Iterate ``(key, value)`` over ``scope`` in key order, a page of
+        ``page`` entries at a time."""
+        if type(page) is not int or page < 0:
+            raise TypeError(f"page: expected a non-negative integer, got {page!r}")
+        pos = 0
+        while True:
+            pairs, pos = self.items_page(scope, pos, page)
+            if not pairs:
+                return
+            for key, raw in pairs:
+                yield key, decode(raw)
+
+    def stats(self) -> dict:
+        """Counters (see the Cython binding's ``stats``)."""
+        s = _new("ps_stats *")
+        rc = lib.psg_stats(self._c_g, s)
+        if rc:
+            raise _error(rc, "stats")
+        out = {
+            "scopes": s.scopes,
+            "keys": s.keys,
+            "key_bytes": s.key_bytes,
+            "value_bytes": s.value_bytes,
+            "dead_bytes": s.dead_bytes,
+            "heap_bytes": s.heap_bytes,
+        }
+        if not self._c_durable:
+            return out
+        rep = _new("ps_report *")
+        rc = lib.psg_recovery(self._c_g, rep)
+        if rc:
+            raise _error(rc, "stats")
+        out.update(
+            path=self._c_path,
+            sync=self._c_sync,
+            log_bytes=s.log_bytes,
+            log_dead_bytes=s.log_dead_bytes,
+            compactions=s.compactions,
+            recovery=_report_dict(rep),
+            per_scope=self._c_per_scope(),
+        )
+        return out
+
+    def _c_per_scope(self) -> dict:
+        out = _new("psg_buf *")
+        count = _new("size_t *")
+        rc = lib.psg_scope_stats(self._c_g, out, count)
+        data = _take(out)
+        if rc:
+            raise _error(rc, "stats")
+        per = {}
+        p = 0
+        for _ in range(count[0]):
+            (n,) = _U32.unpack_from(data, p)
+            name = data[p + 4:p + 4 + n].decode("utf-8")
+            keys, live, dead, size = _SCOPE_STATS.unpack_from(data, p + 4 + n)
+            per[name] = {"keys": keys, "live_bytes": live, "dead_bytes": dead, "file_bytes": size}
+            p += 4 + n + 32
+        return per
+
+    # ---- durability ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Make every write so far durable now, whatever the sync mode. In
+        memory, does nothing."""
+        rc = lib.psg_sync(self._c_g)
+        if rc:
+            raise _error(rc, "flush")
+
+    def compact(self, scope: Any = None) -> None:
+        """Rewrite the log of ``scope`` (default: of every scope) to hold only
+        live records, crash-safely. In memory, does nothing."""
+        if scope is None:
+            rc = lib.psg_compact(self._c_g, _NULL, 0)
+        else:
+            s = _text(scope, "scope")
+            rc = lib.psg_compact(self._c_g, s, len(s))
+        if rc:
+            raise _error(rc, "compact")
+
+    def check(self) -> dict:
+        """Read every log again and verify each record, and that replaying
+        them gives exactly the keys and values in memory. Changes nothing."""
+        rep = _new("ps_report *")
+        rc = lib.psg_check(self._c_g, rep)
+        if rc and rc != _CORRUPT:
+            raise _error(rc, "check")
+        return {
+            "ok": rc == _OK,
+            "logs": rep.logs,
+            "records": rep.records,
+            "problem": _message(rep) if rc else None,
+        }

@@ -1,0 +1,254 @@
+"""The two bindings of the C core, Cython and cffi: choosing one, and
+parity. The whole suite runs once per backend (PYSTATE_BACKEND, see
+README); the tests here put both side by side in one process and require
+the same answers, the same errors (type and message) and the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+import pystate
+from pystate import _codec as cy_codec
+from pystate import _core as cy_core
+from pystate import _ops as cy_ops
+from pystate._cffi import codec as cf_codec
+from pystate._cffi import core as cf_core
+from pystate._cffi import ops as cf_ops
+from test_model import bad_ops, json_values, keys_, names, not_json, op_lists, short_ops, wire_ops
+
+BACKENDS = {"cython": cy_core, "cffi": cf_core}
+
+
+def outcome(fn, *args):
+    """What a call gives: ("ok", result) or ("raised", type name, message)."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # noqa: BLE001 - the comparison is the point
+        return ("raised", type(e).__name__, str(e))
+
+
+def import_in_subprocess(env_value):
+    env = {k: v for k, v in os.environ.items() if k != "PYSTATE_BACKEND"}
+    if env_value is not None:
+        env["PYSTATE_BACKEND"] = env_value
+    code = "import pystate; print(pystate.backend, type(pystate.State().set).__qualname__)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+# ---- choosing ---------------------------------------------------------------
+
+def test_backend_names_the_binding_the_environment_chose():
+    want = os.environ.get("PYSTATE_BACKEND", "").strip().lower() or "cython"
+    assert pystate.backend == want
+    core = BACKENDS[want]
+    assert isinstance(pystate.State(), core.Store)
+    assert pystate.UpdateResult is core.UpdateResult
+
+
+@pytest.mark.parametrize("value, want", [(None, "cython"), ("cython", "cython"), ("cffi", "cffi"),
+                                         (" CFFI ", "cffi")])
+def test_pystate_backend_variable_selects_the_binding(value, want):
+    r = import_in_subprocess(value)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == want
+
+
+def test_unknown_backend_is_refused_with_a_clear_error():
+    r = import_in_subprocess("rust")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "ConfigError" in last and "PYSTATE_BACKEND" in last and "'rust'" in last
+    assert "cython, cffi" in last
+
+
+# ---- the codec and the op engine ----------------------------------------------
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Text(str):
+    pass
+
+
+odd_values = hs.sampled_from([
+    (1, 2), {"t": (1, [2])}, Text("sub"), {Text("k"): 1}, {1: "int key"}, {None: 1},
+    datetime.datetime(2024, 5, 6, 7, 8, 9, 10), datetime.date(2024, 1, 2),
+    uuid.UUID(int=7), Colour.RED, Point(1, 2.5), Point(1, float("nan")), {1, 2}, object(),
+    b"bytes", 2**64, -(2**63) - 1, float("inf"), [float("nan")], True, False, None, "",
+])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(value=hs.one_of(json_values, not_json, odd_values))
+def test_codecs_encode_alike(value):
+    assert outcome(cf_codec.dumps, value) == outcome(cy_codec.dumps, value)
+    assert outcome(cf_codec.json_copy, value) == outcome(cy_codec.json_copy, value)
+
+
+@settings(max_examples=200)
+@given(value=json_values)
+def test_codecs_decode_what_they_encode(value):
+    data = cy_codec.dumps(value)
+    assert cf_codec.loads(data) == cy_codec.loads(data) == value or value != value
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(current=json_values, missing=hs.booleans(),
+       ops=hs.lists(hs.one_of(wire_ops, wire_ops, short_ops, bad_ops), max_size=6))
+def test_op_engines_apply_alike(current, missing, ops):
+    cy = outcome(cy_ops.apply, cy_codec.loads(cy_codec.dumps(current)), missing, ops)
+    cf = outcome(cf_ops.apply, cf_codec.loads(cf_codec.dumps(current)), missing, ops)
+    assert cf == cy
+
+
+@pytest.mark.parametrize("ops", [
+    "not a list",
+    [{"type": Text("increment"), "path": "n", "by": 1}],
+    [{"type": "increment", "path": "n", "by": True}],
+    [{"type": "increment", "path": "n", "by": 2**63}],
+    [{"type": "append", "path": ["a", "\ud800"], "value": 1}],
+    [{"type": "merge", "path": [Text("a"), "b"], "value": {"x": 1}}],
+    [{"type": "set", "path": "a", "value": float("nan")}],
+    [{"type": "set", "path": "a", "value": {"deep": (1, datetime.date(2020, 1, 1))}}],
+    [{"increment": {"field": "n"}}],
+    [{"decrement": 5}],
+    [{"a": 1, "b": 2}],
+])
+def test_op_engines_agree_on_odd_requests(ops):
+    assert outcome(cf_ops.apply, {"n": 1}, False, ops) == outcome(cy_ops.apply, {"n": 1}, False, ops)
+
+
+# ---- the store binding ----------------------------------------------------------
+
+def run_calls(core, path, calls):
+    """Each call's outcome on a fresh store of ``core`` (in memory when
+    ``path`` is None), then the final contents."""
+    st = core.Store(path) if path is None else core.Store(path, sync="never")
+    out = []
+    for name, args in calls:
+        r = outcome(getattr(st, name), *args)
+        if r[0] == "ok" and isinstance(r[1], core.UpdateResult):
+            r = ("ok", tuple(r[1]))
+        out.append(r)
+    groups = st.list_groups()
+    out.append(("final", groups, [st.list(g) for g in groups],
+                [list(st.items(g)) for g in groups]))
+    s = st.stats()
+    out.append(("stats", {k: s[k] for k in ("scopes", "keys", "key_bytes", "value_bytes")}))
+    st.close()
+    return out
+
+
+calls = hs.lists(hs.one_of(
+    hs.tuples(hs.just("set"), hs.tuples(names, keys_, hs.one_of(json_values, not_json))),
+    hs.tuples(hs.just("get"), hs.tuples(names, keys_)),
+    hs.tuples(hs.just("delete"), hs.tuples(names, keys_)),
+    hs.tuples(hs.just("update"), hs.tuples(names, keys_, op_lists)),
+    hs.tuples(hs.just("list"), hs.tuples(names)),
+    hs.tuples(hs.just("set"), hs.tuples(hs.sampled_from([1, None, "\udcff"]), keys_, json_values)),
+), max_size=25)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=calls)
+def test_stores_answer_alike_in_memory(calls):
+    assert run_calls(cf_core, None, calls) == run_calls(cy_core, None, calls)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=calls)
+def test_stores_answer_alike_on_file(tmp_path_factory, calls):
+    a = run_calls(cf_core, tmp_path_factory.mktemp("cffi"), calls)
+    b = run_calls(cy_core, tmp_path_factory.mktemp("cython"), calls)
+    assert a == b
+
+
+@pytest.mark.parametrize("writer, reader", [(cy_core, cf_core), (cf_core, cy_core)])
+def test_a_store_written_by_one_binding_opens_in_the_other(tmp_path, writer, reader):
+    st = writer.Store(tmp_path / "s")
+    for i in range(200):
+        st.set(f"scope{i % 3}", f"k{i}", {"i": i, "s": "é" * (i % 5)})
+    st.update("scope0", "k0", [{"type": "append", "path": "tags", "value": "x"}])
+    st.delete("scope1", "k1")
+    st.compact("scope2")
+    before = {g: list(st.items(g)) for g in st.list_groups()}
+    st.close()
+    other = reader.Store(tmp_path / "s")
+    assert {g: list(other.items(g)) for g in other.list_groups()} == before
+    assert other.check()["ok"]
+    other.close()
+
+
+def test_bindings_report_the_same_damage(tmp_path):
+    st = cy_core.Store(tmp_path / "s", sync="always")
+    for i in range(20):
+        st.set("s", f"k{i}", i)
+    st.close()
+    log = next((tmp_path / "s").glob("*.log"))
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damage before the end: opening refuses
+    log.write_bytes(bytes(data))
+    assert cf_core.inspect(tmp_path / "s") == cy_core.inspect(tmp_path / "s")
+    assert cf_core.inspect(tmp_path / "s")["problem"]
+    errors = [outcome(core.Store, tmp_path / "s") for core in (cf_core, cy_core)]
+    assert errors[0] == errors[1] and errors[0][1] == "CorruptError"
+
+
+@pytest.mark.parametrize("call, args", [
+    ("set", ("s", "k", 1)), ("get", ("s", "k")), ("delete", ("s", "k")),
+    ("update", ("s", "k", [])), ("list", ("s",)), ("list_groups", ()), ("stats", ()),
+    ("flush", ()), ("compact", ()), ("check", ()), ("items_page", ("s",)),
+])
+def test_closed_stores_refuse_alike(call, args):
+    got = []
+    for core in (cf_core, cy_core):
+        st = core.Store()
+        st.close()
+        got.append(outcome(getattr(st, call), *args))
+    assert got[0] == got[1] and got[0][1] == "ClosedError"
+
+
+def test_options_are_refused_alike(tmp_path):
+    cases = [((), {"max_value_bytes": 0}), ((tmp_path / "a",), {"sync": "sometimes"}),
+             ((tmp_path / "b",), {"save_interval_ms": 5}), ((), {"repair": True}), (("",), {})]
+    for args, kwargs in cases:
+        got = [outcome(lambda: core.Store(*args, **kwargs)) for core in (cf_core, cy_core)]
+        assert got[0] == got[1] and got[0][0] == "raised", (args, kwargs)
+
+
+def test_value_limit_is_enforced_alike():
+    got = []
+    for core in (cf_core, cy_core):
+        st = core.Store(max_value_bytes=8)
+        got.append([outcome(st.set, "s", "k", "x" * 6), outcome(st.set, "s", "k", "x" * 7)])
+    assert got[0] == got[1]
+    assert got[0][1][1] == "ValueTooLargeError"
+
+
+def test_module_level_helpers_agree():
+    assert cf_core.RC_CODES == cy_core.RC_CODES
+    assert cf_core.RC_END == cy_core.RC_END
+    assert cf_core.SYNC_MODES == cy_core.SYNC_MODES
+    assert cf_core.version() == cy_core.version()
+    for rc in [*cy_core.RC_CODES.values(), 5, 28]:
+        assert cf_core.strerror(rc) == cy_core.strerror(rc)
+    assert cf_ops.DOC_URL == cy_ops.DOC_URL
