@@ -3,9 +3,11 @@ the Cython codec (``pystate/_codec.pyx``), which the parity tests hold it to.
 
 Values are encoded by orjson where it exists (CPython) and by the
 standard ``json`` module where it does not (PyPy, which orjson does not
-support); both paths write the same compact text and refuse the same
-values: anything that is not JSON, NaN and the infinities, integers
-outside the 64-bit range, object keys that are not strings.
+support). Both write compact JSON that decodes to the same values, and
+refuse the same values with the same messages: anything that is not JSON,
+NaN and the infinities, integers outside the 64-bit range, object keys
+that are not strings, lone surrogates. (They spell some floats
+differently: ``1e+16`` from json, ``1e16`` from orjson.)
 
 >>> from pystate._cffi import codec
 >>> codec.dumps({"a": [1, 2.5, None]})
@@ -34,67 +36,80 @@ MAX_DEPTH = 254
 _I64_MIN = -(1 << 63)
 _U64_MAX = (1 << 64) - 1
 
+import json as _json
+
 try:
     import orjson
 except ImportError:  # PyPy
     orjson = None
 
 
-if orjson is not None:
-    _dumps = orjson.dumps
-    _loads = orjson.loads
-else:
-    import json as _json
+# ---- the json-module encoder, orjson's twin (used where orjson is missing;
+# the parity tests run it on CPython too, against orjson) ----------------
 
-    def _refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
-    _encoder = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    _decoder = _json.JSONDecoder(parse_constant=_refuse_constant)
 
-    def _plain(v: Any, depth: int) -> Any:
-        """``v`` as the json module's types, encoded as orjson would: NaN
-        and the infinities as null (encode() then refuses them), native
-        types (datetime, UUID, enum, dataclass) by orjson's rules; a
-        TypeError for anything orjson refuses."""
-        if v is None or v is True or v is False or type(v) is str:
-            return v
-        if isinstance(v, int) and not isinstance(v, bool):
-            if not _I64_MIN <= v <= _U64_MAX:
-                raise TypeError("Integer exceeds 64-bit range")
-            return int(v)
-        if isinstance(v, float):
-            return float(v) if math.isfinite(v) else None
-        if isinstance(v, str):
-            return str.__str__(v)
-        if depth >= MAX_DEPTH:
-            raise TypeError("Recursion limit reached")
-        if isinstance(v, dict):
-            out = {}
-            for k, x in v.items():
-                if not isinstance(k, str):
-                    raise TypeError("Dict key must be str")
-                out[str.__str__(k)] = _plain(x, depth + 1)
-            return out
-        if isinstance(v, (list, tuple)):
-            return [_plain(x, depth + 1) for x in v]
-        if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
-            return v.isoformat()
-        if isinstance(v, uuid.UUID):
-            return str(v)
-        if isinstance(v, enum.Enum):
-            return _plain(v.value, depth + 1)
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: _plain(getattr(v, f.name), depth + 1) for f in dataclasses.fields(v)}
-        raise TypeError(f"Type is not JSON serializable: {type(v).__name__}")
+_encoder = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decoder = _json.JSONDecoder(parse_constant=_refuse_constant)
 
-    def _dumps(value: Any) -> bytes:
+
+def _plain(v: Any, depth: int) -> Any:
+    """``v`` as the json module's types, as orjson would encode it: NaN and
+    the infinities as null (encode() then refuses them), native types
+    (datetime, UUID, enum, dataclass) by orjson's rules; a TypeError with
+    orjson's message for anything orjson refuses."""
+    if v is None or v is True or v is False or type(v) is str:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not _I64_MIN <= v <= _U64_MAX:
+            raise TypeError("Integer exceeds 64-bit range")
+        return int(v)
+    if isinstance(v, float):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, str):
+        return str.__str__(v)
+    if depth >= MAX_DEPTH:
+        raise TypeError("Recursion limit reached")
+    if isinstance(v, dict):
+        out = {}
+        for k, x in v.items():
+            if type(k) is not str:  # orjson refuses str subclasses as keys too
+                raise TypeError("Dict key must be str")
+            out[k] = _plain(x, depth + 1)
+        return out
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, enum.Enum):
+        return _plain(v.value, depth + 1)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name), depth + 1) for f in dataclasses.fields(v)}
+    raise TypeError(f"Type is not JSON serializable: {type(v).__name__}")
+
+
+def json_dumps(value: Any) -> bytes:
+    """orjson.dumps, with the json module (same values, same refusals)."""
+    try:
         return _encoder.encode(_plain(value, 0)).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate: not UTF-8, so not JSON text (orjson's rule).
+        raise TypeError("str is not valid UTF-8: surrogates not allowed") from None
 
-    def _loads(data: Any) -> Any:
-        if not isinstance(data, str):
-            data = bytes(data).decode("utf-8")
-        return _decoder.decode(data)
+
+def json_loads(data: Any) -> Any:
+    """orjson.loads, with the json module."""
+    if not isinstance(data, str):
+        data = bytes(data).decode("utf-8")
+    return _decoder.decode(data)
+
+
+_dumps = json_dumps if orjson is None else orjson.dumps
+_loads = json_loads if orjson is None else orjson.loads
 
 
 def _has_nonfinite(v: Any, depth: int) -> bool:
