@@ -9,13 +9,16 @@ returns over-allocated buffers), decoding on the way out.
 
 from __future__ import annotations
 
-import orjson
+try:
+    import orjson
+except ImportError:  # PyPy (bench/backends.py runs there): only the floor needs it
+    orjson = None  # type: ignore[assignment]
 
 SCOPES = 8
 KEYS = 200_000
 
-_loads = orjson.loads
-_dumps = orjson.dumps
+_loads = orjson.loads if orjson else None
+_dumps = orjson.dumps if orjson else None
 
 
 def make_value(i: int) -> dict:

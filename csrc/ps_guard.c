@@ -27,10 +27,28 @@ struct psg {
 static void *buf_alloc(void *ctx, size_t n)
 {
     psg_buf *b = ctx;
-    free(b->data);
-    b->data = malloc(n ? n : 1);
-    b->len = b->data ? n : 0;
+    size_t want = n ? n : 1;
+    if (want > b->cap) {
+        /* Nothing to keep: free and allocate rather than realloc's copy. */
+        free(b->data);
+        b->data = malloc(want);
+        b->cap = b->data ? want : 0;
+        if (!b->data)
+            return NULL;
+    }
+    b->len = n;
+    b->filled = 1;
     return b->data;
+}
+
+/* Every call that delivers into a buf starts by marking it empty. */
+static inline psg_buf *empty(psg_buf *b)
+{
+    if (b) {
+        b->len = 0;
+        b->filled = 0;
+    }
+    return b;
 }
 
 static void *bufs_alloc(void *ctx, size_t n)
@@ -59,7 +77,8 @@ void psg_buf_free(psg_buf *b)
         return;
     free(b->data);
     b->data = NULL;
-    b->len = 0;
+    b->len = b->cap = 0;
+    b->filled = 0;
 }
 
 void psg_bufs_free(psg_bufs *v)
@@ -142,14 +161,14 @@ static inline void leave(psg *g)
 int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *value)
 {
-    ps_sink sink = {buf_alloc, value};
+    ps_sink sink = {buf_alloc, empty(value)};
     GUARDED(g, ps_get(g->st, scope, slen, key, klen, &sink));
 }
 
 int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             const char *value, size_t vlen, psg_buf *old, int *existed)
 {
-    ps_sink sink = {buf_alloc, old};
+    ps_sink sink = {buf_alloc, empty(old)};
     GUARDED(g, ps_put(g->st, scope, slen, key, klen, value, vlen, old ? &sink : NULL,
                       existed));
 }
@@ -163,7 +182,7 @@ int psg_put_if(psg *g, const char *scope, size_t slen, const char *key, size_t k
 int psg_del(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *old)
 {
-    ps_sink sink = {buf_alloc, old};
+    ps_sink sink = {buf_alloc, empty(old)};
     GUARDED(g, ps_del(g->st, scope, slen, key, klen, old ? &sink : NULL));
 }
 
@@ -176,19 +195,19 @@ int psg_list(psg *g, const char *scope, size_t slen, size_t batch, psg_bufs *out
 int psg_items(psg *g, const char *scope, size_t slen, uint32_t *pos, size_t max,
               psg_buf *out, size_t *count)
 {
-    ps_sink sink = {buf_alloc, out};
+    ps_sink sink = {buf_alloc, empty(out)};
     GUARDED(g, ps_items(g->st, scope, slen, pos, max, &sink, count));
 }
 
 int psg_groups(psg *g, psg_buf *out, size_t *count)
 {
-    ps_sink sink = {buf_alloc, out};
+    ps_sink sink = {buf_alloc, empty(out)};
     GUARDED(g, ps_groups(g->st, &sink, count));
 }
 
 int psg_scope_stats(psg *g, psg_buf *out, size_t *count)
 {
-    ps_sink sink = {buf_alloc, out};
+    ps_sink sink = {buf_alloc, empty(out)};
     GUARDED(g, ps_scope_stats(g->st, &sink, count));
 }
 

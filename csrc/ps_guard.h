@@ -10,9 +10,10 @@
  * until psg_free(), so a late call gets PSG_CLOSED, never freed memory.
  *
  * Values the store hands out arrive in a psg_buf: memory from malloc that
- * belongs to the caller once a call has filled it (free it with
- * psg_buf_free, which may be called on an empty buf). This saves bindings
- * a callback into the interpreter for every value.
+ * belongs to the caller and is reused by the next call given the same buf
+ * (free it with psg_buf_free, which may be called on an empty buf). This
+ * saves bindings a callback into the interpreter, and an allocation, for
+ * every value.
  *
  * Every function returns what the ps_* function it wraps returns (see
  * pystate.h), or PSG_CLOSED.
@@ -35,10 +36,16 @@ extern "C" {
 
 typedef struct psg psg;
 
-/* One value handed out. Owner: the caller, once a call has filled it. */
+/* One value handed out. Owner: the caller. A call sets `filled` to say
+ * whether it delivered a value (then in data[0..len)); the memory is kept
+ * from call to call and reused while big enough, so a binding can keep one
+ * buf per thread and pay no allocation per call. psg_buf_free releases it.
+ * Zero-initialise before first use. */
 typedef struct psg_buf {
     char *data;
     size_t len;
+    size_t cap;
+    int filled;
 } psg_buf;
 
 /* Several values handed out (ps_list's arrays). Owner: the caller. */

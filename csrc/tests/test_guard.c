@@ -33,12 +33,20 @@ TEST(calls_go_through_and_values_land_in_bufs)
     psg_buf b = {0};
     int existed = -1;
     CHECK_RC(psg_put(g, S("s"), S("k"), S("1"), &b, &existed), PS_OK);
-    CHECK(existed == 0 && b.data == NULL);
+    CHECK(existed == 0 && !b.filled);
     CHECK_RC(psg_put(g, S("s"), S("k"), S("[2]"), &b, &existed), PS_OK);
-    CHECK(existed == 1 && buf_is(&b, "1"));
-    /* A filled buf is refilled by the next call without leaking. */
+    CHECK(existed == 1 && b.filled && buf_is(&b, "1"));
+    /* A filled buf is refilled by the next call without leaking: kept
+     * while big enough, replaced when not. */
     CHECK_RC(psg_get(g, S("s"), S("k"), &b), PS_OK);
-    CHECK(buf_is(&b, "[2]"));
+    CHECK(b.filled && buf_is(&b, "[2]") && b.cap >= 3);
+    char *kept = b.data;
+    CHECK_RC(psg_put(g, S("s"), S("one"), S("1"), NULL, NULL), PS_OK);
+    CHECK_RC(psg_get(g, S("s"), S("one"), &b), PS_OK);
+    CHECK(buf_is(&b, "1") && b.data == kept);
+    CHECK_RC(psg_del(g, S("s"), S("one"), NULL), PS_OK);
+    CHECK_RC(psg_get(g, S("s"), S("nope"), &b), PS_NOTFOUND);
+    CHECK(!b.filled && b.len == 0);
     CHECK_RC(psg_put_if(g, S("s"), S("k"), S("3"), S("[9]")), PS_CONFLICT);
     CHECK_RC(psg_put_if(g, S("s"), S("k"), S("3"), S("[2]")), PS_OK);
     CHECK_RC(psg_put_if(g, S("s"), S("new"), S("4"), NULL, 0), PS_OK);
@@ -78,7 +86,7 @@ TEST(calls_go_through_and_values_land_in_bufs)
     CHECK_RC(psg_del(g, S("s"), S("k"), &b), PS_NOTFOUND);
     CHECK_RC(psg_del(g, S("s"), S("new"), NULL), PS_OK);
     psg_buf_free(&b);
-    CHECK(b.data == NULL && b.len == 0);
+    CHECK(b.data == NULL && b.len == 0 && b.cap == 0 && !b.filled);
     psg_buf_free(&b); /* twice is fine */
     psg_free(g);
 }
@@ -91,8 +99,9 @@ TEST(calls_after_close_return_closed)
     CHECK_RC(psg_put(g, S("s"), S("k"), S("1"), NULL, NULL), PS_OK);
     CHECK_RC(psg_close(g), PS_OK);
     CHECK_RC(psg_close(g), PSG_CLOSED);
+    b.filled = 1;
     CHECK_RC(psg_get(g, S("s"), S("k"), &b), PSG_CLOSED);
-    CHECK(b.data == NULL);
+    CHECK(!b.filled);
     CHECK_RC(psg_put(g, S("s"), S("k"), S("2"), NULL, NULL), PSG_CLOSED);
     CHECK_RC(psg_del(g, S("s"), S("k"), NULL), PSG_CLOSED);
     ps_stats st;

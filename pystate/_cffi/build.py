@@ -79,7 +79,7 @@ typedef struct ps_stats {
 } ps_stats;
 
 typedef struct psg psg;
-typedef struct psg_buf { char *data; size_t len; } psg_buf;
+typedef struct psg_buf { char *data; size_t len; size_t cap; int filled; } psg_buf;
 typedef struct psg_bufs { psg_buf *items; size_t count; size_t cap; } psg_bufs;
 
 const char *ps_strerror(int rc);

@@ -105,7 +105,13 @@ def json_loads(data: Any) -> Any:
     """orjson.loads, with the json module."""
     if not isinstance(data, str):
         data = bytes(data).decode("utf-8")
-    return _decoder.decode(data)
+    # Plain json.loads is the fast path (PyPy's decoder is fast only without
+    # options); the strict decoder, which refuses NaN and the infinities as
+    # orjson does, runs only on a text that may hold one.
+    value = _json.loads(data)
+    if "NaN" in data or "Infinity" in data:
+        _decoder.decode(data)
+    return value
 
 
 _dumps = json_dumps if orjson is None else orjson.dumps

@@ -150,25 +150,35 @@ def _message(rep: Any) -> str:
     return ffi.string(rep.message).decode("utf-8", "replace")
 
 
-# Each thread's psg_buf, reused by every call it makes: a call fills it and
-# _take() empties it before any other code runs, and cffi's ffi.new would
-# cost more than the rest of a small get.
+# Each thread's psg_buf, reused by every call it makes (its memory too):
+# a call fills it and _take() copies the value out before any other code
+# runs. cffi's ffi.new, or a free per call, would cost more than the rest
+# of a small get.
 _tls = threading.local()
+# A thread keeps at most this much buffer between calls.
+_KEEP = 64 * 1024
 
 
 def _thread_buf() -> Any:
-    b = _tls.buf = _new("psg_buf *")
+    b = _tls.buf = ffi.gc(_new("psg_buf *"), lib.psg_buf_free)
     return b
 
 
 def _take(buf: Any) -> bytes | None:
-    """Own the bytes a call delivered into ``buf`` (None when none), and
-    free the C buffer."""
-    p = buf.data
-    if p == _NULL:
+    """The bytes a call delivered into a thread's ``buf`` (None when none)."""
+    if not buf.filled:
         return None
+    n = buf.len
+    data = _unpack(buf.data, n)
+    if n > _KEEP:
+        lib.psg_buf_free(buf)
+    return data
+
+
+def _take_once(buf: Any) -> bytes | None:
+    """Like _take, for a buf of one call: its memory is freed."""
     try:
-        return _unpack(p, buf.len)
+        return _unpack(buf.data, buf.len) if buf.filled else None
     finally:
         lib.psg_buf_free(buf)
 
@@ -623,7 +633,7 @@ class Store:
         out = _new("psg_buf *")
         count = _new("size_t *")
         rc = lib.psg_groups(self._c_g, out, count)
-        data = _take(out)
+        data = _take_once(out)
         if rc:
             raise _error(rc, "list_groups")
         names = []
@@ -642,7 +652,7 @@ class Store:
         out = _new("psg_buf *")
         count = _new("size_t *")
         rc = lib.psg_items(self._c_g, s, len(s), cpos, limit, out, count)
-        data = _take(out)
+        data = _take_once(out)
         if rc:
             raise _error(rc, "items")
         pairs = []
@@ -704,7 +714,7 @@ class Store:
         out = _new("psg_buf *")
         count = _new("size_t *")
         rc = lib.psg_scope_stats(self._c_g, out, count)
-        data = _take(out)
+        data = _take_once(out)
         if rc:
             raise _error(rc, "stats")
         per = {}
