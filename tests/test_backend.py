@@ -278,3 +278,23 @@ def test_module_level_helpers_agree():
     for rc in [*cy_core.RC_CODES.values(), 5, 28]:
         assert cf_core.strerror(rc) == cy_core.strerror(rc)
     assert cf_ops.DOC_URL == cy_ops.DOC_URL
+
+
+@pytest.mark.parametrize("args", [("s", -1), ("s", "10"), (1,)])
+def test_items_refuses_bad_arguments_alike_when_called(args):
+    got = []
+    for core in (cf_core, cy_core):
+        st = core.Store()
+        r = outcome(st.items, *args)
+        got.append(r[:2] if r[0] == "raised" else ("ok", outcome(list, r[1])))
+    assert got[0] == got[1]
+
+
+def test_backend_benchmark_measures_both_bindings():
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "backends.py")
+    r = subprocess.run([sys.executable, bench, "--keys", "2000"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("CPython")]
+    assert [row.split(",")[1].split()[0] for row in rows] == ["cython", "cffi"]
+    assert rows[0].count("(1.00)") == 7  # the Cython row is the baseline of every column

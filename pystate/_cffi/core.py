@@ -669,8 +669,11 @@ class Store:
     def items(self, scope: Any, page: int = 1000) -> Iterator[tuple]:
         """Iterate ``(key, value)`` over ``scope`` in key order, a page of
         ``page`` entries at a time."""
-        if type(page) is not int or page < 0:
-            raise TypeError(f"page: expected a non-negative integer, got {page!r}")
+        # Checked now, not at the first next(), as the Cython binding does.
+        _new("size_t *", page)
+        return self._c_items(scope, page)
+
+    def _c_items(self, scope: Any, page: int) -> Iterator[tuple]:
         pos = 0
         while True:
             pairs, pos = self.items_page(scope, pos, page)
