@@ -298,3 +298,37 @@ def test_backend_benchmark_measures_both_bindings():
     rows = [line for line in r.stdout.splitlines() if line.startswith("CPython")]
     assert [row.split(",")[1].split()[0] for row in rows] == ["cython", "cffi"]
     assert rows[0].count("(1.00)") == 7  # the Cython row is the baseline of every column
+
+
+def test_cffi_update_gives_back_its_turn_after_a_conflict():
+    # After a compare-and-set conflict the cffi binding retries holding the
+    # key's turn lock; it must be free again once update returns or raises.
+    st = cf_core.Store()
+    st.set("s", "k", {"n": 0})
+    for rnd in range(3):
+        calls = []
+
+        def race():
+            calls.append(1)
+            if len(calls) == 1:
+                st.set("s", "k", {"n": 100 * (rnd + 1)})
+
+        cf_core._set_race_hook(race)
+        try:
+            r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+        finally:
+            cf_core._set_race_hook(None)
+        assert len(calls) == 2 and r.new_value == {"n": 100 * (rnd + 1) + 1}
+        assert not any(lock.locked() for lock in st._c_turns)
+
+    def raced_then_bad():
+        st.set("s", "k", {"n": "text"})
+        cf_core._set_race_hook(None)
+
+    cf_core._set_race_hook(raced_then_bad)
+    try:
+        r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+    finally:
+        cf_core._set_race_hook(None)
+    assert r.errors[0]["code"] == "increment.not_number"
+    assert not any(lock.locked() for lock in st._c_turns)
