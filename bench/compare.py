@@ -76,31 +76,29 @@ class _Redis:
         self.r.close()
 
 
-def _pystate_cffi(**kw: Any) -> Callable[[str], Any]:
-    # The cffi binding's Store, whatever PYSTATE_BACKEND chose for this
-    # process: both backends are measured in the same run. (State adds
-    # only trigger plumbing, idle here, on top of either Store.)
-    from pystate._cffi.core import Store
+def _pystate(binding: str, **kw: Any) -> Callable[[str], Any]:
+    # A binding's Store ("pystate._core": Cython, "pystate._cffi.core": cffi),
+    # whatever PYSTATE_BACKEND chose for this process, so both are measured
+    # in the same run. (State adds only trigger plumbing, idle here.)
+    import importlib
 
-    return lambda d: Store(d, **kw) if kw.get("sync") else Store()
+    store = importlib.import_module(binding).Store
+    return lambda d: store(d, **kw) if kw.get("sync") else store()
 
 
-def _pystate_cython(**kw: Any) -> Callable[[str], Any]:
-    from pystate._core import Store
-
-    return lambda d: Store(d, **kw) if kw.get("sync") else Store()
+_CY, _CF = "pystate._core", "pystate._cffi.core"
 
 
 # name -> (factory(directory), durable on disk?, what an acknowledged write survives)
 STORES: dict[str, tuple[Callable[[str], Any], bool, str]] = {
     "dict + orjson (floor)": (lambda d: DictFloor(), False, "nothing: process memory"),
-    "pystate, memory": (_pystate_cython(), False, "nothing: process memory"),
-    "pystate, file, sync=never": (_pystate_cython(sync="never"), True, "a killed process"),
-    "pystate, file, sync=interval": (_pystate_cython(sync="interval"), True,
+    "pystate, memory": (_pystate(_CY), False, "nothing: process memory"),
+    "pystate, file, sync=never": (_pystate(_CY, sync="never"), True, "a killed process"),
+    "pystate, file, sync=interval": (_pystate(_CY, sync="interval"), True,
                                      "a killed process; a machine crash loses up to 5 s"),
-    "pystate, file, sync=always": (_pystate_cython(sync="always"), True, "a killed process and a machine crash"),
-    "pystate cffi, memory": (_pystate_cffi(), False, "nothing: process memory"),
-    "pystate cffi, file, sync=interval": (_pystate_cffi(sync="interval"), True,
+    "pystate, file, sync=always": (_pystate(_CY, sync="always"), True, "a killed process and a machine crash"),
+    "pystate cffi, memory": (_pystate(_CF), False, "nothing: process memory"),
+    "pystate cffi, file, sync=interval": (_pystate(_CF, sync="interval"), True,
                                           "a killed process; a machine crash loses up to 5 s"),
     "Python append log": (PyLog, True, "a killed process (flushed, not synced)"),
     "lmdb (sync=False)": (Lmdb, True, "a killed process"),

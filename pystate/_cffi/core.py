@@ -344,7 +344,6 @@ class Store:
             return
         o = _new("ps_options *")
         rep = _new("ps_report *")
-        keep = []
         if path is not None:
             if sync not in SYNC_MODES:
                 raise ConfigError(f"sync: expected one of {', '.join(SYNC_MODES)}, got {sync!r}")
@@ -352,8 +351,7 @@ class Store:
                 raise ConfigError(
                     f"save_interval_ms: expected an integer from 100 to 3600000, "
                     f"got {save_interval_ms!r}")
-            cpath = _new("char[]", _path_bytes(path))
-            keep.append(cpath)
+            cpath = _new("char[]", _path_bytes(path))  # alive until psg_open copies it
             o.path = cpath
             o.sync = SYNC_MODES[sync]
             o.sync_interval_ms = save_interval_ms
