@@ -75,7 +75,8 @@ def test_c_unit_tests_leak_nothing_under_valgrind(plain_build, name):
     valgrind = need("valgrind")
     r = subprocess.run(
         [valgrind, "--leak-check=full", "--show-leak-kinds=all", "--errors-for-leak-kinds=all",
-         "--error-exitcode=99", "-q", str(plain_build / name)],
+         # Fair scheduling: by default one busy thread can starve the others.
+         "--fair-sched=yes", "--error-exitcode=99", "-q", str(plain_build / name)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "PS_TEST_QUICK": "1"},  # exhaustive loops sampled: valgrind is slow
     )
