@@ -3,14 +3,15 @@
  * (format in ps_log.h), replayed at open, appended before every change,
  * synced by policy, compacted when mostly dead.
  *
- * Directory layout
- *   LOCK                 flock(2)ed while a process has the store open
- *   <16 hex>[-<n>].log   one log per scope; the name is XXH3-64 of the
- *                        scope name, so any scope (empty, "/", "..", NUL,
- *                        10,000 characters, case twins) gives a safe name;
- *                        the real name is inside the file
- *   <log>.compact        a compaction in progress (removed at open)
- *   <log>.corrupt-<n>    a damaged log kept aside by repair, byte for byte
+ * Directory
+ *   The store directory, its marker and lock, and which names in it are
+ *   the store's: ps_dir.h. A log is `<16 hex>[-<n>].log`, the hex being
+ *   XXH3-64 of the scope name, so any scope (empty, "/", "..", NUL, 10,000
+ *   characters, case twins) gives a safe name; the real name is inside
+ *   the file. Nothing else in the directory is read, changed or removed,
+ *   and no link is ever followed: every file is opened with O_NOFOLLOW,
+ *   every file the store makes is created exclusively under a fresh
+ *   random name and renamed into place.
  *
  * Appends
  *   A log grows in preallocated steps (posix_fallocate, so a full disk
@@ -19,24 +20,34 @@
  *   system call, and the header's end hint is updated after it. That
  *   makes the write visible to the operating system as soon as the copy
  *   is done. On close the unused preallocation is truncated away; after a
- *   crash, recovery tells it from damage by the end hint (ps_log.h). With
- *   sync=always, where an fdatasync per write dwarfs everything, records
- *   are pwrite()n instead and files never hold preallocated space.
+ *   crash, recovery tells it from lost records by the end hint (ps_log.h).
+ *   With sync=always, where an fdatasync per write dwarfs everything,
+ *   records and the hint are pwrite()n instead and files never hold
+ *   preallocated space.
  *
  * Durability
  *   A write reaches the operating system before memory changes and before
  *   the call returns, so a killed process loses nothing acknowledged. fdatasync
  *   then follows the sync mode: after every write (sync=always; concurrent
  *   writers wait for one leader's sync, a group commit), from a background
- *   thread every interval (sync=interval), or never. New log files and
- *   renames also need the directory synced; the same policy covers it.
+ *   thread every interval (sync=interval), or never. A new log's header is
+ *   synced before its first record in every mode (the log only appears
+ *   under its name once it is), and renames need the directory synced; the
+ *   sync mode covers that.
  *
  * Recovery
  *   Open reads every log before changing anything. A log whose damage has
- *   no valid record after it has a torn tail, which is cut off; damage
- *   with valid records after it is corruption: open fails (nothing on disk
+ *   no valid record after it has a torn tail, which is cut off and
+ *   reported, and so are records the end hint says were there but that
+ *   read as zeros or are missing. Damage with valid records after it, and
+ *   any damaged header, is corruption: open fails (nothing on disk
  *   changed) or, with repair, salvages every valid record and moves the
  *   damaged file aside.
+ *
+ * Descriptors
+ *   At most max_open logs keep a descriptor (an LRU); every other
+ *   descriptor the store opens is held for one step at a time (a sync, a
+ *   check, a load), so any number of scopes works within the budget.
  *
  * Locks
  *   st->mu guards logs' metadata and appends; disk->sync_mu guards what
@@ -52,18 +63,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ps_dir.h"
 #include "ps_log.h"
 #include "ps_store_impl.h"
 
-#define LOG_SUFFIX ".log"
-#define COMPACT_SUFFIX ".compact"
-#define NAME_MAX_LEN 48
+#define NAME_MAX_LEN PS_DIR_NAME_MAX
 #define DEFAULT_INTERVAL_MS 5000
 #define DEFAULT_MAX_OPEN 256
 #define DEFAULT_COMPACT_MIN_DEAD (1u << 20)
@@ -72,6 +81,7 @@
 
 struct ps_logf {
     char name[NAME_MAX_LEN]; /* file name in the directory */
+    uint64_t salt;           /* of the file now under that name */
     int fd;                  /* -1 while not open */
     unsigned char *map;      /* the file mapped for appends, or NULL */
     uint64_t map_cap;        /* bytes mapped: the file's size, preallocation included */
@@ -87,6 +97,7 @@ struct ps_logf {
     int syncing;
     int broken;              /* errno of a failed fdatasync: writes refused */
     int present;             /* the file exists (an emptied scope's log is removed) */
+    int no_prealloc;         /* its end hint is PS_LOG_NO_PREALLOC (ps_log.h) */
     int compacting;          /* a compaction of this log is under way */
     int want_compact;        /* queued for the maintenance thread */
     unsigned char *scope_name; /* for headers of rewritten logs */
@@ -113,6 +124,8 @@ struct ps_disk {
     void (*hook)(void *, int);
     void *hook_ctx;
     int repair;
+    int read_only;
+    uint64_t sync_errors; /* under sync_mu: failed background syncs */
     /* durability */
     pthread_mutex_t sync_mu;
     pthread_cond_t sync_cv;
@@ -155,11 +168,7 @@ static void printable(char *out, size_t cap, const void *name, size_t n)
 
 static int fsync_dir(ps_disk *d)
 {
-    while (fsync(d->dirfd) != 0) {
-        if (errno != EINTR)
-            return errno;
-    }
-    return 0;
+    return ps_dir_fsync(d->dirfd);
 }
 
 static int datasync(int fd)
@@ -191,8 +200,7 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
 static int write_end_hint(int fd, uint64_t end)
 {
     unsigned char b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(end >> (8 * i));
+    ps_log_end_hint_bytes(b, end);
     return pwrite_all(fd, b, 8, PS_LOG_END_OFFSET);
 }
 
@@ -319,6 +327,31 @@ static int log_reserve(ps_logf *l, size_t n)
     return 0;
 }
 
+/* A full descriptor table (ours or the process's): give back the least
+ * recently used log descriptor, other than `keep`'s, and say whether one
+ * was. */
+static int evict_one(ps_disk *d, const ps_logf *keep)
+{
+    ps_logf *victim = d->lru_tail;
+    if (victim == keep)
+        victim = victim ? victim->prev : NULL;
+    if (!victim)
+        return 0;
+    log_close_fd(d, victim);
+    return 1;
+}
+
+/* Open a file of the store (no link followed), making room in the
+ * descriptor table if it is full. Under st->mu. -1 and errno on failure. */
+static int open_in_store(ps_disk *d, const ps_logf *keep, const char *name, int flags)
+{
+    for (;;) {
+        int fd = ps_dir_open_file(d->dirfd, name, flags);
+        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !evict_one(d, keep))
+            return fd;
+    }
+}
+
 /* Make l's descriptor open and most recently used. */
 static int log_fd(ps_disk *d, ps_logf *l)
 {
@@ -331,7 +364,7 @@ static int log_fd(ps_disk *d, ps_logf *l)
     }
     while (d->n_open >= d->max_open && d->lru_tail)
         log_close_fd(d, d->lru_tail);
-    int fd = openat(d->dirfd, l->name, O_RDWR | O_CLOEXEC);
+    int fd = open_in_store(d, NULL, l->name, d->read_only ? O_RDONLY : O_RDWR);
     if (fd < 0)
         return errno;
     l->fd = fd;
@@ -340,12 +373,16 @@ static int log_fd(ps_disk *d, ps_logf *l)
     return 0;
 }
 
-/* A descriptor of l's file for a thread working outside st->mu. */
+/* A descriptor of l's file for a thread working outside st->mu. Under
+ * st->mu. -1 and errno on failure. */
 static int private_fd(ps_disk *d, ps_logf *l)
 {
-    if (l->fd >= 0)
-        return fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
-    return openat(d->dirfd, l->name, O_RDONLY | O_CLOEXEC);
+    for (;;) {
+        int fd = l->fd >= 0 ? fcntl(l->fd, F_DUPFD_CLOEXEC, 0)
+                            : ps_dir_open_file(d->dirfd, l->name, O_RDONLY);
+        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !evict_one(d, l))
+            return fd;
+    }
 }
 
 static ps_logf *log_new(ps_store *st, const char *name, const void *scope, size_t slen)
@@ -377,46 +414,61 @@ static void log_free(ps_store *st, ps_logf *l)
 
 /* ---- creating a scope's log ----------------------------------------------------- */
 
+/* A log first appears under a temporary name, holding its header, which
+ * is synced before the file is renamed to a free log name (never over an
+ * existing one): so a file under a log's name always has a whole header,
+ * and a damaged one is damage, never a log still being created. */
 static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
 {
     ps_disk *d = st->disk;
-    char name[NAME_MAX_LEN];
+    char base[NAME_MAX_LEN], name[NAME_MAX_LEN], tmp[NAME_MAX_LEN];
     unsigned long long h = (unsigned long long)XXH3_64bits(scope, slen);
-    int fd = -1;
-    for (unsigned n = 0; fd < 0; n++) {
-        if (n == 0)
-            snprintf(name, sizeof name, "%016llx" LOG_SUFFIX, h);
-        else
-            snprintf(name, sizeof name, "%016llx-%u" LOG_SUFFIX, h, n);
-        while (d->n_open >= d->max_open && d->lru_tail)
-            log_close_fd(d, d->lru_tail);
-        fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd < 0 && errno != EEXIST)
-            return errno;
-    }
+    snprintf(base, sizeof base, "%016llx.log", h);
     size_t hsize = ps_log_header_size(slen);
+    uint64_t salt = ps_random_u64();
     int rc = ensure_scratch(st, hsize);
-    if (rc == 0) {
-        ps_log_header_encode(d->scratch, scope, slen);
-        rc = ps_file_append(fd, d->scratch, hsize, 0);
-    }
-    if (rc == 0 && d->sync_mode == PS_SYNC_ALWAYS) {
-        /* The first write must not be acknowledged before the file, and
-         * its name in the directory, are durable. */
+    if (rc)
+        return rc;
+    while (d->n_open >= d->max_open && d->lru_tail)
+        log_close_fd(d, d->lru_tail);
+    int fd = ps_dir_create_temp(d->dirfd, base, tmp);
+    while (fd < 0 && (errno == EMFILE || errno == ENFILE) && evict_one(d, NULL))
+        fd = ps_dir_create_temp(d->dirfd, base, tmp);
+    if (fd < 0)
+        return errno;
+    ps_log_header_encode(d->scratch, scope, slen, salt);
+    int no_prealloc = d->sync_mode == PS_SYNC_ALWAYS;
+    if (no_prealloc)
+        ps_log_set_end_hint(d->scratch, PS_LOG_NO_PREALLOC);
+    rc = ps_file_append(fd, d->scratch, hsize, 0);
+    if (rc == 0)
         rc = datasync(fd);
-        if (rc == 0)
-            rc = fsync_dir(d);
+    int renamed = 0;
+    for (unsigned n = 0; rc == 0 && !renamed; n++) {
+        if (n == 0)
+            snprintf(name, sizeof name, "%s", base);
+        else
+            snprintf(name, sizeof name, "%016llx-%u.log", h, n);
+        rc = ps_dir_rename_noreplace(d->dirfd, tmp, name);
+        renamed = rc == 0;
+        if (rc == EEXIST)
+            rc = 0; /* a hash twin (or someone else's file) has that name: next */
     }
+    if (rc == 0 && d->sync_mode == PS_SYNC_ALWAYS)
+        rc = fsync_dir(d); /* the first write must not be acknowledged before the name is durable */
     /* A scope whose log was removed (all its keys deleted, then compacted)
      * gets its struct back: pointers to it may still be held by syncing
      * threads, so a log struct lives as long as the store. */
     ps_logf *l = rc ? NULL : sc->log ? sc->log : log_new(st, name, scope, slen);
     if (!l) {
         close(fd);
-        unlinkat(d->dirfd, name, 0);
+        /* Whichever name the file has now, it is ours and holds no record. */
+        (void)unlinkat(d->dirfd, renamed ? name : tmp, 0);
         return rc ? rc : ENOMEM;
     }
     snprintf(l->name, sizeof l->name, "%s", name);
+    l->salt = salt;
+    l->no_prealloc = no_prealloc;
     l->present = 1;
     l->next_seq = 1;
     l->live = 0;
@@ -428,7 +480,7 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     pthread_mutex_lock(&d->sync_mu);
     l->gen++;
     l->durable_gen = l->gen;
-    l->durable = d->sync_mode == PS_SYNC_ALWAYS ? hsize : 0;
+    l->durable = hsize;
     l->broken = 0;
     if (d->sync_mode != PS_SYNC_ALWAYS)
         d->dir_dirty = 1;
@@ -454,19 +506,42 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
     if ((rc = log_fd(d, l)) != 0)
         return rc;
     if (d->sync_mode == PS_SYNC_ALWAYS) {
-        /* An fdatasync follows anyway: a plain write costs nothing extra
-         * and keeps the file exactly as long as its records. */
-        if ((rc = ensure_scratch(st, n)) != 0)
-            return rc;
-        ps_rec_encode(d->scratch, kind, l->next_seq, key, klen, value, vlen);
-        rc = ps_file_append(l->fd, d->scratch, n, l->size);
+        /* The descriptor the commit will sync, taken before anything is
+         * written: once the record is in the log the write must go on. */
+        c->fd = private_fd(d, l);
+        if (c->fd < 0)
+            return errno;
+        /* An fdatasync follows anyway: plain writes cost nothing extra
+         * and keep the file exactly as long as its records. Once per log
+         * and open, whatever preallocated space an earlier open in
+         * another mode left goes, and the header says none follows: so
+         * acknowledged records that later read as zeros are known lost. */
+        rc = l->no_prealloc ? 0 : ftruncate(l->fd, (off_t)l->size) != 0 ? errno : 0;
+        if (rc == 0 && !l->no_prealloc && (rc = write_end_hint(l->fd, PS_LOG_NO_PREALLOC)) == 0)
+            l->no_prealloc = 1;
+        if (rc == 0)
+            rc = ensure_scratch(st, n);
+        if (rc == 0) {
+            ps_rec_encode(d->scratch, l->salt, kind, l->next_seq, key, klen, value, vlen);
+            rc = ps_file_append(l->fd, d->scratch, n, l->size);
+        }
         trim_scratch(st);
-        if (rc)
+        if (rc) {
+            close(c->fd);
+            c->fd = -1;
             return rc;
+        }
     } else {
+        /* Preallocated zeros are about to follow: the hint must say where
+         * the records end before they can. */
+        if (l->no_prealloc) {
+            if ((rc = write_end_hint(l->fd, l->size)) != 0)
+                return rc;
+            l->no_prealloc = 0;
+        }
         if ((rc = log_reserve(l, n)) != 0)
             return rc;
-        ps_rec_encode(l->map + l->size, kind, l->next_seq, key, klen, value, vlen);
+        ps_rec_encode(l->map + l->size, l->salt, kind, l->next_seq, key, klen, value, vlen);
         ps_log_set_end_hint(l->map, l->size + n);
     }
     l->size += n;
@@ -478,11 +553,6 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
         c->log = l;
         c->gen = l->gen;
         c->end = l->size;
-        c->fd = private_fd(d, l);
-        if (c->fd < 0) {
-            c->log = NULL;
-            return errno;
-        }
     }
     return 0;
 }
@@ -590,37 +660,27 @@ static const unsigned char *next_item(item_iter *it)
     return item;
 }
 
-/* Write a fresh log to `name`: the scope's header, then its items as
- * records numbered from 1, with the end hint set; not synced. `buf`
- * (`cap` bytes) is the write buffer. Makes no allocation, so it may run
- * without st->mu. Returns 0 and the file's descriptor, size and next seq,
- * or an errno (nothing left behind). */
+/* Write a fresh log, salted `salt`, to a new temporary file (its name
+ * into tmp): the scope's header, then its items as records numbered from
+ * 1, with the end hint set; not synced. `buf` (`cap` bytes) is the write
+ * buffer. Makes no allocation, so it may run without st->mu. Returns 0
+ * and the file's descriptor, size and next seq, or an errno (nothing left
+ * behind). */
 static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsigned char *buf,
-                          size_t cap, const char *name, int *fd_out, uint64_t *size,
+                          size_t cap, uint64_t salt, char *tmp, int *fd_out, uint64_t *size,
                           uint64_t *next_seq)
 {
-    int fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = ps_dir_create_temp(d->dirfd, l->name, tmp);
     if (fd < 0)
         return errno;
     writer w = {fd, 0, buf, 0, cap, 0};
     size_t hsize = ps_log_header_size(l->scope_len);
     if (hsize <= w.cap) {
-        ps_log_header_encode(w_room(&w, hsize), l->scope_name, l->scope_len);
+        ps_log_header_encode(w_room(&w, hsize), l->scope_name, l->scope_len, salt);
     } else {
         /* A scope name longer than the buffer: its header goes in parts. */
-        unsigned char fixed[PS_LOG_FIXED_HEADER + 1];
-        ps_log_header_encode(fixed, l->scope_name, 0);
-        fixed[12] = (unsigned char)l->scope_len;
-        fixed[13] = (unsigned char)(l->scope_len >> 8);
-        fixed[14] = (unsigned char)(l->scope_len >> 16);
-        fixed[15] = (unsigned char)(l->scope_len >> 24);
-        XXH3_state_t hs;
-        XXH3_64bits_reset(&hs);
-        XXH3_64bits_update(&hs, fixed, 16);
-        XXH3_64bits_update(&hs, l->scope_name, l->scope_len);
-        uint32_t chk = (uint32_t)XXH3_64bits_digest(&hs);
-        for (int i = 0; i < 4; i++)
-            fixed[16 + i] = (unsigned char)(chk >> (8 * i));
+        unsigned char fixed[PS_LOG_FIXED_HEADER];
+        ps_log_header_encode_fixed(fixed, l->scope_name, l->scope_len, salt);
         w.err = pwrite_all(fd, fixed, PS_LOG_FIXED_HEADER, 0);
         if (!w.err)
             w.err = pwrite_all(fd, l->scope_name, l->scope_len, PS_LOG_FIXED_HEADER);
@@ -633,7 +693,7 @@ static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsign
         size_t n = ps_rec_size(klen, vlen);
         unsigned char *p = n <= w.cap ? w_room(&w, n) : NULL;
         if (p) {
-            ps_rec_encode(p, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
+            ps_rec_encode(p, salt, PS_REC_PUT, seq++, ps_item_key(it), klen, ps_item_value(it), vlen);
             continue;
         }
         if (w.err)
@@ -641,7 +701,7 @@ static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsign
         /* Bigger than the buffer: head, key and value written in place. */
         w_flush(&w);
         unsigned char head[PS_REC_HEADER + 10];
-        size_t hn = ps_rec_encode_head(head, PS_REC_PUT, seq++, ps_item_key(it), klen,
+        size_t hn = ps_rec_encode_head(head, salt, PS_REC_PUT, seq++, ps_item_key(it), klen,
                                        ps_item_value(it), vlen);
         if (!w.err)
             w.err = pwrite_all(fd, head, hn, w.off);
@@ -653,10 +713,10 @@ static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsign
     }
     w_flush(&w);
     if (!w.err)
-        w.err = write_end_hint(fd, w.off);
+        w.err = write_end_hint(fd, d->sync_mode == PS_SYNC_ALWAYS ? PS_LOG_NO_PREALLOC : w.off);
     if (w.err) {
         close(fd);
-        unlinkat(d->dirfd, name, 0);
+        unlinkat(d->dirfd, tmp, 0);
         return w.err;
     }
     *fd_out = fd;
@@ -667,8 +727,8 @@ static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsign
 
 /* Append the records the old log received from `from` on to the new log
  * (fd, at *size), renumbered from *next_seq. Called with st->mu held. */
-static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t *size,
-                     uint64_t *next_seq)
+static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t salt,
+                     uint64_t *size, uint64_t *next_seq)
 {
     size_t n = (size_t)(l->size - from);
     if (!n)
@@ -693,18 +753,19 @@ static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t *
     size_t off = 0;
     ps_rec r;
     while (!rc && off < n) {
-        if (!ps_rec_parse(src + off, n - off, &r)) {
+        if (!ps_rec_parse(src + off, n - off, l->salt, &r)) {
             rc = EIO; /* our own records: cannot happen unless the disk lies */
             break;
         }
-        ps_rec_encode(out + off, r.kind, (*next_seq)++, r.key, r.klen, r.value, r.vlen);
+        ps_rec_encode(out + off, salt, r.kind, (*next_seq)++, r.key, r.klen, r.value, r.vlen);
         off += r.size;
     }
     if (!rc)
         rc = ps_file_append(fd, out, n, *size);
     if (!rc) {
         *size += n;
-        rc = write_end_hint(fd, *size);
+        if (st->disk->sync_mode != PS_SYNC_ALWAYS)
+            rc = write_end_hint(fd, *size);
     }
     ps_mem_free(&st->mem, out, n);
     ps_mem_free(&st->mem, buf, n);
@@ -767,8 +828,8 @@ static int compact_scope(ps_store *st, ps_scope *sc)
         pthread_mutex_unlock(&st->mu);
         return rc;
     }
-    char tmp[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
-    snprintf(tmp, sizeof tmp, "%s" COMPACT_SUFFIX, l->name);
+    char tmp[NAME_MAX_LEN];
+    uint64_t salt = ps_random_u64(); /* a new file, a new salt */
     int fd = -1;
     uint64_t size = 0, next_seq = 0;
     /* A consistent snapshot needs the lock, but only for a memcpy of the
@@ -789,14 +850,14 @@ static int compact_scope(ps_store *st, ps_scope *sc)
         }
         items = (item_iter){NULL, 0, copy, q};
     } else if (!rc) {
-        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, tmp, &fd, &size, &next_seq);
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, tmp, &fd, &size, &next_seq);
     }
     uint64_t from = l->size, gen = l->gen;
     if (!rc)
         l->compacting = 1;
     pthread_mutex_unlock(&st->mu);
     if (!rc && copy)
-        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, tmp, &fd, &size, &next_seq);
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, tmp, &fd, &size, &next_seq);
     if (rc) {
         pthread_mutex_lock(&st->mu);
         l->compacting = 0;
@@ -818,7 +879,9 @@ static int compact_scope(ps_store *st, ps_scope *sc)
         rc = EAGAIN; /* the log was replaced meanwhile: this copy is stale */
     uint64_t synced_size = size;
     if (!rc && l->size != from) {
-        rc = copy_tail(st, l, from, fd, &size, &next_seq);
+        rc = log_fd(d, l); /* the tail is read through it */
+        if (!rc)
+            rc = copy_tail(st, l, from, fd, salt, &size, &next_seq);
         /* With sync=always those records were synced in the old log by the
          * writers that wrote them: they must be in the new one before it
          * takes the old one's place. Otherwise they were not promised yet,
@@ -850,6 +913,8 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     lru_push(d, l);
     d->n_open++;
     l->hsize = ps_log_header_size(l->scope_len);
+    l->salt = salt;
+    l->no_prealloc = d->sync_mode == PS_SYNC_ALWAYS;
     l->size = size;
     l->live = live_bytes(sc);
     l->next_seq = next_seq;
@@ -889,22 +954,19 @@ void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t
 
 /* ---- syncing everything ----------------------------------------------------------- */
 
-typedef struct sync_job {
-    ps_logf *log;
-    int fd;
-    uint64_t gen, upto;
-} sync_job;
-
 /* fdatasync every log with writes not yet durable, and the directory if
- * it changed. Called without st->mu. Returns the first error. */
+ * it changed. One log at a time, each through a descriptor held only for
+ * its sync, so it needs one descriptor whatever the number of scopes.
+ * A log that cannot be synced stays not durable, so the next sync tries
+ * it again. Called without st->mu. Returns the first error. */
 static int sync_all(ps_store *st)
 {
     ps_disk *d = st->disk;
     int rc = 0;
     pthread_mutex_lock(&st->mu);
     size_t n = st->scopes.n_live, k = 0;
-    sync_job *jobs = n ? ps_mem_alloc(&st->mem, n * sizeof *jobs) : NULL;
-    if (n && !jobs) {
+    ps_logf **logs = n ? ps_mem_alloc(&st->mem, n * sizeof *logs) : NULL;
+    if (n && !logs) {
         pthread_mutex_unlock(&st->mu);
         return ENOMEM;
     }
@@ -912,14 +974,8 @@ static int sync_all(ps_store *st)
     for (uint32_t i = 0; i < st->scopes.n_entries; i++) {
         const unsigned char *it = st->scopes.entries[i];
         ps_logf *l = it ? ps_scope_of(it)->log : NULL;
-        if (!l || !l->present || (l->durable_gen == l->gen && l->durable >= l->size))
-            continue;
-        int fd = private_fd(d, l);
-        if (fd < 0) {
-            rc = rc ? rc : errno;
-            continue;
-        }
-        jobs[k++] = (sync_job){l, fd, l->gen, l->size};
+        if (l && l->present && !(l->durable_gen == l->gen && l->durable >= l->size))
+            logs[k++] = l;
     }
     int dir = d->dir_dirty;
     d->dir_dirty = 0;
@@ -929,31 +985,41 @@ static int sync_all(ps_store *st)
     if (dir) {
         int err = fsync_dir(d);
         if (err) {
-            rc = rc ? rc : err;
+            rc = err;
             pthread_mutex_lock(&d->sync_mu);
             d->dir_dirty = 1;
             pthread_mutex_unlock(&d->sync_mu);
         }
     }
+    /* The logs are still valid here: a ps_logf, once made, lives until
+     * the store closes (an emptied scope's log loses its file, not its
+     * struct). */
     for (size_t i = 0; i < k; i++) {
-        int err = datasync(jobs[i].fd);
-        close(jobs[i].fd);
+        ps_logf *l = logs[i];
+        pthread_mutex_lock(&st->mu);
         pthread_mutex_lock(&d->sync_mu);
-        ps_logf *l = jobs[i].log;
-        if (err) {
-            l->broken = err;
-            rc = rc ? rc : err;
-        } else if (l->durable_gen == jobs[i].gen && jobs[i].upto > l->durable) {
-            l->durable = jobs[i].upto;
-        }
-        pthread_cond_broadcast(&d->sync_cv);
+        int dirty = l->present && !(l->durable_gen == l->gen && l->durable >= l->size);
+        uint64_t gen = l->gen, upto = l->size;
         pthread_mutex_unlock(&d->sync_mu);
+        int fd = dirty ? private_fd(d, l) : -1;
+        int err = dirty && fd < 0 ? errno : 0;
+        pthread_mutex_unlock(&st->mu);
+        if (fd >= 0) {
+            err = datasync(fd);
+            close(fd);
+            pthread_mutex_lock(&d->sync_mu);
+            if (err)
+                l->broken = err; /* the kernel may have dropped those pages */
+            else if (l->durable_gen == gen && upto > l->durable)
+                l->durable = upto;
+            pthread_cond_broadcast(&d->sync_cv);
+            pthread_mutex_unlock(&d->sync_mu);
+        }
+        if (err && !rc)
+            rc = err;
     }
-    /* The jobs' logs are still valid here: a ps_logf, once made, lives
-     * until the store closes (an emptied scope's log loses its file, not
-     * its struct). */
     pthread_mutex_lock(&st->mu);
-    ps_mem_free(&st->mem, jobs, n * sizeof *jobs);
+    ps_mem_free(&st->mem, logs, n * sizeof *logs);
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
@@ -1023,8 +1089,16 @@ static void *maintenance_thread(void *arg)
         pthread_mutex_unlock(&d->sync_mu);
         if (compact)
             run_wanted_compactions(st);
+        if (due && sync_all(st) != 0) {
+            /* Not ignored: a failed fdatasync marks its log broken (its
+             * writes fail from now on); a log that could not even be
+             * opened stays not durable, so the next interval, flush() and
+             * close() try it again and report what still fails. */
+            pthread_mutex_lock(&d->sync_mu);
+            d->sync_errors++;
+            pthread_mutex_unlock(&d->sync_mu);
+        }
         if (due) {
-            (void)sync_all(st); /* a failure marks the log broken: its writes fail */
             clock_gettime(CLOCK_REALTIME, &next);
             add_ms(&next, d->interval_ms);
         }
@@ -1037,12 +1111,18 @@ static void *maintenance_thread(void *arg)
 /* ---- opening: recovery -------------------------------------------------------------- */
 
 /* Work found while reading logs, done only once every log has been read
- * and none is corrupt, so a failed open changes nothing on disk. */
-enum fix_kind { FIX_CUT, FIX_UNLINK, FIX_REPAIR };
+ * and none is corrupt, so a failed open changes nothing on disk; a
+ * read-only open does none of it. */
+enum fix_kind {
+    FIX_CUT,    /* cut a log back to its last whole record */
+    FIX_UNLINK, /* remove a file of ours that holds nothing needed */
+    FIX_REPAIR, /* keep a damaged log aside, write what was salvaged */
+    FIX_ASIDE   /* keep an unreadable log aside, whole */
+};
 
 typedef struct fix {
     int kind;
-    char name[NAME_MAX_LEN + sizeof COMPACT_SUFFIX];
+    char name[NAME_MAX_LEN];
     uint64_t size;  /* FIX_CUT: the length to keep */
     ps_scope *sc;   /* FIX_REPAIR, FIX_CUT */
 } fix;
@@ -1052,6 +1132,7 @@ typedef struct opener {
     ps_report *rep;
     fix *fixes;
     size_t n_fixes, cap_fixes;
+    char first_fix[512]; /* what note() said first */
 } opener;
 
 static int add_fix(opener *o, int kind, const char *name, uint64_t size, ps_scope *sc)
@@ -1070,6 +1151,21 @@ static int add_fix(opener *o, int kind, const char *name, uint64_t size, ps_scop
     f->size = size;
     f->sc = sc;
     return 0;
+}
+
+/* Describe the first thing opening fixes (or would fix), so a warning can
+ * say which file and where; it becomes the report's message if the open
+ * succeeds. */
+static void note(opener *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void note(opener *o, const char *fmt, ...)
+{
+    if (o->first_fix[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->first_fix, sizeof o->first_fix, fmt, ap);
+    va_end(ap);
 }
 
 typedef struct replay {
@@ -1101,6 +1197,48 @@ static int replay_record(void *ctx, const ps_rec *r)
     return 0;
 }
 
+/* One past the last non-zero byte of p[from, n), or `from` when none. */
+static size_t data_end(const unsigned char *p, size_t from, size_t n)
+{
+    while (n > from && p[n - 1] == 0)
+        n--;
+    return n;
+}
+
+/* A log whose header cannot be read: the scope it belongs to is unknown,
+ * so none of its records can be put back. Without repair, that refuses
+ * the open; with it, the file is kept aside whole and counted lost. */
+static int unreadable_log(opener *o, const char *fname, const unsigned char *map, size_t size,
+                          const ps_loghdr *h, const char *why)
+{
+    ps_disk *d = o->st->disk;
+    ps_report *rep = o->rep;
+    if (!d->repair) {
+        report(rep,
+               "log %s/%s is corrupt at offset 0: %s; the scope it holds cannot be told, so none "
+               "of its records can be salvaged; open with repair to keep it aside as "
+               "%s.corrupt-<n> and open the rest",
+               d->path, fname, why, fname);
+        return PS_CORRUPT;
+    }
+    uint64_t lost = 0;
+    if (h->block_ok) { /* the salt is known: its records can at least be counted */
+        size_t off = h->size;
+        ps_rec r;
+        while (off < size && (off = ps_log_find_record(map, size, off, h->salt)) != 0 &&
+               ps_rec_parse(map + off, size - off, h->salt, &r)) {
+            lost++;
+            off += r.size;
+        }
+    }
+    rep->repaired++;
+    rep->logs_lost++;
+    rep->records_lost += lost;
+    note(o, "log %s/%s: %s; kept aside whole as %s.corrupt-<n> (%llu record(s) in it could "
+         "not be salvaged)", d->path, fname, why, fname, (unsigned long long)lost);
+    return add_fix(o, FIX_ASIDE, fname, 0, NULL);
+}
+
 /* Read one log into memory. Returns 0, or an error that makes open fail
  * (with o->rep->message set). */
 static int load_log(opener *o, const char *fname)
@@ -1108,10 +1246,19 @@ static int load_log(opener *o, const char *fname)
     ps_store *st = o->st;
     ps_disk *d = st->disk;
     ps_report *rep = o->rep;
-    int fd = openat(d->dirfd, fname, O_RDWR | O_CLOEXEC);
+    while (d->n_open >= d->max_open && d->lru_tail)
+        log_close_fd(d, d->lru_tail);
+    int fd = open_in_store(d, NULL, fname, d->read_only ? O_RDONLY : O_RDWR);
     if (fd < 0) {
-        report(rep, "cannot open log %s/%s: %s", d->path, fname, strerror(errno));
-        return errno;
+        int e = errno;
+        if (e == ELOOP || e == EINVAL) {
+            report(rep, "%s/%s is not a regular file (a symbolic link?) where a log should be: "
+                   "pystate never creates one and does not follow links; remove it",
+                   d->path, fname);
+            return PS_CORRUPT;
+        }
+        report(rep, "cannot open log %s/%s: %s", d->path, fname, strerror(e));
+        return e;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
@@ -1131,44 +1278,36 @@ static int load_log(opener *o, const char *fname)
             return e;
         }
     }
-    const unsigned char *name;
-    size_t nlen, hsize;
-    int rc = size ? ps_log_header_parse(map, size, &name, &nlen, &hsize) : PS_CORRUPT;
-    if (rc == PS_CORRUPT) {
-        /* A file that ends inside its own header was being created when
-         * the machine stopped: it never held a record. Anything else with
-         * a broken header cannot be attributed to a scope. */
-        int torn = size < PS_LOG_FIXED_HEADER ||
-                   (memcmp(map, PS_LOG_MAGIC, 8) == 0 &&
-                    ps_log_header_size((size_t)map[12] | (size_t)map[13] << 8 |
-                                       (size_t)map[14] << 16 | (size_t)map[15] << 24) > size);
-        if (size && !torn) {
-            size_t zero = 0;
-            while (zero < size && map[zero] == 0)
-                zero++;
-            torn = zero == size; /* all zeros: allocated, never written */
-        }
+    ps_loghdr h;
+    int rc = ps_log_header_parse(map, size, &h);
+    if (rc != PS_OK) {
+        if (rc == PS_BADVERSION)
+            report(rep, "log %s/%s was written in another format version (this version reads %d): "
+                   "it is neither read nor rewritten", d->path, fname, PS_LOG_VERSION);
+        else
+            rc = unreadable_log(o, fname, map, size, &h,
+                                size == 0 ? "it is empty (a log always starts with a header)"
+                                : data_end(map, 0, size) == 0
+                                    ? "it holds only zeros (its header and records are gone)"
+                                : h.block_ok ? "the scope name in its header is damaged"
+                                             : "its header is damaged (both copies)");
         if (map)
             munmap((void *)map, size);
         close(fd);
-        if (torn) {
-            rep->torn_tails++;
-            rep->bytes_cut += size;
-            return add_fix(o, FIX_UNLINK, fname, 0, NULL);
-        }
-        report(rep, "log %s/%s is corrupt at offset 0: its header is damaged", d->path, fname);
-        return PS_CORRUPT;
-    }
-    if (rc == PS_BADVERSION) {
-        munmap((void *)map, size);
-        close(fd);
-        report(rep, "log %s/%s was written by another version of the format", d->path, fname);
-        return PS_BADVERSION;
+        return rc;
     }
     char shown[128];
-    printable(shown, sizeof shown, name, nlen);
+    printable(shown, sizeof shown, h.name, h.nlen);
+    if (h.copy_damaged && !d->repair) {
+        munmap((void *)map, size);
+        close(fd);
+        report(rep, "log %s/%s (scope '%s') is corrupt at offset 0: one of the two copies of its "
+               "header is damaged (the other is intact); open with repair to rewrite it",
+               d->path, fname, shown);
+        return PS_CORRUPT;
+    }
     ps_where w;
-    ps_scope *sc = ps_scope_find(st, name, nlen, &w);
+    ps_scope *sc = ps_scope_find(st, h.name, h.nlen, &w);
     if (sc) {
         munmap((void *)map, size);
         close(fd);
@@ -1176,8 +1315,8 @@ static int load_log(opener *o, const char *fname)
                fname, d->path, shown);
         return PS_CORRUPT;
     }
-    sc = ps_scope_add(st, &w, name, nlen);
-    ps_logf *l = sc ? log_new(st, fname, name, nlen) : NULL;
+    sc = ps_scope_add(st, &w, h.name, h.nlen);
+    ps_logf *l = sc ? log_new(st, fname, h.name, h.nlen) : NULL;
     if (!l) {
         munmap((void *)map, size);
         close(fd);
@@ -1185,17 +1324,19 @@ static int load_log(opener *o, const char *fname)
     }
     sc->log = l;
     l->present = 1;
-    l->hsize = hsize;
+    l->salt = h.salt;
+    l->hsize = h.size;
     l->fd = fd;
     lru_push(d, l);
     d->n_open++;
 
     replay rp = {st, sc};
     ps_scan scan;
-    rc = ps_log_scan(map, size, hsize, 1, replay_record, &rp, &scan);
+    rc = ps_log_scan(map, size, h.size, 1, h.salt, replay_record, &rp, &scan);
     rep->records += scan.records;
     size_t end = scan.end;
     uint64_t next_seq = scan.next_seq;
+    int salvaged = 0;
     if (rc == 0 && scan.damaged && scan.resume) {
         if (!d->repair) {
             report(rep,
@@ -1204,37 +1345,57 @@ static int load_log(opener *o, const char *fname)
                    d->path, fname, shown, scan.end, scan.resume);
             rc = PS_CORRUPT;
         } else {
-            /* Salvage: every valid record after the damage too, in order. */
+            /* Salvage: every valid record after the damage too, in order.
+             * Sequence numbers say how many records each gap swallowed. */
             while (rc == 0 && scan.damaged && scan.resume) {
                 ps_rec r;
                 size_t at = scan.resume;
-                (void)ps_rec_parse(map + at, size - at, &r);
-                rc = ps_log_scan(map, size, at, r.seq, replay_record, &rp, &scan);
+                (void)ps_rec_parse(map + at, size - at, h.salt, &r);
+                if (r.seq > scan.next_seq)
+                    rep->records_lost += r.seq - scan.next_seq;
+                rc = ps_log_scan(map, size, at, r.seq, h.salt, replay_record, &rp, &scan);
                 rep->records += scan.records;
             }
-            if (rc == 0) {
-                rep->repaired++;
-                rc = add_fix(o, FIX_REPAIR, fname, 0, sc);
-            }
+            salvaged = 1;
+            note(o, "log %s/%s (scope '%s'): damaged at offset %zu; every valid record salvaged "
+                 "into a new log, the damaged file kept as %s.corrupt-<n>", d->path, fname, shown,
+                 end, fname);
         }
-    } else if (rc == 0 && scan.damaged) {
-        /* Zeros from the end hint on are preallocated space that was never
-         * written (the process stopped before truncating it): not damage.
-         * Appends will reuse it. Anything else is a torn tail. */
-        size_t z = end;
-        while (z < size && map[z] == 0)
-            z++;
-        if (!(z == size && ps_log_end_hint(map) <= end)) {
+    } else if (rc == 0) {
+        /* What follows the last whole record? Zeros from the end hint on
+         * are preallocated space that was never written (the process
+         * stopped before truncating it): not damage, and appends reuse
+         * it. Anything else there, or a hint past the last record (what
+         * it points to reads as zeros, or the file stops short of it), is
+         * records lost: cut, and said so. */
+        uint64_t hint = ps_log_end_hint(map);
+        size_t last = data_end(map, end, size);
+        if (hint == PS_LOG_NO_PREALLOC) {
+            l->no_prealloc = 1;
+            hint = size; /* nothing but records was ever there */
+        }
+        if (last > end || hint > end) {
+            uint64_t lost_to = last > hint ? last : hint;
             rep->torn_tails++;
-            rep->bytes_cut += size - end;
+            rep->bytes_cut += lost_to - end;
+            if (last > end)
+                note(o, "log %s/%s (scope '%s'): torn tail of %llu bytes cut at offset %zu",
+                     d->path, fname, shown, (unsigned long long)(lost_to - end), end);
+            else
+                note(o, "log %s/%s (scope '%s'): the records from offset %zu to %llu, where the "
+                     "log says its records end, are gone (zeros or cut off); cut at offset %zu",
+                     d->path, fname, shown, end, (unsigned long long)lost_to, end);
             rc = add_fix(o, FIX_CUT, fname, end, sc);
         }
-    } else if (rc == 0 && ps_log_end_hint(map) > end) {
-        /* The log ends cleanly on a record boundary, short of its hint (the
-         * file was cut there). Nothing is damaged, but the stale hint must
-         * come back to the real end, or zeros later preallocated past it
-         * would be taken for a torn tail. */
-        rc = add_fix(o, FIX_CUT, fname, end, sc);
+    }
+    if (rc == 0 && h.copy_damaged && !salvaged) {
+        salvaged = 1;
+        note(o, "log %s/%s (scope '%s'): one copy of its header was damaged; rewritten, the "
+             "damaged file kept as %s.corrupt-<n>", d->path, fname, shown, fname);
+    }
+    if (rc == 0 && salvaged) {
+        rep->repaired++;
+        rc = add_fix(o, FIX_REPAIR, fname, 0, sc);
     }
     munmap((void *)map, size);
     l->size = end;
@@ -1244,10 +1405,40 @@ static int load_log(opener *o, const char *fname)
     return rc;
 }
 
-static int is_suffix(const char *s, const char *suffix)
+/* A temporary file of ours (an interrupted log creation or compaction):
+ * the log it was to become or replace is whole without it. Removed when
+ * it shows it is ours (an intact header block, or the start of one, or
+ * only zeros); anything else under such a name, a link included, is left
+ * alone. */
+static int consider_temp(opener *o, const char *fname)
 {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n > m && strcmp(s + n - m, suffix) == 0;
+    ps_disk *d = o->st->disk;
+    int fd = ps_dir_open_file(d->dirfd, fname, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    struct stat sb;
+    int ours = 0;
+    if (fstat(fd, &sb) == 0) {
+        size_t size = (size_t)sb.st_size;
+        const unsigned char *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+        if (map == MAP_FAILED) {
+            map = NULL;
+        } else {
+            ps_loghdr h;
+            size_t m = size < 8 ? size : 8;
+            ours = size == 0 || data_end(map, 0, size) == 0 ||
+                   (size < PS_LOG_FIXED_HEADER && memcmp(map, PS_LOG_MAGIC, m) == 0) ||
+                   (ps_log_header_parse(map, size, &h), h.block_ok);
+        }
+        if (map)
+            munmap((void *)map, size);
+    }
+    close(fd);
+    if (!ours)
+        return 0;
+    o->rep->stray_files++;
+    note(o, "%s/%s: the leftover of an interrupted log write, removed", d->path, fname);
+    return add_fix(o, FIX_UNLINK, fname, 0, NULL);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1255,7 +1446,7 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Names of the regular files in the store directory. */
+/* Names of the logs and temporary files of ours in the store directory. */
 static int list_dir(ps_store *st, char ***names_out, size_t *n_out)
 {
     ps_disk *d = st->disk;
@@ -1273,10 +1464,9 @@ static int list_dir(ps_store *st, char ***names_out, size_t *n_out)
     int rc = 0;
     struct dirent *e;
     while ((e = readdir(dir)) != NULL) {
-        if (!is_suffix(e->d_name, LOG_SUFFIX) && !is_suffix(e->d_name, COMPACT_SUFFIX))
+        int kind = ps_dir_name_kind(e->d_name);
+        if (kind != PS_NAME_LOG && kind != PS_NAME_TEMP)
             continue;
-        if (strlen(e->d_name) >= NAME_MAX_LEN + sizeof COMPACT_SUFFIX)
-            continue; /* not one of ours */
         if (n == cap) {
             size_t c = cap ? cap * 2 : 64;
             char **v = ps_mem_realloc(&st->mem, names, cap * sizeof *v, c * sizeof *v);
@@ -1310,6 +1500,18 @@ static void free_names(ps_store *st, char **names, size_t n)
     ps_mem_free(&st->mem, names, n * sizeof *names);
 }
 
+/* Rename a damaged log to the first free <name>.corrupt-<n>. */
+static int set_aside(ps_disk *d, const char *name)
+{
+    char aside[NAME_MAX_LEN];
+    for (unsigned n = 1;; n++) {
+        snprintf(aside, sizeof aside, "%s.corrupt-%u", name, n);
+        int rc = ps_dir_rename_noreplace(d->dirfd, name, aside);
+        if (rc != EEXIST)
+            return rc;
+    }
+}
+
 /* Carry out the fixes found while reading. Open has succeeded by now;
  * a fix that fails makes it fail after all. */
 static int apply_fixes(opener *o)
@@ -1327,40 +1529,36 @@ static int apply_fixes(opener *o)
             ps_logf *l = f->sc->log;
             if (f->sc->table.n_live == 0)
                 continue; /* the whole log goes (FIX_UNLINK below) */
+            int rc = log_fd(d, l);
+            if (rc)
+                return rc;
             if (ftruncate(l->fd, (off_t)f->size) != 0)
                 return errno;
             /* The hint may point into what was cut: it must not outlive it. */
-            int rc = write_end_hint(l->fd, f->size);
+            rc = write_end_hint(l->fd, l->no_prealloc ? PS_LOG_NO_PREALLOC : f->size);
             if (rc)
                 return rc;
             rc = datasync(l->fd);
             if (rc)
                 return rc;
+        } else if (f->kind == FIX_ASIDE) {
+            int rc = set_aside(d, f->name);
+            if (rc)
+                return rc;
+            dir_changed = 1;
         } else { /* FIX_REPAIR: keep the damaged file aside, write the salvage */
             ps_logf *l = f->sc->log;
-            char aside[NAME_MAX_LEN + 32];
-            struct stat sb;
-            for (unsigned n = 1;; n++) {
-                snprintf(aside, sizeof aside, "%s.corrupt-%u", f->name, n);
-                if (fstatat(d->dirfd, aside, &sb, 0) != 0 && errno == ENOENT)
-                    break;
-            }
             log_close_fd(d, l);
-            if (renameat(d->dirfd, f->name, d->dirfd, aside) != 0)
-                return errno;
+            int rc = set_aside(d, f->name);
+            if (rc)
+                return rc;
             dir_changed = 1;
             l->present = 0;
-            const unsigned char *it = NULL;
-            for (uint32_t k = 0; k < st->scopes.n_entries; k++) {
-                const unsigned char *s = st->scopes.entries[k];
-                if (s && ps_scope_of(s) == f->sc)
-                    it = s;
-            }
-            if (it && f->sc->table.n_live) {
+            if (f->sc->table.n_live) {
                 /* Write the salvaged state under the same name, the way
                  * compaction writes any log: new file, sync, rename. */
                 l->present = 1;
-                int rc = compact_scope(st, f->sc);
+                rc = compact_scope(st, f->sc);
                 if (rc)
                     return rc;
             }
@@ -1425,7 +1623,7 @@ static void disk_free(ps_store *st)
     st->disk = NULL;
 }
 
-int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect)
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
 {
     ps_report scratch_rep;
     if (!rep)
@@ -1451,6 +1649,7 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect)
     d->max_open = o->max_open_files ? o->max_open_files : DEFAULT_MAX_OPEN;
     d->compact_min_dead = o->compact_min_dead ? o->compact_min_dead : DEFAULT_COMPACT_MIN_DEAD;
     d->repair = o->repair;
+    d->read_only = o->read_only != 0;
     d->hook = o->hook;
     d->hook_ctx = o->hook_ctx;
     if (d->sync_mode < PS_SYNC_INTERVAL || d->sync_mode > PS_SYNC_ALWAYS) {
@@ -1459,41 +1658,31 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect)
         return EINVAL;
     }
 
-    int rc = 0;
-    if (mkdir(d->path, 0777) != 0 && errno != EEXIST)
-        rc = errno;
-    if (!rc && (d->dirfd = open(d->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-        rc = errno;
+    ps_dir_claim_out claim;
+    int rc = ps_dir_claim(d->path, d->read_only, &claim, rep->message, sizeof rep->message);
     if (rc) {
-        report(rep, "cannot open store directory %s: %s", d->path, strerror(rc));
         disk_free(st);
         return rc;
     }
-    d->lockfd = openat(d->dirfd, "LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (d->lockfd < 0 || flock(d->lockfd, LOCK_EX | LOCK_NB) != 0) {
-        rc = errno;
-        if (rc == EWOULDBLOCK) {
-            report(rep, "store directory %s is in use by another process", d->path);
-            rc = PS_LOCKED;
-        } else {
-            report(rep, "cannot lock store directory %s: %s", d->path, strerror(rc));
-        }
-        disk_free(st);
-        return rc;
-    }
+    d->dirfd = claim.dirfd;
+    d->lockfd = claim.lockfd;
 
-    opener op = {st, rep, NULL, 0, 0};
+    opener *op = ps_mem_alloc(&st->mem, sizeof *op);
+    if (!op) {
+        disk_free(st);
+        return ENOMEM;
+    }
+    memset(op, 0, sizeof *op);
+    op->st = st;
+    op->rep = rep;
     char **names = NULL;
     size_t n = 0;
     rc = list_dir(st, &names, &n);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        if (is_suffix(names[i], COMPACT_SUFFIX)) {
-            /* An interrupted compaction: the log it was replacing is whole. */
-            rep->stray_files++;
-            rc = add_fix(&op, FIX_UNLINK, names[i], 0, NULL);
-        } else {
-            rc = load_log(&op, names[i]);
-        }
+        if (ps_dir_name_kind(names[i]) == PS_NAME_TEMP)
+            rc = consider_temp(op, names[i]);
+        else
+            rc = load_log(op, names[i]);
     }
     free_names(st, names, n);
     if (rc == 0) {
@@ -1502,15 +1691,18 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect)
         for (uint32_t i = 0; rc == 0 && i < s->n_entries; i++) {
             const unsigned char *it = s->entries[i];
             if (it && ps_scope_of(it)->table.n_live == 0 && ps_scope_of(it)->log)
-                rc = add_fix(&op, FIX_UNLINK, ps_scope_of(it)->log->name, 0, NULL);
+                rc = add_fix(op, FIX_UNLINK, ps_scope_of(it)->log->name, 0, NULL);
         }
     }
-    if (rc == 0 && !inspect)
-        rc = apply_fixes(&op);
-    ps_mem_free(&st->mem, op.fixes, op.cap_fixes * sizeof *op.fixes);
-    if (rc == 0 && !inspect)
+    if (rc == 0 && !d->read_only)
+        rc = apply_fixes(op);
+    if (rc == 0 && !rep->message[0])
+        memcpy(rep->message, op->first_fix, sizeof op->first_fix);
+    ps_mem_free(&st->mem, op->fixes, op->cap_fixes * sizeof *op->fixes);
+    ps_mem_free(&st->mem, op, sizeof *op);
+    if (rc == 0)
         drop_empty_scopes(st);
-    if (rc == 0 && !inspect) {
+    if (rc == 0 && !d->read_only) {
         /* Everything read from disk counts as durable. */
         pthread_mutex_lock(&d->sync_mu);
         d->dir_dirty = 0;
@@ -1543,7 +1735,7 @@ int ps_disk_close(ps_store *st)
         pthread_join(d->thread, NULL);
         d->thread_running = 0;
     }
-    int rc = d->sync_mode == PS_SYNC_NEVER ? 0 : sync_all(st);
+    int rc = d->sync_mode == PS_SYNC_NEVER || d->read_only ? 0 : sync_all(st);
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++) {
         const unsigned char *it = s->entries[i];
@@ -1560,13 +1752,15 @@ int ps_disk_close(ps_store *st)
 
 int ps_sync(ps_store *st)
 {
-    return st->disk ? sync_all(st) : 0;
+    return st->disk && !st->disk->read_only ? sync_all(st) : 0;
 }
 
 int ps_compact(ps_store *st, const char *scope, size_t slen)
 {
     if (!st->disk)
         return 0;
+    if (st->disk->read_only)
+        return PS_READONLY;
     pthread_mutex_lock(&st->mu);
     ps_table *s = &st->scopes;
     size_t n = s->n_live, k = 0;
@@ -1614,6 +1808,9 @@ void ps_disk_stats(ps_store *st, ps_stats *out)
         out->log_dead_bytes += l->size - l->hsize - l->live;
     }
     out->compactions = st->disk->compactions;
+    pthread_mutex_lock(&st->disk->sync_mu);
+    out->sync_errors = st->disk->sync_errors;
+    pthread_mutex_unlock(&st->disk->sync_mu);
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -1723,10 +1920,11 @@ static int check_log(ps_store *st, ps_scope *sc, const unsigned char *name, size
         }
         return 0;
     }
-    int fd = openat(d->dirfd, l->name, O_RDONLY | O_CLOEXEC);
+    int fd = open_in_store(d, NULL, l->name, O_RDONLY);
     if (fd < 0) {
-        report(rep, "cannot open log %s/%s: %s", d->path, l->name, strerror(errno));
-        return errno;
+        int e = errno;
+        report(rep, "cannot open log %s/%s: %s", d->path, l->name, strerror(e));
+        return e;
     }
     struct stat sb;
     int rc = fstat(fd, &sb) != 0 ? errno : 0;
@@ -1744,24 +1942,23 @@ static int check_log(ps_store *st, ps_scope *sc, const unsigned char *name, size
         report(rep, "cannot read log %s/%s: %s", d->path, l->name, strerror(rc));
         return rc;
     }
-    const unsigned char *hname;
-    size_t hlen, hsize;
+    ps_loghdr h;
     rep->logs++;
-    if (!map || ps_log_header_parse(map, size, &hname, &hlen, &hsize) != PS_OK ||
-        hlen != nlen || memcmp(hname, name, nlen) != 0) {
+    if (ps_log_header_parse(map, size, &h) != PS_OK || h.copy_damaged || h.nlen != nlen ||
+        memcmp(h.name, name, nlen) != 0 || h.salt != l->salt) {
         report(rep, "log %s/%s (scope '%s') is corrupt at offset 0: bad header", d->path, l->name, shown);
         rc = PS_CORRUPT;
     } else {
         checker c = {st, {0}};
         ps_table_init(&c.table);
         ps_scan scan;
-        rc = ps_log_scan(map, size, hsize, 1, check_record, &c, &scan);
+        rc = ps_log_scan(map, size, h.size, 1, h.salt, check_record, &c, &scan);
         rep->records += scan.records;
-        /* Past the last record there may be preallocated zeros, nothing else. */
-        size_t z = scan.end;
-        while (z < size && map[z] == 0)
-            z++;
-        if (rc == 0 && (scan.end != l->size || z != size || scan.resume)) {
+        /* Past the last record there may be preallocated zeros, nothing
+         * else, and the end hint must not point past it. */
+        uint64_t hint = ps_log_end_hint(map);
+        if (rc == 0 && (scan.end != l->size || data_end(map, scan.end, size) != scan.end ||
+                        (hint == PS_LOG_NO_PREALLOC ? size != scan.end : hint > scan.end))) {
             report(rep, "log %s/%s (scope '%s') is corrupt at offset %zu (file %zu bytes, %llu expected)",
                    d->path, l->name, shown, scan.end, size, (unsigned long long)l->size);
             rc = PS_CORRUPT;

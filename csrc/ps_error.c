@@ -21,7 +21,11 @@ const char *ps_strerror(int rc)
     case PS_LOCKED:
         return "the store directory is in use by another process";
     case PS_BADVERSION:
-        return "a log file was written in an unknown format version";
+        return "a log file or store was written in an unknown format version";
+    case PS_NOTSTORE:
+        return "the directory is not a pystate store";
+    case PS_READONLY:
+        return "the store was opened read-only";
     }
     if (rc > 0)
         return strerror(rc);

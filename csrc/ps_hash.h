@@ -23,6 +23,9 @@ typedef struct ps_hasher {
     unsigned char secret[PS_HASH_SECRET_SIZE];
 } ps_hasher;
 
+/* 64 bits from the operating system's random source (never 0). */
+uint64_t ps_random_u64(void);
+
 /* Derive the secret from `seed`, or from the OS's random source when seed
  * is 0. */
 void ps_hasher_init(ps_hasher *h, uint64_t seed);

@@ -46,9 +46,9 @@ static inline uint64_t get_u64(const unsigned char *p)
     return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
 }
 
-static inline uint32_t check_of(const void *p, size_t n)
+static inline uint32_t check_of(const void *p, size_t n, uint64_t salt)
 {
-    return (uint32_t)XXH3_64bits(p, n);
+    return (uint32_t)XXH3_64bits_withSeed(p, n, salt);
 }
 
 /* ---- records ------------------------------------------------------------------ */
@@ -72,12 +72,12 @@ static unsigned char *put_head(unsigned char *buf, int kind, uint64_t seq, size_
     return p;
 }
 
-size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void *key,
-                          size_t klen, const void *value, size_t vlen)
+size_t ps_rec_encode_head(unsigned char *buf, uint64_t salt, int kind, uint64_t seq,
+                          const void *key, size_t klen, const void *value, size_t vlen)
 {
     unsigned char *p = put_head(buf, kind, seq, klen, vlen);
     XXH3_state_t s;
-    XXH3_64bits_reset(&s);
+    XXH3_64bits_reset_withSeed(&s, salt);
     XXH3_64bits_update(&s, buf + 4, (size_t)(p - buf) - 4);
     XXH3_64bits_update(&s, key, klen);
     XXH3_64bits_update(&s, value, vlen);
@@ -85,7 +85,7 @@ size_t ps_rec_encode_head(unsigned char *buf, int kind, uint64_t seq, const void
     return (size_t)(p - buf);
 }
 
-void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
+void ps_rec_encode(unsigned char *buf, uint64_t salt, int kind, uint64_t seq, const void *key,
                    size_t klen, const void *value, size_t vlen)
 {
     unsigned char *p = put_head(buf, kind, seq, klen, vlen);
@@ -93,10 +93,10 @@ void ps_rec_encode(unsigned char *buf, int kind, uint64_t seq, const void *key,
         memcpy(p, key, klen);
     if (vlen)
         memcpy(p + klen, value, vlen);
-    put_u32(buf, check_of(buf + 4, (size_t)(p - buf) - 4 + klen + vlen));
+    put_u32(buf, check_of(buf + 4, (size_t)(p - buf) - 4 + klen + vlen, salt));
 }
 
-int ps_rec_parse(const unsigned char *p, size_t n, ps_rec *r)
+int ps_rec_parse(const unsigned char *p, size_t n, uint64_t salt, ps_rec *r)
 {
     if (n < PS_REC_HEADER)
         return 0;
@@ -106,7 +106,7 @@ int ps_rec_parse(const unsigned char *p, size_t n, ps_rec *r)
     int kind = p[16];
     if ((kind != PS_REC_PUT && kind != PS_REC_DEL) || p[17] != 0)
         return 0;
-    if (get_u32(p) != check_of(p + 4, PS_REC_HEADER - 4 + len))
+    if (get_u32(p) != check_of(p + 4, PS_REC_HEADER - 4 + len, salt))
         return 0;
     /* The checksum matched, but the payload must still make sense. */
     const unsigned char *q = p + PS_REC_HEADER, *end = q + len;
@@ -138,42 +138,58 @@ int ps_rec_parse(const unsigned char *p, size_t n, ps_rec *r)
 
 /* ---- header ------------------------------------------------------------------- */
 
-void ps_log_header_encode(unsigned char *buf, const void *name, size_t nlen)
+void ps_log_header_encode_fixed(unsigned char *buf, const void *name, size_t nlen, uint64_t salt)
 {
     memcpy(buf, PS_LOG_MAGIC, 8);
     put_u16(buf + 8, PS_LOG_VERSION);
     put_u16(buf + 10, 0);
     put_u32(buf + 12, (uint32_t)nlen);
+    put_u64(buf + 16, salt);
+    put_u32(buf + 24, check_of(name, nlen, salt));
+    put_u32(buf + 28, check_of(buf, 28, 0));
+    memcpy(buf + PS_LOG_BLOCK, buf, PS_LOG_BLOCK);
     put_u64(buf + PS_LOG_END_OFFSET, 0);
-    if (nlen)
-        memcpy(buf + PS_LOG_FIXED_HEADER, name, nlen);
-    /* The check covers the fixed part (without itself) and the name. */
-    XXH3_state_t s;
-    XXH3_64bits_reset(&s);
-    XXH3_64bits_update(&s, buf, 16);
-    XXH3_64bits_update(&s, buf + PS_LOG_FIXED_HEADER, nlen);
-    put_u32(buf + 16, (uint32_t)XXH3_64bits_digest(&s));
 }
 
-int ps_log_header_parse(const unsigned char *p, size_t n, const unsigned char **name,
-                        size_t *nlen, size_t *size)
+void ps_log_header_encode(unsigned char *buf, const void *name, size_t nlen, uint64_t salt)
 {
-    if (n < PS_LOG_FIXED_HEADER || memcmp(p, PS_LOG_MAGIC, 8) != 0)
+    ps_log_header_encode_fixed(buf, name, nlen, salt);
+    if (nlen)
+        memcpy(buf + PS_LOG_FIXED_HEADER, name, nlen);
+}
+
+static int block_intact(const unsigned char *b)
+{
+    return memcmp(b, PS_LOG_MAGIC, 8) == 0 && get_u32(b + 28) == check_of(b, 28, 0);
+}
+
+int ps_log_header_parse(const unsigned char *p, size_t n, ps_loghdr *h)
+{
+    memset(h, 0, sizeof *h);
+    int a = n >= PS_LOG_BLOCK && block_intact(p);
+    int b = n >= 2 * PS_LOG_BLOCK && block_intact(p + PS_LOG_BLOCK);
+    if (a && b && memcmp(p, p + PS_LOG_BLOCK, PS_LOG_BLOCK) != 0)
+        return PS_CORRUPT; /* two intact copies that disagree: trust neither */
+    if (!a && !b) {
+        /* Another format keeps the magic and the version field where they
+         * are (version 1 had neither copy nor salt). */
+        if (n >= 10 && memcmp(p, PS_LOG_MAGIC, 8) == 0 && get_u16(p + 8) != PS_LOG_VERSION)
+            return PS_BADVERSION;
         return PS_CORRUPT;
-    size_t len = get_u32(p + 12);
-    if (len > n - PS_LOG_FIXED_HEADER)
-        return PS_CORRUPT;
-    XXH3_state_t s;
-    XXH3_64bits_reset(&s);
-    XXH3_64bits_update(&s, p, 16);
-    XXH3_64bits_update(&s, p + PS_LOG_FIXED_HEADER, len);
-    if (get_u32(p + 16) != (uint32_t)XXH3_64bits_digest(&s))
-        return PS_CORRUPT;
-    if (get_u16(p + 8) != PS_LOG_VERSION || get_u16(p + 10) != 0)
+    }
+    const unsigned char *blk = a ? p : p + PS_LOG_BLOCK;
+    if (get_u16(blk + 8) != PS_LOG_VERSION || get_u16(blk + 10) != 0)
         return PS_BADVERSION;
-    *name = p + PS_LOG_FIXED_HEADER;
-    *nlen = len;
-    *size = PS_LOG_FIXED_HEADER + len;
+    h->block_ok = 1;
+    h->copy_damaged = !(a && b);
+    h->salt = get_u64(blk + 16);
+    h->nlen = get_u32(blk + 12);
+    h->size = PS_LOG_FIXED_HEADER + h->nlen;
+    if (n < PS_LOG_FIXED_HEADER || h->nlen > n - PS_LOG_FIXED_HEADER)
+        return PS_CORRUPT;
+    if (get_u32(blk + 24) != check_of(p + PS_LOG_FIXED_HEADER, h->nlen, h->salt))
+        return PS_CORRUPT;
+    h->name = p + PS_LOG_FIXED_HEADER;
     return PS_OK;
 }
 
@@ -187,29 +203,34 @@ void ps_log_set_end_hint(unsigned char *p, uint64_t end)
     put_u64(p + PS_LOG_END_OFFSET, end);
 }
 
+void ps_log_end_hint_bytes(unsigned char out[8], uint64_t end)
+{
+    put_u64(out, end);
+}
+
 /* ---- scanning ------------------------------------------------------------------- */
 
-size_t ps_log_find_record(const unsigned char *p, size_t n, size_t from)
+size_t ps_log_find_record(const unsigned char *p, size_t n, size_t from, uint64_t salt)
 {
     ps_rec r;
     /* Every offset is a candidate: damage can end anywhere. Most are
      * rejected by the length, kind and flag tests before any hashing. */
     for (size_t off = from; off + PS_REC_HEADER <= n; off++) {
-        if (ps_rec_parse(p + off, n - off, &r))
+        if (ps_rec_parse(p + off, n - off, salt, &r))
             return off;
     }
     return 0;
 }
 
 int ps_log_scan(const unsigned char *p, size_t n, size_t start, uint64_t first_seq,
-                ps_rec_fn fn, void *ctx, ps_scan *out)
+                uint64_t salt, ps_rec_fn fn, void *ctx, ps_scan *out)
 {
     size_t off = start;
     uint64_t seq = first_seq;
     ps_rec r;
     memset(out, 0, sizeof *out);
     while (off < n) {
-        if (!ps_rec_parse(p + off, n - off, &r) || r.seq != seq)
+        if (!ps_rec_parse(p + off, n - off, salt, &r) || r.seq != seq)
             break;
         if (fn) {
             int rc = fn(ctx, &r);
@@ -224,7 +245,7 @@ int ps_log_scan(const unsigned char *p, size_t n, size_t start, uint64_t first_s
     out->next_seq = seq;
     if (off < n) {
         out->damaged = 1;
-        out->resume = ps_log_find_record(p, n, off + 1);
+        out->resume = ps_log_find_record(p, n, off + 1, salt);
     }
     return 0;
 }

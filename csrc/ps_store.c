@@ -97,7 +97,7 @@ static int deliver(const ps_sink *sink, const void *p, size_t n)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-static int store_open(ps_store **out, const ps_options *opts, ps_report *report, int inspect)
+int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
 {
     if (report)
         memset(report, 0, sizeof *report);
@@ -114,7 +114,8 @@ static int store_open(ps_store **out, const ps_options *opts, ps_report *report,
     ps_hasher_init(&st->hasher, opts ? opts->hash_seed : 0);
     ps_table_init(&st->scopes);
     if (opts && opts->path) {
-        int rc = ps_disk_open(st, opts, report, inspect);
+        st->read_only = opts->read_only != 0;
+        int rc = ps_disk_open(st, opts, report);
         if (rc) {
             pthread_mutex_destroy(&st->mu);
             a->free(a->ctx, st);
@@ -125,11 +126,6 @@ static int store_open(ps_store **out, const ps_options *opts, ps_report *report,
     return PS_OK;
 }
 
-int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
-{
-    return store_open(out, opts, report, 0);
-}
-
 int ps_store_inspect(const ps_options *opts, ps_report *report)
 {
     if (!opts || !opts->path) {
@@ -137,10 +133,13 @@ int ps_store_inspect(const ps_options *opts, ps_report *report)
             memset(report, 0, sizeof *report);
         return EINVAL;
     }
+    /* Exactly what a read-only open finds, which changes nothing. */
+    ps_options ro = *opts;
+    ro.read_only = 1;
     ps_store *st = NULL;
-    int rc = store_open(&st, opts, report, 1);
+    int rc = ps_store_open(&st, &ro, report);
     if (rc == PS_OK)
-        ps_store_close(st); /* nothing was written, so nothing to sync */
+        ps_store_close(st);
     return rc;
 }
 
@@ -406,6 +405,8 @@ static ps_scope *scope_for_write(ps_store *st, const char *scope, size_t slen, p
 int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const char *value, size_t vlen, const ps_sink *old, int *existed)
 {
+    if (st->read_only)
+        return PS_READONLY;
     if (too_long(st, slen, klen, vlen))
         return PS_TOOBIG;
     int rc, created;
@@ -435,6 +436,8 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t
 int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
               const char *value, size_t vlen, const char *expect, size_t elen)
 {
+    if (st->read_only)
+        return PS_READONLY;
     if (too_long(st, slen, klen, vlen))
         return PS_TOOBIG;
     int rc, created = 0;
@@ -473,6 +476,8 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
 int ps_del(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const ps_sink *old)
 {
+    if (st->read_only)
+        return PS_READONLY;
     int rc = PS_NOTFOUND;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};

@@ -29,6 +29,7 @@ struct ps_store {
     ps_hasher hasher;
     ps_table scopes; /* scope name -> (ps_scope *) */
     ps_disk *disk;   /* NULL for an in-memory store */
+    int read_only;   /* writes refused with PS_READONLY */
 };
 
 /* The scope stored as an item's value in st->scopes. */
@@ -60,11 +61,10 @@ typedef struct ps_commit {
     int fd; /* a private descriptor of the log, or -1 */
 } ps_commit;
 
-/* Open the directory, lock it, replay every log into st->scopes. Called
- * without st->mu, before the store is shared. */
-/* inspect: read and report only; no fixes applied, no background thread
- * (the store must then only be closed). */
-int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep, int inspect);
+/* Claim the directory (ps_dir.h), replay every log into st->scopes and,
+ * unless o->read_only, apply what recovery found and start the background
+ * thread. Called without st->mu, before the store is shared. */
+int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep);
 
 /* Sync everything, stop the background thread, close and free. Called
  * without st->mu, after the store stopped being shared. */

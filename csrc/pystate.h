@@ -69,8 +69,10 @@ enum ps_rc {
     PS_TOOBIG = -30798,   /* a scope, key or value is longer than PS_MAX_LEN */
     PS_CORRUPT = -30797,  /* a log is damaged before its end (see ps_store_open) */
     PS_LOCKED = -30796,   /* another process has the store directory open */
-    PS_BADVERSION = -30795, /* a log was written in an unknown format version */
-    PS_RC_END = -30794    /* sentinel: one past the last code */
+    PS_BADVERSION = -30795, /* a log or store was written in an unknown format version */
+    PS_NOTSTORE = -30794, /* the directory is not a pystate store (and not empty) */
+    PS_READONLY = -30793, /* a write to a store opened read-only */
+    PS_RC_END = -30792    /* sentinel: one past the last code */
 };
 
 /* When a file-based store makes its writes durable (see ps_options.sync). */
@@ -107,17 +109,28 @@ typedef struct ps_options {
     uint64_t hash_seed;
 
     /* ---- file-based stores ---- */
-    /* NULL: an in-memory store. Else a directory (created if missing; its
-     * parent must exist) holding one append-only log per scope. The
-     * string is copied. */
+    /* NULL: an in-memory store. Else a store directory holding one
+     * append-only log per scope and a PYSTATE marker; a missing or empty
+     * directory (its parent must exist) becomes a new store, a non-empty
+     * one without the marker is refused (PS_NOTSTORE). The string is
+     * copied. */
     const char *path;
     int sync;                  /* a ps_sync_mode */
     uint32_t sync_interval_ms; /* PS_SYNC_INTERVAL's period; 0: 5000 */
-    /* Damage followed by valid records makes open fail with PS_CORRUPT.
-     * Non-zero: salvage every valid record instead, keeping the damaged
-     * file beside the store as <file>.corrupt-<n>. */
+    /* Damage followed by valid records, or a damaged header, makes open
+     * fail with PS_CORRUPT. Non-zero: salvage every valid record instead,
+     * keeping the damaged file beside the store as <file>.corrupt-<n>
+     * (a log whose scope cannot be read is kept aside whole). */
     int repair;
-    uint32_t max_open_files;   /* log files kept open at once; 0: 256 */
+    /* Log descriptors kept open at once; 0: 256. Everything else the
+     * store needs open at a time is a handful more (directory, lock, one
+     * sync or check at a time), whatever the number of scopes. */
+    uint32_t max_open_files;
+    /* Non-zero: open an existing store to read it. Nothing on disk is
+     * created or changed (a torn tail is reported, not cut; nothing is
+     * removed), the lock is shared, writes and compactions return
+     * PS_READONLY, and a sync has nothing to do. */
+    int read_only;
     /* Compact a log once its dead bytes exceed both twice its live bytes
      * (so a rewrite costs at most a third of what was appended since the
      * last) and this many bytes; 0: 1 MiB. */
@@ -144,9 +157,12 @@ typedef struct ps_report {
     uint64_t bytes_cut;   /* bytes cut off those ends */
     uint64_t repaired;    /* damaged logs salvaged (repair) */
     uint64_t records_lost;/* repair: records that could not be salvaged (0 or more) */
-    uint64_t stray_files; /* leftovers of interrupted compactions removed */
+    uint64_t logs_lost;   /* repair: logs whose header is unreadable, kept aside
+                             whole (their records cannot be told apart or named) */
+    uint64_t stray_files; /* leftovers of interrupted log writes removed */
     /* When a call fails, or ps_check finds a problem: what and where, as
-     * one line naming the file and the byte offset. Empty otherwise. */
+     * one line naming the file and the byte offset. When opening fixed
+     * something: the first fix, the same way. Empty otherwise. */
     char message[1024];
 } ps_report;
 
@@ -171,19 +187,25 @@ typedef struct ps_stats {
     uint64_t log_bytes;   /* file-based: bytes in all logs */
     uint64_t log_dead_bytes; /* file-based: log bytes compaction would drop */
     uint64_t compactions; /* file-based: logs rewritten since open */
+    uint64_t sync_errors; /* file-based: background syncs that failed (retried) */
 } ps_stats;
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
 /* Open a store in *out. opts may be NULL (an in-memory store with
  * defaults). A file-based store replays every log of its directory: a
- * damaged end (a torn tail) is cut off and counted; damage followed by a
- * valid record fails with PS_CORRUPT and changes nothing on disk, unless
- * opts->repair. report, when not NULL, receives what was found and, on
- * failure, a message naming the file and offset.
+ * damaged end (a torn tail, or records the log's end hint says it held
+ * that are gone) is cut off and counted; damage followed by a valid
+ * record, or a damaged header, fails with PS_CORRUPT and changes nothing
+ * on disk, unless opts->repair. With opts->read_only nothing on disk
+ * changes either way: what would be cut is only counted. report, when not
+ * NULL, receives what was found and a message naming the file and offset
+ * (of the failure, or else of the first thing fixed).
  * Returns PS_OK, ENOMEM, PS_LOCKED (another process has the directory),
- * PS_CORRUPT, PS_BADVERSION, or an errno from the file system. On failure
- * *out is left unchanged. */
+ * PS_NOTSTORE (a non-empty directory that is not a store), PS_CORRUPT
+ * (also: a link where a log should be), PS_BADVERSION, or an errno from
+ * the file system (ELOOP: the marker or lock is a link). On failure *out
+ * is left unchanged. */
 int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report);
 
 /* Make every write durable (file-based, whatever the sync mode), stop the
@@ -192,12 +214,13 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report);
 int ps_store_close(ps_store *st);
 
 /* Read every log of the file-based store at opts->path as ps_store_open
- * would, and change nothing on disk: *report says what opening would fix
- * (torn_tails and bytes_cut, stray_files, and with opts->repair the logs
- * it would salvage in `repaired`). Takes the directory's lock for the
- * duration. Returns PS_OK, PS_CORRUPT (damage followed by valid records,
- * without opts->repair; the report names file and offset), PS_LOCKED,
- * EINVAL (no path) or another errno. */
+ * would, and change nothing on disk (a read-only open, then close):
+ * *report says what opening would fix (torn_tails and bytes_cut,
+ * stray_files, and with opts->repair the logs it would salvage in
+ * `repaired`). Takes the directory's lock, shared, for the duration.
+ * Returns PS_OK, PS_CORRUPT (damage that refuses to open without
+ * opts->repair; the report names file and offset), PS_LOCKED,
+ * PS_NOTSTORE, EINVAL (no path) or another errno. */
 int ps_store_inspect(const ps_options *opts, ps_report *report);
 
 /* ---- reads --------------------------------------------------------------- */
@@ -241,8 +264,9 @@ void ps_stats_get(ps_store *st, ps_stats *out);
 /* Store `value` at (scope, key), creating the scope if needed.
  * If the key existed, *existed is set to 1 and, when `old` is not NULL,
  * the previous value is delivered through it; otherwise *existed is 0.
- * existed may be NULL. Returns PS_OK, PS_TOOBIG, ENOMEM, or for a
- * file-based store the errno of a failed write or sync (ENOSPC, EIO...).
+ * existed may be NULL. Returns PS_OK, PS_TOOBIG, ENOMEM, PS_READONLY, or
+ * for a file-based store the errno of a failed write or sync (ENOSPC,
+ * EIO...).
  * On failure the store is unchanged (a failed sync excepted: the write
  * was made but is not known durable), and whatever `old` received is
  * meaningless. */
@@ -252,29 +276,33 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key,
 
 /* Compare and set: store `value` at (scope, key) only if the current value
  * equals the elen bytes at `expect`, or, when expect is NULL, only if the key
- * does not exist. Returns PS_OK, PS_CONFLICT (nothing changed), PS_TOOBIG or
- * ENOMEM. Lets a caller read, compute outside the store, and write back
- * without holding any lock in between. */
+ * does not exist. Returns PS_OK, PS_CONFLICT (nothing changed), PS_TOOBIG,
+ * PS_READONLY or ENOMEM. Lets a caller read, compute outside the store, and
+ * write back without holding any lock in between. */
 int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key,
               size_t klen, const char *value, size_t vlen, const char *expect,
               size_t elen);
 
 /* Delete (scope, key). The old value is delivered through `old` when it is
  * not NULL. Deleting the last key of a scope removes the scope.
- * Returns PS_OK, PS_NOTFOUND or ENOMEM (the sink refused: nothing changed).
- * Cannot otherwise fail. */
+ * Returns PS_OK, PS_NOTFOUND, PS_READONLY or ENOMEM (the sink refused:
+ * nothing changed); for a file-based store also the errno of a failed
+ * write. */
 int ps_del(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *old);
 
 /* ---- durability (file-based stores; in memory they do nothing) ------------- */
 
-/* fdatasync every log written since its last sync. Returns PS_OK or errno. */
+/* fdatasync every log written since its last sync, one at a time (one
+ * descriptor however many scopes). A log that cannot be synced stays not
+ * durable and is tried again by the next call. Returns PS_OK or the first
+ * errno. A read-only store has nothing to sync: PS_OK. */
 int ps_sync(ps_store *st);
 
 /* Rewrite the log of `scope` (NULL: of every scope) to hold only its live
  * records, crash-safely: new file, fdatasync, rename over the old one,
- * fsync of the directory. Returns PS_OK or an errno (the old log is then
- * kept as it was). */
+ * fsync of the directory. Returns PS_OK, PS_READONLY or an errno (the old
+ * log is then kept as it was). */
 int ps_compact(ps_store *st, const char *scope, size_t slen);
 
 /* Read every log again and verify each record and that replaying them

@@ -14,6 +14,8 @@ cdef extern from "pystate.h" nogil:
         PS_CORRUPT
         PS_LOCKED
         PS_BADVERSION
+        PS_NOTSTORE
+        PS_READONLY
         PS_RC_END
         PS_VERSION_MAJOR
         PS_VERSION_MINOR
@@ -47,6 +49,7 @@ cdef extern from "pystate.h" nogil:
         uint32_t sync_interval_ms
         int repair
         uint32_t max_open_files
+        int read_only
         uint64_t compact_min_dead
         void (*hook)(void *ctx, int point) noexcept
         void *hook_ctx
@@ -58,6 +61,7 @@ cdef extern from "pystate.h" nogil:
         uint64_t bytes_cut
         uint64_t repaired
         uint64_t records_lost
+        uint64_t logs_lost
         uint64_t stray_files
         char message[1024]
 
@@ -78,6 +82,7 @@ cdef extern from "pystate.h" nogil:
         uint64_t log_bytes
         uint64_t log_dead_bytes
         uint64_t compactions
+        uint64_t sync_errors
 
     int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
     int ps_store_close(ps_store *st)

@@ -21,7 +21,12 @@ class UpdateResult:
     def __getitem__(self, i: int) -> Any: ...
 
 class Store:
-    def __init__(self, *, max_value_bytes: int | None = ...) -> None: ...
+    path: Any
+    sync: str | None
+    read_only: bool
+    def __init__(self, path: Any = ..., *, sync: str = ..., save_interval_ms: int = ...,
+                 repair: bool = ..., read_only: bool = ..., max_value_bytes: int | None = ...,
+                 **_testing: Any) -> None: ...
     @property
     def max_value_bytes(self) -> int | None: ...
     @property

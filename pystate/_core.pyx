@@ -38,6 +38,7 @@ from pystate.errors import (
     RecoveryWarning,
     ValueTooLargeError,
     error_for_rc,
+    recovery_message,
 )
 
 cdef extern from "<unistd.h>" nogil:
@@ -58,6 +59,8 @@ RC_CODES = {
     "PS_CORRUPT": PS_CORRUPT,
     "PS_LOCKED": PS_LOCKED,
     "PS_BADVERSION": PS_BADVERSION,
+    "PS_NOTSTORE": PS_NOTSTORE,
+    "PS_READONLY": PS_READONLY,
 }
 
 #: The sync modes of a file-based store, by name.
@@ -238,6 +241,8 @@ cdef dict _report_dict(ps_report *r):
         "torn_tails": r.torn_tails,
         "bytes_cut": r.bytes_cut,
         "repaired": r.repaired,
+        "records_lost": r.records_lost,
+        "logs_lost": r.logs_lost,
         "stray_files": r.stray_files,
     }
 
@@ -248,11 +253,14 @@ def inspect(path, *, repair=False) -> dict:
     (nothing to fix), ``problem`` (damage that refuses to open without
     ``repair``, naming file and offset, or None), and the counts of
     :meth:`Store.stats`'s ``recovery`` (``torn_tails``, ``bytes_cut``,
-    ``repaired`` (with ``repair``: logs it would salvage), ``stray_files``).
-    Takes the directory's lock while it reads.
+    ``repaired`` (with ``repair``: logs it would salvage), ``records_lost``,
+    ``logs_lost``, ``stray_files``) and ``detail`` (what and where the first
+    of them is, or None). Takes the directory's lock, shared, while it
+    reads.
 
     Raises:
-        LockedError: another process has the store open.
+        LockedError: another process has the store open for writing.
+        NotAStoreError: the directory is not a pystate store.
         StoreOSError: the directory cannot be read.
     """
     cdef ps_options o
@@ -273,7 +281,9 @@ def inspect(path, *, repair=False) -> dict:
             _with_message(err, msg)
         raise err
     out = _report_dict(&rep)
-    out["problem"] = rep.message.decode("utf-8", "replace") if rc else None
+    msg = rep.message.decode("utf-8", "replace")
+    out["problem"] = msg if rc else None
+    out["detail"] = msg or None
     out["ok"] = rc == PS_OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
     return out
 
@@ -354,6 +364,7 @@ cdef class Store:
     cdef int _busy                    # threads inside a GIL-free call
     cdef readonly object path         # the store directory, or None
     cdef readonly str sync            # the sync mode, or None in memory
+    cdef readonly bint read_only      # opened read_only: writes raise ReadOnlyError
     cdef object _hook                 # testing aid, kept alive for C
     # The trigger gate (see _set_watch): _emit is None while no trigger can
     # match, so an unwatched write pays one pointer comparison.
@@ -377,7 +388,7 @@ cdef class Store:
                 raise MemoryError("cannot allocate the store's locks")
 
     def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
-                 max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
+                 read_only=False, max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
                  _max_open_files=0):
         if max_value_bytes is not None:
             if type(max_value_bytes) is not int or max_value_bytes < 1:
@@ -406,16 +417,19 @@ cdef class Store:
             o.path = bpath
             o.sync = SYNC_MODES[sync]
             o.sync_interval_ms = save_interval_ms
+            if type(read_only) is not bool:
+                raise ConfigError(f"read_only: expected True or False, got {read_only!r}")
             o.repair = 1 if repair else 0
+            o.read_only = 1 if read_only else 0
             o.compact_min_dead = _compact_min_dead
             o.max_open_files = _max_open_files
             if _compact_hook is not None:
                 self._hook = _compact_hook
                 o.hook = _hook_trampoline
                 o.hook_ctx = <void *>self._hook
-        elif sync != "interval" or save_interval_ms != 5000 or repair:
-            raise ConfigError("sync, save_interval_ms and repair apply to file-based stores: "
-                              "give a path")
+        elif sync != "interval" or save_interval_ms != 5000 or repair or read_only:
+            raise ConfigError("sync, save_interval_ms, repair and read_only apply to "
+                              "file-based stores: give a path")
         cdef ps_store *st = NULL
         cdef int rc
         with nogil:
@@ -431,11 +445,11 @@ cdef class Store:
             self._durable = True
             self.path = os.fspath(path)
             self.sync = sync
-            if rep.torn_tails or rep.repaired:
-                warnings.warn(
-                    f"pystate: recovered store {self.path}: cut {rep.torn_tails} torn "
-                    f"tail(s) ({rep.bytes_cut} bytes), salvaged {rep.repaired} damaged "
-                    "log(s)", RecoveryWarning, stacklevel=3)
+            self.read_only = read_only
+            text = recovery_message(self.path, _report_dict(&rep),
+                                    rep.message.decode("utf-8", "replace"), read_only=read_only)
+            if text:
+                warnings.warn(text, RecoveryWarning, stacklevel=3)
 
     def __dealloc__(self):
         if self._st != NULL:
@@ -902,6 +916,7 @@ cdef class Store:
             log_bytes=s.log_bytes,
             log_dead_bytes=s.log_dead_bytes,
             compactions=s.compactions,
+            sync_errors=s.sync_errors,
             recovery=_report_dict(&rep),
             per_scope=self._per_scope(),
         )

@@ -67,16 +67,23 @@ def _json_arg(text: str, what: str) -> Any:
         raise _Fail(f"{what} is not valid JSON: {e}", EXIT_USAGE) from None
 
 
-def _open(args: argparse.Namespace, *, create: bool) -> pystate.State:
-    """The store the command line names. Read-only commands do not create
-    a directory that is not there."""
+def _open(args: argparse.Namespace, *, access: str) -> pystate.State:
+    """The store the command line names, opened for `access`: "read" (a
+    file store is opened read-only: nothing on disk is created or changed,
+    damage is reported and left), "write" (an existing store) or "create"
+    (a store is made if there is none)."""
     try:
         if args.config is not None:
-            return pystate.State.from_config(args.config)
+            from pystate.config import load_state_options
+
+            options = load_state_options(args.config)
+            if access == "read" and options.get("adapter", "kv") == "kv" and options.get("path") is not None:
+                options["read_only"] = True
+            return pystate.State(**options)
         path = args.data or DEFAULT_DATA_DIR
-        if not create and not os.path.isdir(path):
+        if access != "create" and not os.path.isdir(path):
             raise _Fail(f"no store at {path} (give --data DIR or --config FILE)", EXIT_STORE)
-        return pystate.State(path)
+        return pystate.State(path, read_only=access == "read")
     except StateError as e:
         raise _Fail(str(e), EXIT_STORE) from None
 
@@ -326,11 +333,14 @@ def _check(args: argparse.Namespace) -> int:
         _out("`pystate check --fix` salvages every valid record and keeps the damaged file beside the "
              "store as <file>.corrupt-<n>")
     if r["torn_tails"]:
-        _out(f"torn tail in {_plural(r['torn_tails'], 'log')}: a partly written last record "
-             f"({_plural(r['bytes_cut'], 'byte')}, never acknowledged): `pystate check --fix` cuts it")
+        _out(f"torn tail in {_plural(r['torn_tails'], 'log')}: {_plural(r['bytes_cut'], 'byte')} of records "
+             "at the end are damaged or gone (a crash cut a write short, or the disk lost records the log "
+             "says it held): `pystate check --fix` cuts it")
     if r["stray_files"]:
-        _out(f"{_plural(r['stray_files'], 'leftover file')} of an interrupted compaction: "
+        _out(f"{_plural(r['stray_files'], 'leftover file')} of an interrupted log write: "
              "`pystate check --fix` removes them")
+    if r["detail"] and not r["problem"]:
+        _out(f"first: {r['detail']}")
     if r["ok"]:
         _out(f"ok: {_plural(r['logs'], 'log')}, {_plural(r['records'], 'record')}")
     return EXIT_OK if r["ok"] else EXIT_NOT_FOUND
@@ -360,11 +370,16 @@ def _check_fix(path: str, args: argparse.Namespace) -> int:
     done = []
     if rec["torn_tails"]:
         done.append(f"cut {_plural(rec['torn_tails'], 'torn tail')} ({_plural(rec['bytes_cut'], 'byte')})")
-    if rec["repaired"]:
-        done.append(f"salvaged {_plural(rec['repaired'], 'damaged log')} (the damaged files are kept "
+    salvaged = rec["repaired"] - rec["logs_lost"]
+    if salvaged:
+        lost = f", {_plural(rec['records_lost'], 'record')} lost" if rec["records_lost"] else ""
+        done.append(f"salvaged {_plural(salvaged, 'damaged log')}{lost} (the damaged files are kept "
                     "beside the store as <file>.corrupt-<n>)")
+    if rec["logs_lost"]:
+        done.append(f"kept {_plural(rec['logs_lost'], 'unreadable log')} aside as <file>.corrupt-<n> "
+                    "(their records could not be salvaged)")
     if rec["stray_files"]:
-        done.append(f"removed {_plural(rec['stray_files'], 'leftover file')} of an interrupted compaction")
+        done.append(f"removed {_plural(rec['stray_files'], 'leftover file')} of an interrupted log write")
     _out("fixed: " + "; ".join(done) if done else "nothing to fix")
     if not verdict["ok"]:
         raise _Fail(f"still damaged after the fix: {verdict['problem']}", EXIT_STORE)
@@ -372,25 +387,26 @@ def _check_fix(path: str, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# (handler, creates the store if missing)
-_DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], int], bool]] = {
-    "get": (_cmd_get, False),
-    "set": (_cmd_set, True),
-    "delete": (_cmd_delete, False),
-    "update": (_cmd_update, True),
-    "list": (_cmd_list, False),
-    "groups": (_cmd_groups, False),
-    "stats": (_cmd_stats, False),
-    "compact": (_cmd_compact, False),
-    "dump": (_cmd_dump, False),
-    "load": (_cmd_load, True),
+# (handler, access: "read" changes nothing on disk, "write" needs a store,
+# "create" makes one if missing)
+_DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], int], str]] = {
+    "get": (_cmd_get, "read"),
+    "set": (_cmd_set, "create"),
+    "delete": (_cmd_delete, "write"),
+    "update": (_cmd_update, "create"),
+    "list": (_cmd_list, "read"),
+    "groups": (_cmd_groups, "read"),
+    "stats": (_cmd_stats, "read"),
+    "compact": (_cmd_compact, "write"),
+    "dump": (_cmd_dump, "read"),
+    "load": (_cmd_load, "create"),
 }
 
 
 def _serve(args: argparse.Namespace) -> int:
     from pystate.server import DEFAULT_HOST, DEFAULT_PORT, run, token_from_env
 
-    st = _open(args, create=True)
+    st = _open(args, access="create")
     what = f"{st.adapter} adapter"
     if st.adapter == "kv":
         what += f", file store at {st.path}" if st.path is not None else ", in memory"
@@ -511,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "bench":  # only without arguments; see above
             return _bench(args.bench_args)
-        handler, create = _DATA_COMMANDS[args.command]
-        st = _open(args, create=create)
+        handler, access = _DATA_COMMANDS[args.command]
+        st = _open(args, access=access)
         try:
             return handler(st, args)
         finally:

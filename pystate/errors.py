@@ -39,8 +39,11 @@ __all__ = [
     "StoreOSError",
     "CorruptError",
     "LockedError",
+    "NotAStoreError",
+    "ReadOnlyError",
     "RecoveryWarning",
     "error_for_rc",
+    "recovery_message",
 ]
 
 
@@ -177,10 +180,11 @@ class StoreOSError(StateError, OSError):
 
 
 class CorruptError(StateError):
-    """A log file is damaged before its end, so opening it would lose data
-    silently. The message names the file and the byte offset. Nothing on
-    disk was changed; ``State(path, repair=True)`` salvages every valid
-    record and keeps the damaged file aside."""
+    """A log file is damaged before its end, or its header is, so opening
+    it would lose data silently; or a file sits where a log should be that
+    is not one (a symbolic link). The message names the file and the byte
+    offset. Nothing on disk was changed; ``State(path, repair=True)``
+    salvages every valid record and keeps the damaged file aside."""
 
     code = "corrupt"
 
@@ -191,10 +195,55 @@ class LockedError(StateError):
     code = "locked"
 
 
+class NotAStoreError(StateError):
+    """The directory is not a pystate store: it is not empty and has no
+    ``PYSTATE`` marker (or, opening read-only, it has none at all). A store
+    is created only in a new or empty directory; nothing in this one was
+    created, changed or removed."""
+
+    code = "not_a_store"
+
+
+class ReadOnlyError(StateError):
+    """A write (``set``, ``update``, ``delete``, ``compact``) to a store
+    opened with ``read_only=True``. Nothing was changed."""
+
+    code = "read_only"
+
+
 class RecoveryWarning(UserWarning):
-    """Opening a file-based store found and fixed damage: a torn tail (the
-    end of a log cut short by a crash) was cut off, or a damaged log was
-    salvaged by ``repair=True``. ``stats()["recovery"]`` has the counts."""
+    """Opening a file-based store found damage: a torn tail (the end of a
+    log cut short by a crash, or records the log says it held that are
+    gone) was cut off, or a damaged log was salvaged by ``repair=True``;
+    opened ``read_only``, it was found and left as it is. The message names
+    the first file and offset; ``stats()["recovery"]`` has the counts."""
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def recovery_message(path: str, report: dict, detail: str, *, read_only: bool = False) -> str | None:
+    """The text of the :class:`RecoveryWarning` for what opening ``path``
+    found (``report``: the ``stats()["recovery"]`` counts; ``detail``: the
+    C core's line about the first fix), or None when there is nothing to
+    warn about. Both bindings use it, so the wording is written once."""
+    found = []
+    if report["torn_tails"]:
+        found.append(f"{_n(report['torn_tails'], 'torn tail')} ({_n(report['bytes_cut'], 'byte')} of records lost)")
+    salvaged = report["repaired"] - report["logs_lost"]
+    if salvaged:
+        lost = f", {_n(report['records_lost'], 'record')} lost" if report["records_lost"] else ""
+        found.append(f"{_n(salvaged, 'damaged log')} salvaged{lost}")
+    if report["logs_lost"]:
+        found.append(f"{_n(report['logs_lost'], 'unreadable log')} kept aside (its records are lost)")
+    if not found:
+        return None
+    if read_only:
+        what = f"pystate: store {path} has {'; '.join(found)}; left as it is (opened read-only)"
+    else:
+        what = f"pystate: recovered store {path}: {'; '.join(found)}"
+    return f"{what}. {detail}" if detail else what
 
 
 def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
@@ -217,6 +266,10 @@ def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
         return CorruptError(f"{what}: {detail}", rc=rc)
     if rc == names["PS_LOCKED"]:
         return LockedError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_NOTSTORE"]:
+        return NotAStoreError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_READONLY"]:
+        return ReadOnlyError(f"{what}: {detail}", rc=rc)
     if rc == _errno.ENOMEM:
         return StoreMemoryError(f"{what}: out of memory", rc=rc)
     if rc > 0:

@@ -169,9 +169,10 @@ class State(_core.Store):
     """An embedded iii-state store: JSON values addressed by (scope, key).
 
     ``State()`` is an in-memory store on pystate's compiled core;
-    ``State("dir")`` is durable: one append-only log per scope in ``dir``
-    (created if missing), replayed when opened. Either is safe to share
-    between threads and is a context manager.
+    ``State("dir")`` is durable: one append-only log per scope in ``dir``,
+    replayed when opened. A new or empty ``dir`` becomes a store (it gets a
+    ``PYSTATE`` marker); a non-empty directory that is not one is refused.
+    Either is safe to share between threads and is a context manager.
 
     >>> with State() as st:
     ...     st.set("users", "u1", {"name": "Ada", "visits": 0})
@@ -195,6 +196,11 @@ class State(_core.Store):
             salvaging every valid record (the damaged file is kept beside
             the store as ``<file>.corrupt-<n>``) instead of raising
             :class:`pystate.CorruptError`.
+        read_only: open an existing store to read it, changing nothing on
+            disk: damage is reported (:class:`pystate.RecoveryWarning`), not
+            cut; writes and ``compact`` raise :class:`pystate.ReadOnlyError`.
+            Several read-only opens may share a directory; a writer may not
+            join them.
         max_value_bytes: refuse a ``set`` whose JSON text is longer than
             this (code ``VALUE_TOO_LARGE``). As in the engine, ``update``
             results are not limited. None (default): no limit.
@@ -211,6 +217,9 @@ class State(_core.Store):
         LockedError: another process has the directory open.
         CorruptError: a log is damaged before its end (names file and
             offset); nothing on disk was changed.
+        NotAStoreError: ``path`` is a directory that holds files but is not
+            a pystate store (or, read-only, holds no store); nothing in it
+            was touched.
     """
 
     __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "__weakref__")
@@ -230,6 +239,7 @@ class State(_core.Store):
         sync: str = "interval",
         save_interval_ms: int = 5000,
         repair: bool = False,
+        read_only: bool = False,
         max_value_bytes: int | None = None,
         triggers_enabled: bool = True,
         max_pending_events: int = 10_000,
@@ -239,8 +249,9 @@ class State(_core.Store):
         if adapter != "kv":
             raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
-        if path is not None:
-            # The C core creates the directory itself; its parents too, here.
+        if path is not None and read_only is not True:
+            # The C core creates the directory itself; its parents too, here
+            # (a reader creates nothing).
             parent = os.path.dirname(os.path.abspath(os.fspath(path)))
             os.makedirs(parent, exist_ok=True)
         super().__init__(
@@ -248,6 +259,7 @@ class State(_core.Store):
             sync=sync,
             save_interval_ms=save_interval_ms,
             repair=repair,
+            read_only=read_only,
             max_value_bytes=max_value_bytes,
             **_testing,
         )

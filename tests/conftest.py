@@ -16,6 +16,26 @@ import pystate
 MISSING = object()
 
 
+def one_log(st):
+    """The path of the only log of a file store (after flushing it)."""
+    import logfmt
+
+    st.flush()
+    (p,) = logfmt.logs(st.path).values()
+    return p
+
+
+def fill(path, n=6):
+    """A file store at `path` holding scope "s" = {"k<i>": {"i": i}}, closed;
+    returns its log's path."""
+    st = pystate.State(path, sync="never")
+    for i in range(n):
+        st.set("s", f"k{i}", {"i": i})
+    p = one_log(st)
+    st.close()
+    return p
+
+
 @pytest.fixture
 def st(request, tmp_path):
     """A fresh, empty store, closed after the test: in memory, or, in a

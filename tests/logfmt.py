@@ -1,8 +1,8 @@
 """An independent reader and writer of pystate's log format (README,
-"File format"), for tests that damage logs on purpose and need to know
-where records start and end. Written from the documented format, with the
-xxhash package: if the C core drifts from its documentation, these tests
-fail.
+"Log format"), for tests that damage logs on purpose and need to know
+where records start and end, or that write logs by hand. Written from the
+documented format, with the xxhash package: if the C core drifts from its
+documentation, these tests fail.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ from dataclasses import dataclass
 import xxhash
 
 MAGIC = b"PSLOG\r\n\x1a"
-VERSION = 1
+VERSION = 2
 PUT, DEL = 1, 2
+BLOCK = 32  # one copy of the header block
+END_HINT = 64  # offset of the end hint
+NO_PREALLOC = 2**64 - 1  # end hint of a sync="always" log: no preallocated space follows
+FIXED = 72  # header bytes before the scope name
+MARKER = b"pystate store\nformat 2\n"
 
 
-def check(data: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF
+def check(data: bytes, salt: int = 0) -> int:
+    return xxhash.xxh3_64_intdigest(data, seed=salt) & 0xFFFFFFFF
 
 
 def varint(n: int) -> bytes:
@@ -32,15 +37,16 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def header(name: bytes, end: int = 0) -> bytes:
-    fixed = MAGIC + struct.pack("<HHI", VERSION, 0, len(name))
-    return fixed + struct.pack("<IQ", check(fixed + name), end) + name
+def header(name: bytes, salt: int, end: int = 0) -> bytes:
+    block = MAGIC + struct.pack("<HHIQI", VERSION, 0, len(name), salt, check(name, salt))
+    block += struct.pack("<I", check(block))
+    return block + block + struct.pack("<Q", end) + name
 
 
-def record(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
+def record(kind: int, seq: int, key: bytes, value: bytes = b"", *, salt: int) -> bytes:
     payload = varint(len(key)) + key + value
     body = struct.pack("<IQBB", len(payload), seq, kind, 0) + payload
-    return struct.pack("<I", check(body)) + body
+    return struct.pack("<I", check(body, salt)) + body
 
 
 @dataclass
@@ -53,20 +59,38 @@ class Rec:
     value: bytes
 
 
+@dataclass
+class Header:
+    name: bytes
+    salt: int
+    size: int  # where the first record starts
+    end_hint: int
+
+
+def parse_header(data: bytes) -> Header:
+    for at in (0, BLOCK):  # the first intact copy of the block
+        block = data[at : at + BLOCK]
+        if block[:8] == MAGIC and struct.unpack_from("<I", block, 28)[0] == check(block[:28]):
+            break
+    else:
+        raise AssertionError("no intact copy of the header block")
+    version, flags, nlen, salt, name_check = struct.unpack_from("<HHIQI", block, 8)
+    assert (version, flags) == (VERSION, 0)
+    name = data[FIXED : FIXED + nlen]
+    assert len(name) == nlen and name_check == check(name, salt), "bad scope name"
+    (end_hint,) = struct.unpack_from("<Q", data, END_HINT)
+    return Header(name, salt, FIXED + nlen, end_hint)
+
+
 def parse(data: bytes) -> tuple[bytes, list[Rec], int]:
     """(scope name, records of the clean prefix, offset where it ends).
     Zero-filled space after the records (preallocated) is not damage."""
-    assert data[:8] == MAGIC, "not a log"
-    version, flags, nlen = struct.unpack_from("<HHI", data, 8)
-    assert (version, flags) == (VERSION, 0)
-    chk, _end_hint = struct.unpack_from("<IQ", data, 16)
-    name = data[28 : 28 + nlen]
-    assert chk == check(data[:16] + name), "bad header"
-    off, seq, recs = 28 + nlen, 1, []
+    h = parse_header(data)
+    off, seq, recs = h.size, 1, []
     while off + 18 <= len(data):
         c, length, s, kind, fl = struct.unpack_from("<IIQBB", data, off)
         end = off + 18 + length
-        if end > len(data) or kind not in (PUT, DEL) or fl or s != seq or c != check(data[off + 4 : end]):
+        if end > len(data) or kind not in (PUT, DEL) or fl or s != seq or c != check(data[off + 4 : end], h.salt):
             break
         p = off + 18
         klen, shift = 0, 0
@@ -79,7 +103,7 @@ def parse(data: bytes) -> tuple[bytes, list[Rec], int]:
                 break
         recs.append(Rec(off, end - off, kind, s, data[p : p + klen], data[p + klen : end]))
         off, seq = end, seq + 1
-    return name, recs, off
+    return h.name, recs, off
 
 
 def logs(directory: str | os.PathLike) -> dict[bytes, str]:

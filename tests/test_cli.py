@@ -356,6 +356,72 @@ def test_check_of_a_store_in_use_exits_3(filled):
     assert r.returncode == 3 and "in use" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_check_reports_acknowledged_records_lost_under_sync_always(tmp_path):
+    store = tmp_path / "store"
+    with pystate.State(store, sync="always") as st:
+        for i in range(50):
+            st.set("s", f"k{i:02d}", i)
+    log = _log_of(store)
+    data = bytearray(log.read_bytes())
+    cut = len(data) - 20 * (len(data) - 200) // 50  # about the last 20 records
+    import logfmt
+
+    _, recs, _ = logfmt.parse(bytes(data))
+    boundary = next(r.offset for r in recs if r.offset >= cut)
+    data[boundary:] = bytes(len(data) - boundary)  # fdatasync'ed, then zeroed
+    log.write_bytes(bytes(data))
+    r = pystate_cli("check", "--data", str(store), cwd=tmp_path)
+    assert r.returncode == 1 and "torn tail" in r.stdout and log.name in r.stdout
+    assert log.read_bytes() == bytes(data)
+
+
+def test_check_fix_salvages_a_log_whose_header_has_a_flipped_bit(filled):
+    log = _log_of(filled.store)
+    data = bytearray(log.read_bytes())
+    data[12] ^= 0x01  # the scope name's length, in the first copy of the header block
+    log.write_bytes(bytes(data))
+    r = filled("check")
+    assert r.returncode == 1 and "header" in r.stdout
+    assert log.read_bytes() == bytes(data)
+    r = filled("check", "--fix")
+    assert r.returncode == 0 and "salvaged 1 damaged log" in r.stdout
+    assert len(filled("list", "s").stdout.splitlines()) == 6
+
+
+def _tree(directory):
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(Path(directory).rglob("*"))}
+
+
+def test_readers_leave_a_damaged_store_as_it_is(filled):
+    log = _log_of(filled.store)
+    with open(log, "ab") as f:
+        f.write(b"half a record")
+    Path(str(log) + ".tmp-00000000000000aa").write_bytes(log.read_bytes()[:50])
+    before = _tree(filled.store)
+    for cmd, rc in [(("get", "s", "k1"), 0), (("list", "s"), 0), (("groups",), 0), (("stats",), 0),
+                    (("dump",), 0), (("check",), 1), (("check", "--json"), 1)]:
+        r = filled(*cmd)
+        assert r.returncode == rc, (cmd, r.stderr)
+        if cmd[0] != "check":
+            assert "torn tail" in r.stderr and "left as it is" in r.stderr, cmd
+        assert _tree(filled.store) == before, cmd
+
+
+def test_commands_on_a_directory_that_is_not_a_store_touch_nothing(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "app.log").write_text("")
+    before = _tree(venv)
+    for cmd in (("set", "s", "k", "1"), ("get", "s", "k"), ("list", "s"), ("load", "-"), ("compact",),
+                ("check",), ("check", "--fix")):
+        r = pystate_cli(cmd[0], "--data", str(venv), *cmd[1:], cwd=tmp_path, input="")
+        assert r.returncode == 3 and "not a pystate store" in r.stderr, (cmd, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert _tree(venv) == before, cmd
+
+
 def test_check_with_a_config_that_is_not_a_file_store_exits_3(tmp_path):
     cfg = tmp_path / "iii-config.yaml"
     cfg.write_text("workers:\n  - name: iii-state\n    config:\n      adapter: {name: kv}\n")

@@ -51,7 +51,7 @@ def reopen_and_compare(path, sync, acked, in_flight):
         assert st.stats()["recovery"]["torn_tails"] <= 1
     finally:
         st.close()
-    leftovers = [f for f in os.listdir(path) if f.endswith(".compact")]
+    leftovers = [f for f in os.listdir(path) if ".tmp-" in f]  # temporaries are removed at open
     assert leftovers == []
     return actual
 

@@ -1,5 +1,6 @@
-"""The file-based store: reopen, names, options, lock, damage, repair,
-compaction, check, failed writes."""
+"""The file-based store: reopen, names, options, lock, compaction, check,
+failed writes. Damage and recovery: test_recovery.py; the store directory
+(what the store may create, touch or follow): test_store_dir.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 import logfmt
 import pystate
-from conftest import MISSING
+from conftest import MISSING, one_log
 
 
 def reopen(st, **kw):
@@ -161,186 +162,6 @@ def test_lock_is_released_on_close(path):
     pystate.State(path).close()
 
 
-# ---- damage -------------------------------------------------------------------------
-
-
-def one_log(st):
-    st.flush()
-    (p,) = logfmt.logs(st.path).values()
-    return p
-
-
-def fill(path, n=6):
-    st = pystate.State(path, sync="never")
-    for i in range(n):
-        st.set("s", f"k{i}", {"i": i})
-    p = one_log(st)
-    st.close()
-    return p
-
-
-def test_truncation_at_every_offset_keeps_exactly_the_whole_records(path):
-    logpath = fill(path)
-    data = open(logpath, "rb").read()
-    name, recs, end = logfmt.parse(data)
-    assert end == len(data) and len(recs) == 6
-    hsize = recs[0].offset
-    for cut in range(hsize, len(data)):
-        with open(logpath, "wb") as f:
-            f.write(data[:cut])
-        whole = sum(1 for r in recs if r.offset + r.size <= cut)
-        torn = cut != (recs[whole - 1].offset + recs[whole - 1].size if whole else hsize)
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            st = pystate.State(path, sync="never")
-        assert st.list("s") == [{"i": i} for i in range(whole)]
-        rec = st.stats()["recovery"]
-        assert rec["torn_tails"] == int(torn)
-        assert [x.category for x in w] == ([pystate.RecoveryWarning] if torn else [])
-        if torn:
-            assert rec["bytes_cut"] == cut - (recs[whole - 1].offset + recs[whole - 1].size if whole else hsize)
-        st.close()
-        if whole:
-            assert os.path.getsize(logpath) == recs[whole - 1].offset + recs[whole - 1].size
-
-
-def test_a_log_cut_on_a_record_boundary_gets_its_end_hint_back(path, tmp_path):
-    """Found by the model test: a log cut on a record boundary kept an end
-    hint past its end, so zeros preallocated after reopening were later
-    taken for a torn tail."""
-    logpath = fill(path)
-    data = open(logpath, "rb").read()
-    _, recs, _ = logfmt.parse(data)
-    cut = recs[3].offset + recs[3].size
-    with open(logpath, "wb") as f:
-        f.write(data[:cut])
-    st = pystate.State(path, sync="never")
-    assert st.stats()["recovery"]["torn_tails"] == 0  # nothing is damaged
-    hint = int.from_bytes(open(logpath, "rb").read()[20:28], "little")
-    assert hint == cut  # already on disk while the store is open
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    with open(crashed / os.path.basename(logpath), "wb") as f:
-        f.write(open(logpath, "rb").read() + b"\0" * 4096)  # a crash after preallocating
-    st.close()
-    again = pystate.State(crashed, sync="never")
-    assert again.stats()["recovery"]["torn_tails"] == 0
-    assert again.list("s") == [{"i": i} for i in range(4)]
-    again.close()
-
-
-def set_end_hint(logpath, end):
-    with open(logpath, "r+b") as f:
-        f.seek(20)
-        f.write(end.to_bytes(8, "little"))
-
-
-@pytest.mark.parametrize(
-    "tail, hint_past_it",
-    [(bytes(range(256)) * 8, False), (b"garbage", False), (b"\x00" * 4096, True)],
-    ids=["bytes", "garbage", "zeros the header says were records"],
-)
-def test_damage_at_the_end_is_a_torn_tail(path, tail, hint_past_it):
-    logpath = fill(path, 3)
-    size = os.path.getsize(logpath)
-    with open(logpath, "ab") as f:
-        f.write(tail)
-    if hint_past_it:  # records were appended there, then lost
-        set_end_hint(logpath, size + 100)
-    with pytest.warns(pystate.RecoveryWarning, match="torn"):
-        st = pystate.State(path, sync="never")
-    assert st.list("s") == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert st.stats()["recovery"]["bytes_cut"] == len(tail)
-    st.set("s", "k3", 3)
-    st.close()
-    st = pystate.State(path, sync="never")
-    assert os.path.getsize(logpath) > size
-    assert len(st.list("s")) == 4
-    st.close()
-
-
-def test_zeros_after_the_last_record_are_free_space(path):
-    # What a killed process leaves: its preallocated, never-written space.
-    logpath = fill(path, 3)
-    with open(logpath, "ab") as f:
-        f.write(b"\x00" * 65536)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        st = pystate.State(path, sync="never")
-    assert st.stats()["recovery"]["torn_tails"] == 0
-    assert len(st.list("s")) == 3
-    st.set("s", "k3", 3)  # written into that space
-    st.close()
-    st = pystate.State(path)
-    assert len(st.list("s")) == 4
-    st.close()
-
-
-@pytest.mark.parametrize("where", ["second record", "a header field", "just before the last record"])
-def test_damage_in_the_middle_raises_and_changes_nothing(path, where):
-    logpath = fill(path)
-    data = bytearray(open(logpath, "rb").read())
-    _, recs, _ = logfmt.parse(bytes(data))
-    at = {
-        "second record": recs[1].offset + 20,
-        "a header field": recs[2].offset + 5,
-        "just before the last record": recs[-1].offset - 1,
-    }[where]
-    data[at] ^= 0x55
-    open(logpath, "wb").write(data)
-    listing = sorted(os.listdir(path))
-    with pytest.raises(pystate.CorruptError) as e:
-        pystate.State(path)
-    assert e.value.code == "corrupt"
-    assert os.path.basename(logpath) in e.value.message
-    damaged_at = [r for r in recs if r.offset <= at < r.offset + r.size][0].offset
-    assert f"offset {damaged_at}" in e.value.message
-    assert open(logpath, "rb").read() == data
-    assert sorted(os.listdir(path)) == listing
-
-
-def test_repair_salvages_every_valid_record_and_keeps_the_damaged_file(path):
-    logpath = fill(path)
-    data = bytearray(open(logpath, "rb").read())
-    _, recs, _ = logfmt.parse(bytes(data))
-    data[recs[2].offset + 19] ^= 1
-    open(logpath, "wb").write(data)
-    with pytest.warns(pystate.RecoveryWarning, match="salvaged 1"):
-        st = pystate.State(path, repair=True)
-    assert st.list("s") == [{"i": i} for i in (0, 1, 3, 4, 5)]
-    assert st.stats()["recovery"]["repaired"] == 1
-    assert open(logpath + ".corrupt-1", "rb").read() == data
-    assert st.check()["ok"]
-    st.close()
-    st = pystate.State(path)  # clean from now on
-    assert len(st.list("s")) == 5
-    st.close()
-
-
-def test_a_log_with_a_foreign_format_version_is_refused(path):
-    logpath = fill(path, 1)
-    data = bytearray(open(logpath, "rb").read())
-    name, recs, _ = logfmt.parse(bytes(data))
-    fixed = logfmt.MAGIC + b"\x02\x00\x00\x00" + data[12:16]
-    new = fixed + logfmt.check(fixed + name).to_bytes(4, "little") + bytes(8) + name + data[recs[0].offset :]
-    open(logpath, "wb").write(new)
-    with pytest.raises(pystate.CorruptError, match="another version"):
-        pystate.State(path)
-
-
-def test_a_log_written_by_hand_from_the_documented_format_is_read(path):
-    os.makedirs(path)
-    with open(os.path.join(path, "handmade.log"), "wb") as f:
-        f.write(logfmt.header(b"hand"))
-        f.write(logfmt.record(logfmt.PUT, 1, b"a", b'{"x":1}'))
-        f.write(logfmt.record(logfmt.PUT, 2, b"b", b"2"))
-        f.write(logfmt.record(logfmt.DEL, 3, b"a"))
-        f.write(logfmt.record(logfmt.PUT, 4, b"a", b"3"))
-    st = pystate.State(path)
-    assert st.list("hand") == [2, 3]
-    st.close()
-
-
 # ---- compaction ---------------------------------------------------------------------------
 
 
@@ -392,16 +213,6 @@ def test_emptied_scope_loses_its_log(path):
     st.compact("s")
     assert logfmt.logs(path) == {}
     assert st.list_groups() == []
-    st.close()
-
-
-def test_stray_compaction_file_is_removed_at_open(path):
-    logpath = fill(path, 2)
-    open(logpath + ".compact", "wb").write(b"half written")
-    st = pystate.State(path)
-    assert not os.path.exists(logpath + ".compact")
-    assert st.stats()["recovery"]["stray_files"] == 1
-    assert len(st.list("s")) == 2
     st.close()
 
 
@@ -518,7 +329,19 @@ for call in (
 assert st.get("s", "k0") == "v" * 900
 assert st.get("new scope", "k") is None and st.list_groups() == ["s"]
 assert st.check()["ok"], st.check()
+assert not [n for n in os.listdir(os.path.join(root, "store")) if ".tmp-" in n]  # nothing left behind
+# A new store on the full disk: refused whole, and made once there is room.
+fresh = os.path.join(root, "fresh")
+try:
+    pystate.State(fresh, sync=sys.argv[2])
+    made = True
+except pystate.StoreOSError as e:
+    assert e.errno == errno.ENOSPC, e.errno
+    assert os.listdir(fresh) in ([], ["LOCK"]), os.listdir(fresh)
+    made = False
 os.unlink(ballast)  # space returns: the store carries on
+if not made:
+    pystate.State(fresh).close()
 for j in range(20):
     st.set("s", f"after{j}", j)
     acked[f"after{j}"] = j

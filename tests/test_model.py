@@ -247,7 +247,7 @@ class DurableStateMachine(StateMachine):
         src = self.dirs[-1]
         dst = tempfile.mkdtemp(prefix="pystate-model-")
         for name in os.listdir(src):
-            if name.endswith(".log"):
+            if name.endswith(".log") or name == "PYSTATE":  # the logs and the store's marker
                 shutil.copy(os.path.join(src, name), dst)
         self.real.close()
         self.dirs.append(dst)

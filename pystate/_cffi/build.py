@@ -24,6 +24,8 @@ static const int PS_TOOBIG;
 static const int PS_CORRUPT;
 static const int PS_LOCKED;
 static const int PS_BADVERSION;
+static const int PS_NOTSTORE;
+static const int PS_READONLY;
 static const int PS_RC_END;
 static const int PS_VERSION_MAJOR;
 static const int PS_VERSION_MINOR;
@@ -47,6 +49,7 @@ typedef struct ps_options {
     uint32_t sync_interval_ms;
     int repair;
     uint32_t max_open_files;
+    int read_only;
     uint64_t compact_min_dead;
     void (*hook)(void *ctx, int point);
     void *hook_ctx;
@@ -60,6 +63,7 @@ typedef struct ps_report {
     uint64_t bytes_cut;
     uint64_t repaired;
     uint64_t records_lost;
+    uint64_t logs_lost;
     uint64_t stray_files;
     char message[1024];
     ...;
@@ -75,6 +79,7 @@ typedef struct ps_stats {
     uint64_t log_bytes;
     uint64_t log_dead_bytes;
     uint64_t compactions;
+    uint64_t sync_errors;
     ...;
 } ps_stats;
 

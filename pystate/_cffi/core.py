@@ -35,6 +35,7 @@ from pystate.errors import (
     RecoveryWarning,
     ValueTooLargeError,
     error_for_rc,
+    recovery_message,
 )
 
 __all__ = ["Store", "UpdateResult", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
@@ -49,6 +50,8 @@ RC_CODES = {
     "PS_CORRUPT": lib.PS_CORRUPT,
     "PS_LOCKED": lib.PS_LOCKED,
     "PS_BADVERSION": lib.PS_BADVERSION,
+    "PS_NOTSTORE": lib.PS_NOTSTORE,
+    "PS_READONLY": lib.PS_READONLY,
 }
 #: The sync modes of a file-based store, by name.
 SYNC_MODES = {"interval": lib.PS_SYNC_INTERVAL, "never": lib.PS_SYNC_NEVER,
@@ -190,6 +193,8 @@ def _report_dict(r: Any) -> dict:
         "torn_tails": r.torn_tails,
         "bytes_cut": r.bytes_cut,
         "repaired": r.repaired,
+        "records_lost": r.records_lost,
+        "logs_lost": r.logs_lost,
         "stray_files": r.stray_files,
     }
 
@@ -216,11 +221,12 @@ def _path_bytes(path: Any) -> bytes:
 def inspect(path: Any, *, repair: bool = False) -> dict:
     """Read every log of the file store at ``path`` as opening it would,
     changing nothing on disk, and say what opening would fix (see the
-    Cython binding's ``inspect``: ``ok``, ``problem`` and the recovery
-    counts).
+    Cython binding's ``inspect``: ``ok``, ``problem``, ``detail`` and the
+    recovery counts).
 
     Raises:
-        LockedError: another process has the store open.
+        LockedError: another process has the store open for writing.
+        NotAStoreError: the directory is not a pystate store.
         StoreOSError: the directory cannot be read.
     """
     o = _new("ps_options *")
@@ -236,7 +242,9 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
             _with_message(err, msg)
         raise err
     out = _report_dict(rep)
-    out["problem"] = _message(rep) if rc else None
+    msg = _message(rep)
+    out["problem"] = msg if rc else None
+    out["detail"] = msg or None
     out["ok"] = rc == _OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
     return out
 
@@ -313,7 +321,7 @@ class Store:
     """
 
     # Prefixed: subclasses (the remote adapters) have slots of their own.
-    __slots__ = ("_c_g", "_c_closed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_hook",
+    __slots__ = ("_c_g", "_c_closed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_ro", "_c_hook",
                  "_c_emit", "_c_admit", "_c_pending", "_c_bound", "_c_all", "_c_scopes",
                  "_c_keys", "_c_pairs", "_c_stripes", "_c_turns")
 
@@ -325,6 +333,7 @@ class Store:
         self._c_durable = False
         self._c_path = None
         self._c_sync = None
+        self._c_ro = False
         self._c_hook = None
         self._c_emit = None
         self._c_stripes = None
@@ -332,7 +341,7 @@ class Store:
         return self
 
     def __init__(self, path: Any = None, *, sync: str = "interval", save_interval_ms: int = 5000,
-                 repair: bool = False, max_value_bytes: int | None = None,
+                 repair: bool = False, read_only: bool = False, max_value_bytes: int | None = None,
                  _compact_hook: Any = None, _compact_min_dead: int = 0,
                  _max_open_files: int = 0) -> None:
         if max_value_bytes is not None:
@@ -355,15 +364,19 @@ class Store:
             o.path = cpath
             o.sync = SYNC_MODES[sync]
             o.sync_interval_ms = save_interval_ms
+            if type(read_only) is not bool:
+                raise ConfigError(f"read_only: expected True or False, got {read_only!r}")
             o.repair = 1 if repair else 0
+            o.read_only = 1 if read_only else 0
             o.compact_min_dead = _compact_min_dead
             o.max_open_files = _max_open_files
             if _compact_hook is not None:
                 self._c_hook = ffi.new_handle(_compact_hook)
                 o.hook = lib.pystate_compact_hook
                 o.hook_ctx = self._c_hook
-        elif sync != "interval" or save_interval_ms != 5000 or repair:
-            raise ConfigError("sync, save_interval_ms and repair apply to file-based stores: give a path")
+        elif sync != "interval" or save_interval_ms != 5000 or repair or read_only:
+            raise ConfigError("sync, save_interval_ms, repair and read_only apply to "
+                              "file-based stores: give a path")
         out = _new("psg **")
         rc = lib.psg_open(out, o, rep)
         if rc:
@@ -380,11 +393,11 @@ class Store:
             self._c_durable = True
             self._c_path = os.fspath(path)
             self._c_sync = sync
-            if rep.torn_tails or rep.repaired:
-                warnings.warn(
-                    f"pystate: recovered store {self._c_path}: cut {rep.torn_tails} torn "
-                    f"tail(s) ({rep.bytes_cut} bytes), salvaged {rep.repaired} damaged log(s)",
-                    RecoveryWarning, stacklevel=4)
+            self._c_ro = read_only
+            text = recovery_message(self._c_path, _report_dict(rep), _message(rep),
+                                    read_only=read_only)
+            if text:
+                warnings.warn(text, RecoveryWarning, stacklevel=4)
 
     def __del__(self) -> None:
         g = self._c_g
@@ -440,6 +453,11 @@ class Store:
     def path(self) -> Any:
         """The store directory, or None in memory."""
         return self._c_path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened ``read_only`` (writes raise ReadOnlyError)."""
+        return self._c_ro
 
     @property
     def sync(self) -> str | None:
@@ -722,6 +740,7 @@ class Store:
             log_bytes=s.log_bytes,
             log_dead_bytes=s.log_dead_bytes,
             compactions=s.compactions,
+            sync_errors=s.sync_errors,
             recovery=_report_dict(rep),
             per_scope=self._c_per_scope(),
         )
