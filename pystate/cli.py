@@ -367,17 +367,11 @@ def _check_fix(path: str, args: argparse.Namespace) -> int:
     if args.json:
         _out(_text({"fixed": rec, "check": verdict}))
         return EXIT_OK if verdict["ok"] else EXIT_STORE
-    done = []
-    if rec["torn_tails"]:
-        done.append(f"cut {_plural(rec['torn_tails'], 'torn tail')} ({_plural(rec['bytes_cut'], 'byte')})")
-    salvaged = rec["repaired"] - rec["logs_lost"]
-    if salvaged:
-        lost = f", {_plural(rec['records_lost'], 'record')} lost" if rec["records_lost"] else ""
-        done.append(f"salvaged {_plural(salvaged, 'damaged log')}{lost} (the damaged files are kept "
-                    "beside the store as <file>.corrupt-<n>)")
-    if rec["logs_lost"]:
-        done.append(f"kept {_plural(rec['logs_lost'], 'unreadable log')} aside as <file>.corrupt-<n> "
-                    "(their records could not be salvaged)")
+    from pystate.errors import recovery_findings
+
+    done = recovery_findings(rec)
+    if rec["repaired"]:
+        done.append("the damaged files are kept beside the store as <file>.corrupt-<n>")
     if rec["stray_files"]:
         done.append(f"removed {_plural(rec['stray_files'], 'leftover file')} of an interrupted log write")
     _out("fixed: " + "; ".join(done) if done else "nothing to fix")

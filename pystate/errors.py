@@ -43,6 +43,7 @@ __all__ = [
     "ReadOnlyError",
     "RecoveryWarning",
     "error_for_rc",
+    "recovery_findings",
     "recovery_message",
 ]
 
@@ -223,24 +224,34 @@ def _n(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
+def recovery_findings(report: dict, *, read_only: bool = False) -> list[str]:
+    """What opening a store found and did, as short phrases (``report``: the
+    ``stats()["recovery"]`` counts). Written once for the warning and for
+    ``pystate check --fix``."""
+    found = []
+    if report["torn_tails"]:
+        verb = "found" if read_only else "cut"
+        found.append(f"{verb} {_n(report['torn_tails'], 'torn tail')} "
+                     f"({_n(report['bytes_cut'], 'byte')} of records lost)")
+    salvaged = report["repaired"] - report["logs_lost"]
+    if salvaged:
+        lost = f" ({_n(report['records_lost'], 'record')} lost)" if report["records_lost"] else ""
+        found.append(f"salvaged {_n(salvaged, 'damaged log')}{lost}")
+    if report["logs_lost"]:
+        found.append(f"kept {_n(report['logs_lost'], 'unreadable log')} aside (its records are lost)")
+    return found
+
+
 def recovery_message(path: str, report: dict, detail: str, *, read_only: bool = False) -> str | None:
     """The text of the :class:`RecoveryWarning` for what opening ``path``
     found (``report``: the ``stats()["recovery"]`` counts; ``detail``: the
     C core's line about the first fix), or None when there is nothing to
     warn about. Both bindings use it, so the wording is written once."""
-    found = []
-    if report["torn_tails"]:
-        found.append(f"{_n(report['torn_tails'], 'torn tail')} ({_n(report['bytes_cut'], 'byte')} of records lost)")
-    salvaged = report["repaired"] - report["logs_lost"]
-    if salvaged:
-        lost = f", {_n(report['records_lost'], 'record')} lost" if report["records_lost"] else ""
-        found.append(f"{_n(salvaged, 'damaged log')} salvaged{lost}")
-    if report["logs_lost"]:
-        found.append(f"{_n(report['logs_lost'], 'unreadable log')} kept aside (its records are lost)")
+    found = recovery_findings(report, read_only=read_only)
     if not found:
         return None
     if read_only:
-        what = f"pystate: store {path} has {'; '.join(found)}; left as it is (opened read-only)"
+        what = f"pystate: store {path}: {'; '.join(found)}; left as it is (opened read-only)"
     else:
         what = f"pystate: recovered store {path}: {'; '.join(found)}"
     return f"{what}. {detail}" if detail else what

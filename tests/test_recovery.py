@@ -150,7 +150,7 @@ def test_acknowledged_records_that_read_back_as_zeros_are_reported_cut(path, syn
     open(logpath, "wb").write(data)
     report = _core.inspect(path)  # what `pystate check` reads: not ok
     assert report["torn_tails"] == 1 and not report["ok"]
-    with pytest.warns(pystate.RecoveryWarning, match=r"1 torn tail .*are gone"):
+    with pytest.warns(pystate.RecoveryWarning, match=r"cut 1 torn tail .*are gone"):
         st = pystate.State(path, sync=sync)
     rec = st.stats()["recovery"]
     assert rec["torn_tails"] == 1 and rec["bytes_cut"] == len(data) - boundary
@@ -190,7 +190,7 @@ def test_repair_salvages_every_valid_record_and_keeps_the_damaged_file(path):
     _, recs, _ = logfmt.parse(bytes(data))
     data[recs[2].offset + 19] ^= 1
     open(logpath, "wb").write(data)
-    with pytest.warns(pystate.RecoveryWarning, match="1 damaged log salvaged, 1 record lost"):
+    with pytest.warns(pystate.RecoveryWarning, match=r"salvaged 1 damaged log \(1 record lost\)"):
         st = pystate.State(path, repair=True)
     assert st.list("s") == [{"i": i} for i in (0, 1, 3, 4, 5)]
     rec = st.stats()["recovery"]
@@ -250,7 +250,7 @@ def test_a_log_that_is_empty_or_zeros_is_damage_not_a_log_being_created(path, co
     with pytest.raises(pystate.CorruptError, match="repair"):
         pystate.State(path)
     assert open(logpath, "rb").read() == content
-    with pytest.warns(pystate.RecoveryWarning, match="unreadable log kept aside"):
+    with pytest.warns(pystate.RecoveryWarning, match="kept 1 unreadable log aside"):
         st = pystate.State(path, repair=True)
     assert st.list_groups() == [] and st.stats()["recovery"]["logs_lost"] == 1
     assert open(logpath + ".corrupt-1", "rb").read() == content
