@@ -177,7 +177,7 @@ static int read_marker(int dirfd, const char *path, char *msg, size_t cap)
     int fd = ps_dir_open_file(dirfd, PS_DIR_MARKER, O_RDONLY);
     if (fd < 0) {
         int e = errno;
-        if (e == ELOOP || e == EINVAL)
+        if (e == ELOOP || e == EINVAL || e == EISDIR)
             say(msg, cap, "%s/%s is not a regular file (a symbolic link?): pystate never creates one "
                 "and does not follow links; remove it", path, PS_DIR_MARKER);
         else if (e != ENOENT)
@@ -368,15 +368,14 @@ int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *m
     }
     int lockfd = -1;
     if (rc == 0) {
-        lockfd = openat(dirfd, PS_DIR_LOCK,
-                        (read_only ? O_RDONLY : O_RDWR | O_CREAT) | O_NOFOLLOW | O_CLOEXEC, 0644);
+        lockfd = ps_dir_open_file(dirfd, PS_DIR_LOCK, read_only ? O_RDONLY : O_RDWR | O_CREAT);
         if (lockfd < 0 && !(read_only && errno == ENOENT)) {
             rc = errno;
-            if (rc == ELOOP)
-                say(msg, cap, "%s/%s is a symbolic link: pystate does not follow links; remove it",
-                    path, PS_DIR_LOCK);
+            if (rc == ELOOP || rc == EINVAL || rc == EISDIR)
+                say(msg, cap, "%s/%s is not a regular file (a symbolic link?): pystate never "
+                    "creates one and does not follow links; remove it", path, PS_DIR_LOCK);
             else
-                say(msg, cap, "cannot open the lock of store directory %s: %s", path, strerror(rc));
+                say(msg, cap, "cannot open %s/%s: %s", path, PS_DIR_LOCK, strerror(rc));
         } else if (lockfd >= 0 && flock(lockfd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
             rc = errno;
             if (rc == EWOULDBLOCK) {

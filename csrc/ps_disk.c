@@ -535,7 +535,10 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
         /* Preallocated zeros are about to follow: the hint must say where
          * the records end before they can. */
         if (l->no_prealloc) {
-            if ((rc = write_end_hint(l->fd, l->size)) != 0)
+            /* Synced: space preallocated next must not outlive a hint that
+             * says none follows (it would read as lost records). Once per
+             * log that changes mode. */
+            if ((rc = write_end_hint(l->fd, l->size)) != 0 || (rc = datasync(l->fd)) != 0)
                 return rc;
             l->no_prealloc = 0;
         }
@@ -589,8 +592,8 @@ int ps_disk_commit_wait(ps_store *st, ps_commit *c)
         int err = gen == c->gen ? datasync(c->fd) : 0;
         pthread_mutex_lock(&d->sync_mu);
         l->syncing = 0;
-        if (err)
-            l->broken = err;
+        if (err && gen == l->gen)
+            l->broken = err; /* (a replaced file's failure is not the new file's) */
         else if (gen == l->durable_gen && upto > l->durable)
             l->durable = upto;
         pthread_cond_broadcast(&d->sync_cv);
@@ -817,11 +820,12 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     ps_disk *d = st->disk;
     pthread_mutex_lock(&st->mu);
     ps_logf *l = sc->log;
+    if (l)
+        l->want_compact = 0; /* a later write queues it again if still wanted */
     if (!l || !l->present || l->compacting) {
         pthread_mutex_unlock(&st->mu);
         return 0;
     }
-    l->want_compact = 0;
     if (sc->table.n_live == 0) {
         /* Nothing to keep: the log goes, which is what its deletes meant. */
         int rc = remove_log(st, l);
@@ -922,7 +926,11 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     l->gen++;
     l->durable_gen = l->gen;
     l->durable = synced_size;
-    l->broken = 0; /* everything is in a fresh file, synced up to synced_size */
+    /* Everything is in a fresh file, synced up to synced_size. But with
+     * sync=always, a rename not known durable means later writes cannot
+     * be acknowledged as durable either: refused, as after a failed
+     * fdatasync, until a compaction or reopen. */
+    l->broken = d->sync_mode == PS_SYNC_ALWAYS ? dir_rc : 0;
     if (dir_rc || d->sync_mode != PS_SYNC_ALWAYS)
         d->dir_dirty = 1;
     pthread_cond_broadcast(&d->sync_cv);
@@ -930,7 +938,7 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     atomic_store(&l->appended, size);
     d->compactions++;
     pthread_mutex_unlock(&st->mu);
-    return 0;
+    return d->sync_mode == PS_SYNC_ALWAYS ? dir_rc : 0;
 }
 
 void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
@@ -1008,7 +1016,7 @@ static int sync_all(ps_store *st)
             err = datasync(fd);
             close(fd);
             pthread_mutex_lock(&d->sync_mu);
-            if (err)
+            if (err && l->gen == gen)
                 l->broken = err; /* the kernel may have dropped those pages */
             else if (l->durable_gen == gen && upto > l->durable)
                 l->durable = upto;
@@ -1030,11 +1038,15 @@ static void run_wanted_compactions(ps_store *st)
     pthread_mutex_lock(&st->mu);
     size_t n = st->scopes.n_live, k = 0;
     ps_scope **want = n ? ps_mem_alloc(&st->mem, n * sizeof *want) : NULL;
-    for (uint32_t i = 0; want && i < st->scopes.n_entries; i++) {
+    for (uint32_t i = 0; i < st->scopes.n_entries; i++) {
         const unsigned char *it = st->scopes.entries[i];
         ps_scope *sc = it ? ps_scope_of(it) : NULL;
-        if (sc && sc->log && sc->log->want_compact)
-            want[k++] = sc;
+        if (sc && sc->log && sc->log->want_compact) {
+            if (want)
+                want[k++] = sc;
+            else
+                sc->log->want_compact = 0; /* out of memory: later writes queue it again */
+        }
     }
     pthread_mutex_unlock(&st->mu);
     /* Scopes of a file-based store live until it closes, and this thread
@@ -1251,7 +1263,7 @@ static int load_log(opener *o, const char *fname)
     int fd = open_in_store(d, NULL, fname, d->read_only ? O_RDONLY : O_RDWR);
     if (fd < 0) {
         int e = errno;
-        if (e == ELOOP || e == EINVAL) {
+        if (e == ELOOP || e == EINVAL || e == EISDIR) {
             report(rep, "%s/%s is not a regular file (a symbolic link?) where a log should be: "
                    "pystate never creates one and does not follow links; remove it",
                    d->path, fname);
@@ -1500,13 +1512,25 @@ static void free_names(ps_store *st, char **names, size_t n)
     ps_mem_free(&st->mem, names, n * sizeof *names);
 }
 
-/* Rename a damaged log to the first free <name>.corrupt-<n>. */
-static int set_aside(ps_disk *d, const char *name)
+/* Keep a damaged log as the first free <name>.corrupt-<n>. With *link
+ * set, as a second name for the same file (the log's name is then
+ * replaced by its salvage, so at no moment is the damaged file under
+ * neither name); else, or where hard links are not supported (*link is
+ * then cleared), by a rename. Returns 0 or an errno. */
+static int set_aside(ps_disk *d, const char *name, int *link)
 {
     char aside[NAME_MAX_LEN];
     for (unsigned n = 1;; n++) {
         snprintf(aside, sizeof aside, "%s.corrupt-%u", name, n);
-        int rc = ps_dir_rename_noreplace(d->dirfd, name, aside);
+        int rc = 0;
+        if (*link && linkat(d->dirfd, name, d->dirfd, aside, 0) != 0)
+            rc = errno;
+        if (rc == EPERM || rc == ENOTSUP || rc == EOPNOTSUPP || rc == EMLINK || rc == ENOSYS) {
+            *link = 0;
+            rc = 0;
+        }
+        if (!*link)
+            rc = ps_dir_rename_noreplace(d->dirfd, name, aside);
         if (rc != EEXIST)
             return rc;
     }
@@ -1542,25 +1566,31 @@ static int apply_fixes(opener *o)
             if (rc)
                 return rc;
         } else if (f->kind == FIX_ASIDE) {
-            int rc = set_aside(d, f->name);
+            int link = 0;
+            int rc = set_aside(d, f->name, &link);
             if (rc)
                 return rc;
             dir_changed = 1;
         } else { /* FIX_REPAIR: keep the damaged file aside, write the salvage */
             ps_logf *l = f->sc->log;
             log_close_fd(d, l);
-            int rc = set_aside(d, f->name);
+            int live = f->sc->table.n_live != 0, link = live;
+            int rc = set_aside(d, f->name, &link);
             if (rc)
                 return rc;
             dir_changed = 1;
-            l->present = 0;
-            if (f->sc->table.n_live) {
-                /* Write the salvaged state under the same name, the way
-                 * compaction writes any log: new file, sync, rename. */
-                l->present = 1;
+            if (live) {
+                /* Write the salvaged state over the damaged file's name,
+                 * the way compaction writes any log: new file, sync,
+                 * rename. Until that rename the damaged file is still
+                 * there, so a failure here leaves the store as it was
+                 * (and a copy aside). Where links are not supported it
+                 * was renamed away instead, as before. */
                 rc = compact_scope(st, f->sc);
                 if (rc)
                     return rc;
+            } else {
+                l->present = 0;
             }
         }
     }

@@ -271,6 +271,38 @@ TEST(links_in_the_store_are_never_followed)
     unlink(lock);
 }
 
+TEST(a_fifo_or_directory_as_the_lock_is_refused_not_waited_on)
+{
+    char dir[512], logpath[600], lock[700];
+    make_root();
+    snprintf(dir, sizeof dir, "%s/fifolock", root);
+    write_log(dir, 2, logpath, sizeof logpath);
+    snprintf(lock, sizeof lock, "%s/LOCK", dir);
+    for (int kind = 0; kind < 2; kind++) {
+        unlink(lock);
+        rmdir(lock);
+        REQUIRE(kind ? mkdir(lock, 0755) == 0 : mkfifo(lock, 0644) == 0);
+        pid_t pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            alarm(10); /* a hang fails the test instead of the run */
+            ps_report rep;
+            int rc = open_ro(dir, &rep, NULL) ? 1 : 0;
+            if (rc == 0)
+                rc = ps_store_inspect(&(ps_options){.path = dir}, &rep) != PS_OK &&
+                             open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL) == NULL &&
+                             strstr(rep.message, "LOCK") != NULL
+                         ? 0
+                         : 2;
+            CHILD_EXIT(rc);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    rmdir(lock);
+}
+
 /* ---- read-only ---------------------------------------------------------------------------- */
 
 TEST(a_read_only_open_reports_damage_and_changes_nothing)

@@ -358,6 +358,63 @@ TEST(damage_in_the_middle_refuses_to_open_and_changes_nothing)
     free(orig);
 }
 
+static int refuse_big;
+static void *big_malloc(void *ctx, size_t n)
+{
+    (void)ctx;
+    return refuse_big && n == (1u << 20) ? NULL : malloc(n);
+}
+static void *big_realloc(void *ctx, void *p, size_t n)
+{
+    (void)ctx;
+    return realloc(p, n);
+}
+static void big_free(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+TEST(a_repair_that_fails_leaves_the_damaged_log_where_it_was)
+{
+    /* The salvage is written before the damaged file leaves its name: a
+     * repair that fails (here its 1 MiB write buffer is refused) leaves
+     * the store as it was, damage and all, never a store without the
+     * scope that opens clean. */
+    char dir[512], logpath[600];
+    make_root();
+    snprintf(dir, sizeof dir, "%s/failrepair", root);
+    write_log(dir, 5, logpath, sizeof logpath);
+    size_t n;
+    unsigned char *bad = slurp(logpath, &n);
+    REQUIRE(bad);
+    bad[ps_log_header_size(1) + 25] ^= 0xff;
+    spit(logpath, bad, n);
+    ps_allocator a = {big_malloc, big_realloc, big_free, NULL};
+    ps_options o;
+    memset(&o, 0, sizeof o);
+    o.path = dir;
+    o.repair = 1;
+    o.sync = PS_SYNC_NEVER;
+    o.allocator = &a;
+    ps_store *st = NULL;
+    ps_report rep;
+    refuse_big = 1;
+    CHECK_RC(ps_store_open(&st, &o, &rep), ENOMEM);
+    refuse_big = 0;
+    size_t n2;
+    unsigned char *now = slurp(logpath, &n2);
+    CHECK(now && n2 == n && memcmp(now, bad, n) == 0);
+    free(now);
+    int rc;
+    CHECK(open_dir(dir, PS_SYNC_NEVER, 0, &rep, &rc) == NULL && rc == PS_CORRUPT);
+    st = open_dir(dir, PS_SYNC_NEVER, 1, &rep, &rc); /* and repair still works */
+    REQUIRE(st);
+    CHECK(strcmp(list_s(st, "s"), "[0,2,3,4]") == 0);
+    ps_store_close(st);
+    free(bad);
+}
+
 static int inspect_dir(const char *path, int repair, ps_report *rep)
 {
     ps_options o;
