@@ -212,6 +212,28 @@ static int read_marker(int dirfd, const char *path, char *msg, size_t cap)
     return PS_OK;
 }
 
+/* Is `name` in dirfd what creating a store leaves, provably: an empty
+ * regular LOCK, or a marker temporary holding the start of the marker? */
+static int creation_leftover(int dirfd, const char *name)
+{
+    int kind = ps_dir_name_kind(name);
+    if (kind != PS_NAME_LOCK && kind != PS_NAME_MARKER_TEMP)
+        return 0;
+    int fd = ps_dir_open_file(dirfd, name, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    char buf[MARKER_MAX + 1], text[64];
+    ssize_t n;
+    do
+        n = pread(fd, buf, sizeof buf, 0);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (kind == PS_NAME_LOCK)
+        return n == 0;
+    int len = snprintf(text, sizeof text, MARKER_TEXT "%d\n", PS_LOG_VERSION);
+    return n >= 0 && n <= len && memcmp(buf, text, (size_t)n) == 0;
+}
+
 /* Does dirfd hold nothing but what an interrupted creation of a store
  * leaves (LOCK, marker temporaries)? 0 yes, PS_NOTSTORE no, or an errno. */
 static int only_leftovers(int dirfd, const char *path, char *msg, size_t cap)
@@ -231,8 +253,7 @@ static int only_leftovers(int dirfd, const char *path, char *msg, size_t cap)
         const char *nm = ent->d_name;
         if (strcmp(nm, ".") == 0 || strcmp(nm, "..") == 0)
             continue;
-        int kind = ps_dir_name_kind(nm);
-        if (kind == PS_NAME_LOCK || kind == PS_NAME_MARKER_TEMP)
+        if (creation_leftover(dirfd, nm))
             continue;
         say(msg, cap, "%s is not a pystate store: it is not empty (it holds '%.80s') and has no "
             "%s marker; a store is created only in a new or empty directory, and nothing in "
@@ -257,10 +278,8 @@ static void drop_marker_temps(int dirfd)
     }
     struct dirent *ent;
     while ((ent = readdir(dir)) != NULL) {
-        struct stat sb;
         if (ps_dir_name_kind(ent->d_name) == PS_NAME_MARKER_TEMP &&
-            fstatat(dirfd, ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode) &&
-            sb.st_size <= MARKER_MAX)
+            creation_leftover(dirfd, ent->d_name))
             (void)unlinkat(dirfd, ent->d_name, 0);
     }
     closedir(dir);

@@ -30,10 +30,11 @@
  *   the call returns, so a killed process loses nothing acknowledged. fdatasync
  *   then follows the sync mode: after every write (sync=always; concurrent
  *   writers wait for one leader's sync, a group commit), from a background
- *   thread every interval (sync=interval), or never. A new log's header is
- *   synced before its first record in every mode (the log only appears
- *   under its name once it is), and renames need the directory synced; the
- *   sync mode covers that.
+ *   thread every interval (sync=interval), or never. In every mode a new
+ *   log's header is synced, and its name (a rename) made durable with the
+ *   directory, before its first record; a compaction's rename too, before
+ *   the next write: so no write ever lands in a file whose name may not
+ *   survive a crash.
  *
  * Recovery
  *   Open reads every log before changing anything. A log whose damage has
@@ -197,10 +198,10 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
     return 0;
 }
 
-static int write_end_hint(int fd, uint64_t end)
+static int write_end_hint(int fd, uint64_t end, uint64_t salt)
 {
     unsigned char b[8];
-    ps_log_end_hint_bytes(b, end);
+    ps_log_end_hint_bytes(b, end, salt);
     return pwrite_all(fd, b, 8, PS_LOG_END_OFFSET);
 }
 
@@ -439,7 +440,7 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     ps_log_header_encode(d->scratch, scope, slen, salt);
     int no_prealloc = d->sync_mode == PS_SYNC_ALWAYS;
     if (no_prealloc)
-        ps_log_set_end_hint(d->scratch, PS_LOG_NO_PREALLOC);
+        ps_log_set_end_hint(d->scratch, PS_LOG_NO_PREALLOC, salt);
     rc = ps_file_append(fd, d->scratch, hsize, 0);
     if (rc == 0)
         rc = datasync(fd);
@@ -454,8 +455,11 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
         if (rc == EEXIST)
             rc = 0; /* a hash twin (or someone else's file) has that name: next */
     }
-    if (rc == 0 && d->sync_mode == PS_SYNC_ALWAYS)
-        rc = fsync_dir(d); /* the first write must not be acknowledged before the name is durable */
+    /* The name must be durable before any record goes into the file, in
+     * every mode: else a crash could leave records under the temporary
+     * name only. */
+    if (rc == 0)
+        rc = fsync_dir(d);
     /* A scope whose log was removed (all its keys deleted, then compacted)
      * gets its struct back: pointers to it may still be held by syncing
      * threads, so a log struct lives as long as the store. */
@@ -482,8 +486,6 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     l->durable_gen = l->gen;
     l->durable = hsize;
     l->broken = 0;
-    if (d->sync_mode != PS_SYNC_ALWAYS)
-        d->dir_dirty = 1;
     pthread_mutex_unlock(&d->sync_mu);
     sc->log = l;
     trim_scratch(st);
@@ -517,7 +519,7 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
          * another mode left goes, and the header says none follows: so
          * acknowledged records that later read as zeros are known lost. */
         rc = l->no_prealloc ? 0 : ftruncate(l->fd, (off_t)l->size) != 0 ? errno : 0;
-        if (rc == 0 && !l->no_prealloc && (rc = write_end_hint(l->fd, PS_LOG_NO_PREALLOC)) == 0)
+        if (rc == 0 && !l->no_prealloc && (rc = write_end_hint(l->fd, PS_LOG_NO_PREALLOC, l->salt)) == 0)
             l->no_prealloc = 1;
         if (rc == 0)
             rc = ensure_scratch(st, n);
@@ -538,14 +540,14 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
             /* Synced: space preallocated next must not outlive a hint that
              * says none follows (it would read as lost records). Once per
              * log that changes mode. */
-            if ((rc = write_end_hint(l->fd, l->size)) != 0 || (rc = datasync(l->fd)) != 0)
+            if ((rc = write_end_hint(l->fd, l->size, l->salt)) != 0 || (rc = datasync(l->fd)) != 0)
                 return rc;
             l->no_prealloc = 0;
         }
         if ((rc = log_reserve(l, n)) != 0)
             return rc;
         ps_rec_encode(l->map + l->size, l->salt, kind, l->next_seq, key, klen, value, vlen);
-        ps_log_set_end_hint(l->map, l->size + n);
+        ps_log_set_end_hint(l->map, l->size + n, l->salt);
     }
     l->size += n;
     l->next_seq++;
@@ -663,19 +665,27 @@ static const unsigned char *next_item(item_iter *it)
     return item;
 }
 
-/* Write a fresh log, salted `salt`, to a new temporary file (its name
- * into tmp): the scope's header, then its items as records numbered from
- * 1, with the end hint set; not synced. `buf` (`cap` bytes) is the write
+/* A new temporary file for rewriting l (its name into tmp), making room
+ * in the descriptor table if it is full. Under st->mu. */
+static int create_temp(ps_disk *d, const ps_logf *l, char *tmp)
+{
+    for (;;) {
+        int fd = ps_dir_create_temp(d->dirfd, l->name, tmp);
+        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !evict_one(d, NULL))
+            return fd;
+    }
+}
+
+/* Write a fresh log, salted `salt`, to the new temporary file fd (named
+ * tmp): the scope's header, then its items as records numbered from 1,
+ * with the end hint set; not synced. `buf` (`cap` bytes) is the write
  * buffer. Makes no allocation, so it may run without st->mu. Returns 0
- * and the file's descriptor, size and next seq, or an errno (nothing left
- * behind). */
+ * and the file's size and next seq, or an errno (the file is then closed
+ * and removed). */
 static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsigned char *buf,
-                          size_t cap, uint64_t salt, char *tmp, int *fd_out, uint64_t *size,
+                          size_t cap, uint64_t salt, int fd, const char *tmp, uint64_t *size,
                           uint64_t *next_seq)
 {
-    int fd = ps_dir_create_temp(d->dirfd, l->name, tmp);
-    if (fd < 0)
-        return errno;
     writer w = {fd, 0, buf, 0, cap, 0};
     size_t hsize = ps_log_header_size(l->scope_len);
     if (hsize <= w.cap) {
@@ -716,13 +726,12 @@ static int write_snapshot(ps_disk *d, const ps_logf *l, item_iter *items, unsign
     }
     w_flush(&w);
     if (!w.err)
-        w.err = write_end_hint(fd, d->sync_mode == PS_SYNC_ALWAYS ? PS_LOG_NO_PREALLOC : w.off);
+        w.err = write_end_hint(fd, d->sync_mode == PS_SYNC_ALWAYS ? PS_LOG_NO_PREALLOC : w.off, salt);
     if (w.err) {
         close(fd);
         unlinkat(d->dirfd, tmp, 0);
         return w.err;
     }
-    *fd_out = fd;
     *size = w.off;
     *next_seq = seq;
     return 0;
@@ -768,7 +777,7 @@ static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t s
     if (!rc) {
         *size += n;
         if (st->disk->sync_mode != PS_SYNC_ALWAYS)
-            rc = write_end_hint(fd, *size);
+            rc = write_end_hint(fd, *size, salt);
     }
     ps_mem_free(&st->mem, out, n);
     ps_mem_free(&st->mem, buf, n);
@@ -843,6 +852,8 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     unsigned char *copy = copy_len <= SNAPSHOT_COPY_MAX ? ps_mem_alloc(&st->mem, copy_len) : NULL;
     unsigned char *wbuf = ps_mem_alloc(&st->mem, WRITE_BUFFER);
     int rc = wbuf ? 0 : ENOMEM;
+    if (!rc && (fd = create_temp(d, l, tmp)) < 0)
+        rc = errno;
     item_iter items = {&sc->table, 0, NULL, NULL};
     if (!rc && copy) {
         unsigned char *q = copy;
@@ -854,14 +865,14 @@ static int compact_scope(ps_store *st, ps_scope *sc)
         }
         items = (item_iter){NULL, 0, copy, q};
     } else if (!rc) {
-        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, tmp, &fd, &size, &next_seq);
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, fd, tmp, &size, &next_seq);
     }
     uint64_t from = l->size, gen = l->gen;
     if (!rc)
         l->compacting = 1;
     pthread_mutex_unlock(&st->mu);
     if (!rc && copy)
-        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, tmp, &fd, &size, &next_seq);
+        rc = write_snapshot(d, l, &items, wbuf, WRITE_BUFFER, salt, fd, tmp, &size, &next_seq);
     if (rc) {
         pthread_mutex_lock(&st->mu);
         l->compacting = 0;
@@ -906,9 +917,9 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     hook(d, PS_HOOK_COMPACT_RENAMED);
     /* The old file is gone from the directory either way; a crash before
      * the directory is synced shows the old or the new log, both complete.
-     * With sync=always later writes must not be acknowledged before the
-     * rename is durable, so sync it now; otherwise the periodic sync does. */
-    int dir_rc = d->sync_mode == PS_SYNC_ALWAYS ? fsync_dir(d) : 0;
+     * Synced now, in every mode, before any write can go into the new
+     * file: a write must never land in a file whose name may not last. */
+    int dir_rc = fsync_dir(d);
     hook(d, PS_HOOK_COMPACT_DONE);
     log_close_fd(d, l);
     while (d->n_open >= d->max_open && d->lru_tail)
@@ -926,19 +937,18 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     l->gen++;
     l->durable_gen = l->gen;
     l->durable = synced_size;
-    /* Everything is in a fresh file, synced up to synced_size. But with
-     * sync=always, a rename not known durable means later writes cannot
-     * be acknowledged as durable either: refused, as after a failed
-     * fdatasync, until a compaction or reopen. */
-    l->broken = d->sync_mode == PS_SYNC_ALWAYS ? dir_rc : 0;
-    if (dir_rc || d->sync_mode != PS_SYNC_ALWAYS)
+    /* Everything is in a fresh file, synced up to synced_size. But a
+     * rename not known durable means later writes could be lost with it:
+     * refused, as after a failed fdatasync, until a compaction or reopen. */
+    l->broken = dir_rc;
+    if (dir_rc)
         d->dir_dirty = 1;
     pthread_cond_broadcast(&d->sync_cv);
     pthread_mutex_unlock(&d->sync_mu);
     atomic_store(&l->appended, size);
     d->compactions++;
     pthread_mutex_unlock(&st->mu);
-    return d->sync_mode == PS_SYNC_ALWAYS ? dir_rc : 0;
+    return dir_rc;
 }
 
 void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
@@ -1129,14 +1139,15 @@ enum fix_kind {
     FIX_CUT,    /* cut a log back to its last whole record */
     FIX_UNLINK, /* remove a file of ours that holds nothing needed */
     FIX_REPAIR, /* keep a damaged log aside, write what was salvaged */
-    FIX_ASIDE   /* keep an unreadable log aside, whole */
+    FIX_ASIDE,  /* keep an unreadable log aside, whole */
+    FIX_ADOPT   /* give a temporary holding a scope's only copy a log's name */
 };
 
 typedef struct fix {
     int kind;
     char name[NAME_MAX_LEN];
     uint64_t size;  /* FIX_CUT: the length to keep */
-    ps_scope *sc;   /* FIX_REPAIR, FIX_CUT */
+    ps_scope *sc;   /* FIX_REPAIR, FIX_CUT, FIX_ADOPT */
 } fix;
 
 typedef struct opener {
@@ -1373,31 +1384,42 @@ static int load_log(opener *o, const char *fname)
                  "into a new log, the damaged file kept as %s.corrupt-<n>", d->path, fname, shown,
                  end, fname);
         }
-    } else if (rc == 0) {
-        /* What follows the last whole record? Zeros from the end hint on
-         * are preallocated space that was never written (the process
-         * stopped before truncating it): not damage, and appends reuse
-         * it. Anything else there, or a hint past the last record (what
-         * it points to reads as zeros, or the file stops short of it), is
-         * records lost: cut, and said so. */
-        uint64_t hint = ps_log_end_hint(map);
-        size_t last = data_end(map, end, size);
-        if (hint == PS_LOG_NO_PREALLOC) {
-            l->no_prealloc = 1;
-            hint = size; /* nothing but records was ever there */
+    }
+    if (rc == 0) {
+        /* What follows the last whole record (of the last run of them,
+         * after a salvage)? Zeros from the end hint on are preallocated
+         * space that was never written (the process stopped before
+         * truncating it): not damage, and appends reuse it. Anything else
+         * there, or a hint past the last record (what it points to reads
+         * as zeros, or the file stops short of it), is records lost: cut,
+         * and said so. A damaged hint cannot tell: all of it counts lost. */
+        size_t tail_at = scan.end;
+        uint64_t hint;
+        int hint_ok = ps_log_end_hint(map, h.salt, &hint);
+        size_t last = data_end(map, tail_at, size);
+        if (!hint_ok || hint == PS_LOG_NO_PREALLOC) {
+            l->no_prealloc = hint_ok;
+            hint = size; /* nothing but records was (or is known to be) there */
         }
-        if (last > end || hint > end) {
+        if (last > tail_at || hint > tail_at) {
             uint64_t lost_to = last > hint ? last : hint;
             rep->torn_tails++;
-            rep->bytes_cut += lost_to - end;
-            if (last > end)
+            rep->bytes_cut += lost_to - tail_at;
+            if (!hint_ok)
+                note(o, "log %s/%s (scope '%s'): its end hint is damaged, so the %llu bytes after "
+                     "its last record, at offset %zu, are counted lost and cut", d->path, fname,
+                     shown, (unsigned long long)(lost_to - tail_at), tail_at);
+            else if (last > tail_at)
                 note(o, "log %s/%s (scope '%s'): torn tail of %llu bytes cut at offset %zu",
-                     d->path, fname, shown, (unsigned long long)(lost_to - end), end);
+                     d->path, fname, shown, (unsigned long long)(lost_to - tail_at), tail_at);
             else
                 note(o, "log %s/%s (scope '%s'): the records from offset %zu to %llu, where the "
                      "log says its records end, are gone (zeros or cut off); cut at offset %zu",
-                     d->path, fname, shown, end, (unsigned long long)lost_to, end);
-            rc = add_fix(o, FIX_CUT, fname, end, sc);
+                     d->path, fname, shown, tail_at, (unsigned long long)lost_to, tail_at);
+            /* A log being rewritten by repair keeps its damaged file aside
+             * byte for byte: the rewrite drops the tail, not a cut. */
+            if (!salvaged && !h.copy_damaged)
+                rc = add_fix(o, FIX_CUT, fname, end, sc);
         }
     }
     if (rc == 0 && h.copy_damaged && !salvaged) {
@@ -1417,19 +1439,26 @@ static int load_log(opener *o, const char *fname)
     return rc;
 }
 
-/* A temporary file of ours (an interrupted log creation or compaction):
- * the log it was to become or replace is whole without it. Removed when
- * it shows it is ours (an intact header block, or the start of one, or
- * only zeros); anything else under such a name, a link included, is left
- * alone. */
+/* A temporary file of ours (an interrupted log creation or compaction),
+ * looked at once every log is loaded. Its content must show it is ours
+ * (an intact header block, the start of one, or only zeros); anything
+ * else under such a name, a link included, is left alone. Whatever it
+ * holds is normally also in a log (a log's name is made durable before
+ * any record goes into it), so it is removed; but if it holds records of
+ * a scope that no log holds, it is the only copy of them (a crash lost
+ * the rename): that refuses the open, and repair puts it back as the
+ * scope's log. */
 static int consider_temp(opener *o, const char *fname)
 {
-    ps_disk *d = o->st->disk;
+    ps_store *st = o->st;
+    ps_disk *d = st->disk;
     int fd = ps_dir_open_file(d->dirfd, fname, O_RDONLY);
     if (fd < 0)
         return 0;
     struct stat sb;
-    int ours = 0;
+    int ours = 0, orphan = 0;
+    size_t records = 0;
+    char shown[128] = "";
     if (fstat(fd, &sb) == 0) {
         size_t size = (size_t)sb.st_size;
         const unsigned char *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
@@ -1438,9 +1467,17 @@ static int consider_temp(opener *o, const char *fname)
         } else {
             ps_loghdr h;
             size_t m = size < 8 ? size : 8;
+            int hrc = ps_log_header_parse(map, size, &h);
             ours = size == 0 || data_end(map, 0, size) == 0 ||
-                   (size < PS_LOG_FIXED_HEADER && memcmp(map, PS_LOG_MAGIC, m) == 0) ||
-                   (ps_log_header_parse(map, size, &h), h.block_ok);
+                   (size < PS_LOG_FIXED_HEADER && memcmp(map, PS_LOG_MAGIC, m) == 0) || h.block_ok;
+            if (hrc == PS_OK) {
+                ps_scan scan;
+                (void)ps_log_scan(map, size, h.size, 1, h.salt, NULL, NULL, &scan);
+                records = scan.records;
+                ps_where w;
+                orphan = records && !ps_scope_find(st, h.name, h.nlen, &w);
+                printable(shown, sizeof shown, h.name, h.nlen);
+            }
         }
         if (map)
             munmap((void *)map, size);
@@ -1448,9 +1485,33 @@ static int consider_temp(opener *o, const char *fname)
     close(fd);
     if (!ours)
         return 0;
-    o->rep->stray_files++;
-    note(o, "%s/%s: the leftover of an interrupted log write, removed", d->path, fname);
-    return add_fix(o, FIX_UNLINK, fname, 0, NULL);
+    if (!orphan) {
+        o->rep->stray_files++;
+        note(o, "%s/%s: the leftover of an interrupted log write, removed", d->path, fname);
+        return add_fix(o, FIX_UNLINK, fname, 0, NULL);
+    }
+    if (!d->repair) {
+        report(o->rep, "%s/%s holds %zu record(s) of scope '%s' that no log holds (a crash lost the "
+               "log's name); open with repair to put it back", d->path, fname, records, shown);
+        return PS_CORRUPT;
+    }
+    int rc = load_log(o, fname);
+    if (rc)
+        return rc;
+    ps_scope *sc = NULL;
+    /* load_log added the scope: find it again by its log's name. */
+    ps_table *t = &st->scopes;
+    for (uint32_t i = 0; i < t->n_entries && !sc; i++) {
+        const unsigned char *it = t->entries[i];
+        if (it && ps_scope_of(it)->log && strcmp(ps_scope_of(it)->log->name, fname) == 0)
+            sc = ps_scope_of(it);
+    }
+    if (!sc)
+        return EIO;
+    o->rep->repaired++;
+    note(o, "%s/%s: the only copy of scope '%s' (%zu record(s)), put back as its log", d->path,
+         fname, shown, records);
+    return add_fix(o, FIX_ADOPT, fname, 0, sc);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -1559,12 +1620,36 @@ static int apply_fixes(opener *o)
             if (ftruncate(l->fd, (off_t)f->size) != 0)
                 return errno;
             /* The hint may point into what was cut: it must not outlive it. */
-            rc = write_end_hint(l->fd, l->no_prealloc ? PS_LOG_NO_PREALLOC : f->size);
+            rc = write_end_hint(l->fd, l->no_prealloc ? PS_LOG_NO_PREALLOC : f->size, l->salt);
             if (rc)
                 return rc;
             rc = datasync(l->fd);
             if (rc)
                 return rc;
+        } else if (f->kind == FIX_ADOPT) {
+            ps_logf *l = f->sc->log;
+            log_close_fd(d, l);
+            if (f->sc->table.n_live) {
+                /* Written afresh under a free log name, like any compaction. */
+                unsigned long long h = (unsigned long long)XXH3_64bits(l->scope_name, l->scope_len);
+                struct stat sb;
+                for (unsigned n = 0;; n++) {
+                    if (n == 0)
+                        snprintf(l->name, sizeof l->name, "%016llx.log", h);
+                    else
+                        snprintf(l->name, sizeof l->name, "%016llx-%u.log", h, n);
+                    if (fstatat(d->dirfd, l->name, &sb, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
+                        break;
+                }
+                int rc = compact_scope(st, f->sc);
+                if (rc)
+                    return rc;
+            } else {
+                l->present = 0;
+            }
+            if (unlinkat(d->dirfd, f->name, 0) != 0 && errno != ENOENT)
+                return errno;
+            dir_changed = 1;
         } else if (f->kind == FIX_ASIDE) {
             int link = 0;
             int rc = set_aside(d, f->name, &link);
@@ -1708,12 +1793,13 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
     char **names = NULL;
     size_t n = 0;
     rc = list_dir(st, &names, &n);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
+    /* Logs first, so that a temporary is judged knowing every scope. */
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (ps_dir_name_kind(names[i]) == PS_NAME_LOG)
+            rc = load_log(op, names[i]);
+    for (size_t i = 0; rc == 0 && i < n; i++)
         if (ps_dir_name_kind(names[i]) == PS_NAME_TEMP)
             rc = consider_temp(op, names[i]);
-        else
-            rc = load_log(op, names[i]);
-    }
     free_names(st, names, n);
     if (rc == 0) {
         /* A log whose keys were all deleted is garbage: remove it. */
@@ -1986,8 +2072,9 @@ static int check_log(ps_store *st, ps_scope *sc, const unsigned char *name, size
         rep->records += scan.records;
         /* Past the last record there may be preallocated zeros, nothing
          * else, and the end hint must not point past it. */
-        uint64_t hint = ps_log_end_hint(map);
-        if (rc == 0 && (scan.end != l->size || data_end(map, scan.end, size) != scan.end ||
+        uint64_t hint;
+        int hint_ok = ps_log_end_hint(map, h.salt, &hint);
+        if (rc == 0 && (scan.end != l->size || !hint_ok || data_end(map, scan.end, size) != scan.end ||
                         (hint == PS_LOG_NO_PREALLOC ? size != scan.end : hint > scan.end))) {
             report(rep, "log %s/%s (scope '%s') is corrupt at offset %zu (file %zu bytes, %llu expected)",
                    d->path, l->name, shown, scan.end, size, (unsigned long long)l->size);

@@ -7,7 +7,7 @@
  *   header   block (32) | copy of block (32) | end u64 | scope name (name_len)
  *   block    magic "PSLOG\r\n\x1a" (8) | version u16 | flags u16 |
  *            name_len u32 | salt u64 | name_check u32 | check u32
- *   record   check u32 | len u32 | seq u64 | kind u8 | flags u8 |
+ *   record   check u32 | len u32 | seq u64 | kind u8 | flags u8 | tag u16 |
  *            payload (len bytes): klen as LEB128 varint | key | value
  *
  * Checks are the low 32 bits of XXH3-64. A block's `check` covers the 28
@@ -19,14 +19,18 @@
  * the other copy.
  *
  * `salt` is 64 random bits drawn when the file is written. A record's
- * check covers every byte after it, seeded with the salt. Keys and values
+ * check covers every byte after it, seeded with the salt; its `tag` is 16
+ * bits of the salted hash of len, seq, kind and flags alone, so that a
+ * search through damaged bytes rejects a candidate without hashing the
+ * payload it claims. Keys and values
  * are arbitrary bytes, so they can hold the image of a complete record;
  * without the salt nobody can compute a check this log would accept, so
  * recovery, which searches damaged logs for records, never takes user data
  * for one. Data of another log (an older generation of this one included)
  * does not verify either.
  *
- * `end` is covered by no check. Logs of sync modes interval and never grow
+ * `end` is an offset in its low 48 bits with 16 bits of its salted hash
+ * above them (a damaged hint reads as unknown). Logs of sync modes interval and never grow
  * in preallocated, zero-filled steps (see ps_disk.c), so after a crash a
  * log may end in zeros that were never written; there `end` is the offset
  * where the last record appended so far ends, kept up to date by every
@@ -71,8 +75,8 @@
 #define PS_LOG_BLOCK 32        /* one copy of the header block */
 #define PS_LOG_END_OFFSET 64   /* where the end hint is */
 #define PS_LOG_FIXED_HEADER 72 /* header bytes before the name */
-#define PS_REC_HEADER 18       /* record bytes before the payload */
-#define PS_LOG_NO_PREALLOC UINT64_MAX /* end hint: no preallocated space follows */
+#define PS_REC_HEADER 20       /* record bytes before the payload */
+#define PS_LOG_NO_PREALLOC (((uint64_t)1 << 48) - 1) /* end hint: no preallocated space follows */
 
 enum ps_rec_kind { PS_REC_PUT = 1, PS_REC_DEL = 2 };
 
@@ -157,14 +161,17 @@ typedef struct ps_loghdr {
  *                  nlen and size are known, name is not). */
 int ps_log_header_parse(const unsigned char *p, size_t n, ps_loghdr *h);
 
-/* The end hint of a header (p: a whole header). */
-uint64_t ps_log_end_hint(const unsigned char *p);
+/* The end hint of a header (p: a whole header) of a log salted `salt`,
+ * into *end. Returns 1, or 0 when the hint is damaged (*end is then
+ * meaningless). */
+int ps_log_end_hint(const unsigned char *p, uint64_t salt, uint64_t *end);
 
-/* Store the end hint into a header in place. */
-void ps_log_set_end_hint(unsigned char *p, uint64_t end);
+/* Store the end hint into a header in place (one aligned store when the
+ * address allows, as in a mapped file). */
+void ps_log_set_end_hint(unsigned char *p, uint64_t end, uint64_t salt);
 
 /* The 8 bytes of an end hint, for writing it with pwrite. */
-void ps_log_end_hint_bytes(unsigned char out[8], uint64_t end);
+void ps_log_end_hint_bytes(unsigned char out[8], uint64_t end, uint64_t salt);
 
 /* ---- recovery scan ------------------------------------------------------------ */
 

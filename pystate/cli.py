@@ -198,11 +198,41 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _output_file(path: str) -> tuple[Any, str]:
+    """A new temporary file beside `path`, created exclusively under a
+    fresh name (no file of anyone else's is ever written or removed), that
+    replaces `path` once complete; `path` itself must be a regular file
+    or not exist."""
+    import stat
+    import tempfile
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise _Fail(f"cannot write {path}: {e.strerror or e}", EXIT_USAGE) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise _Fail(f"cannot write {path}: it exists and is not a regular file (a directory, a link, a "
+                    "device?); give a new file name, or - for stdout", EXIT_USAGE)
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
+    except OSError as e:
+        raise _Fail(f"cannot write {path}: {e.strerror or e}", EXIT_USAGE) from None
+    return os.fdopen(fd, "wb"), tmp
+
+
 def _cmd_dump(st: pystate.State, args: argparse.Namespace) -> int:
     if st.adapter != "kv":
         raise _Fail(f"dump reads a kv store; this one is {st.adapter}", EXIT_STORE)
-    out, tmp = (sys.stdout.buffer, None) if args.output in (None, "-") else (None, args.output + ".tmp")
-    f = out if out is not None else open(tmp, "wb")  # noqa: SIM115 - closed below
+    if args.output in (None, "-"):
+        f, tmp = sys.stdout.buffer, None
+    else:
+        f, tmp = _output_file(args.output)
     progress = _Progress("dump, records")
     records = written = 0
     try:
@@ -223,10 +253,12 @@ def _cmd_dump(st: pystate.State, args: argparse.Namespace) -> int:
         f.flush()
         if tmp is not None:
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         if tmp is not None:
             f.close()
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise _Fail(f"cannot write {args.output or 'stdout'}: {e.strerror or e}", EXIT_STORE) from None
         raise
     if tmp is not None:
         f.close()

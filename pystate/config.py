@@ -32,6 +32,7 @@ silently fall back to a default (an out-of-range ``save_interval_ms`` or
 from __future__ import annotations
 
 import os
+import stat
 import re
 import warnings
 from typing import Any
@@ -116,10 +117,14 @@ def load_state_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     defaults: the kv adapter, in memory."""
     fname = os.fspath(path)
     try:
+        if not stat.S_ISREG(os.stat(fname).st_mode):  # a FIFO would hang the read
+            raise ConfigError(f"{fname}: cannot read the config file: not a regular file")
         with open(fname, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{fname}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{fname}: not UTF-8 text (byte {e.start}): a config file is YAML") from None
     import yaml
 
     try:

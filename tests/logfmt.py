@@ -19,7 +19,8 @@ VERSION = 2
 PUT, DEL = 1, 2
 BLOCK = 32  # one copy of the header block
 END_HINT = 64  # offset of the end hint
-NO_PREALLOC = 2**64 - 1  # end hint of a sync="always" log: no preallocated space follows
+NO_PREALLOC = 2**48 - 1  # end hint of a sync="always" log: no preallocated space follows
+REC_HEADER = 20  # record bytes before the payload
 FIXED = 72  # header bytes before the scope name
 MARKER = b"pystate store\nformat 2\n"
 
@@ -37,15 +38,28 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+def end_word(end: int, salt: int) -> bytes:
+    """The header's end field: the offset in 48 bits, 16 bits of its salted hash above."""
+    low = end.to_bytes(6, "little")
+    tag = xxhash.xxh3_64_intdigest(low, seed=salt) & 0xFFFF
+    return low + tag.to_bytes(2, "little")
+
+
 def header(name: bytes, salt: int, end: int = 0) -> bytes:
     block = MAGIC + struct.pack("<HHIQI", VERSION, 0, len(name), salt, check(name, salt))
     block += struct.pack("<I", check(block))
-    return block + block + struct.pack("<Q", end) + name
+    return block + block + end_word(end, salt) + name
+
+
+def head_tag(head: bytes, salt: int) -> int:
+    """A record's 16-bit tag: of len, seq, kind and flags, salted."""
+    return xxhash.xxh3_64_intdigest(head, seed=salt) & 0xFFFF
 
 
 def record(kind: int, seq: int, key: bytes, value: bytes = b"", *, salt: int) -> bytes:
     payload = varint(len(key)) + key + value
-    body = struct.pack("<IQBB", len(payload), seq, kind, 0) + payload
+    head = struct.pack("<IQBB", len(payload), seq, kind, 0)
+    body = head + struct.pack("<H", head_tag(head, salt)) + payload
     return struct.pack("<I", check(body, salt)) + body
 
 
@@ -64,7 +78,7 @@ class Header:
     name: bytes
     salt: int
     size: int  # where the first record starts
-    end_hint: int
+    end_hint: int | None  # None: damaged
 
 
 def parse_header(data: bytes) -> Header:
@@ -78,8 +92,9 @@ def parse_header(data: bytes) -> Header:
     assert (version, flags) == (VERSION, 0)
     name = data[FIXED : FIXED + nlen]
     assert len(name) == nlen and name_check == check(name, salt), "bad scope name"
-    (end_hint,) = struct.unpack_from("<Q", data, END_HINT)
-    return Header(name, salt, FIXED + nlen, end_hint)
+    word = data[END_HINT : END_HINT + 8]
+    end = int.from_bytes(word[:6], "little")
+    return Header(name, salt, FIXED + nlen, end if end_word(end, salt) == word else None)
 
 
 def parse(data: bytes) -> tuple[bytes, list[Rec], int]:
@@ -87,12 +102,13 @@ def parse(data: bytes) -> tuple[bytes, list[Rec], int]:
     Zero-filled space after the records (preallocated) is not damage."""
     h = parse_header(data)
     off, seq, recs = h.size, 1, []
-    while off + 18 <= len(data):
-        c, length, s, kind, fl = struct.unpack_from("<IIQBB", data, off)
-        end = off + 18 + length
-        if end > len(data) or kind not in (PUT, DEL) or fl or s != seq or c != check(data[off + 4 : end], h.salt):
+    while off + REC_HEADER <= len(data):
+        c, length, s, kind, fl, tag = struct.unpack_from("<IIQBBH", data, off)
+        end = off + REC_HEADER + length
+        if (end > len(data) or kind not in (PUT, DEL) or fl or s != seq
+                or tag != head_tag(data[off + 4 : off + 18], h.salt) or c != check(data[off + 4 : end], h.salt)):
             break
-        p = off + 18
+        p = off + REC_HEADER
         klen, shift = 0, 0
         while True:
             b = data[p]

@@ -5,6 +5,7 @@ commands."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,6 +241,55 @@ def test_dump_writes_one_json_object_per_line_to_stdout(tmp_path):
     # split on newlines only: a value may hold U+2028, which JSON keeps raw
     records = [json.loads(line) for line in out.split("\n") if line]
     assert {(r["scope"], r["key"]) for r in records} == set(TRICKY)
+
+
+@pytest.mark.parametrize("target", ["dir", "link", "fifo"])
+def test_dump_never_writes_through_or_over_what_is_not_a_regular_file(tmp_path, target):
+    store = tmp_path / "store"
+    with pystate.State(store) as st:
+        st.set("s", "k", 1)
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_text("keep me")
+    if target == "dir":
+        out.mkdir()
+    elif target == "link":
+        out.symlink_to(victim)
+    else:
+        os.mkfifo(out)
+    (tmp_path / "out.tmp").write_text("a user's file")  # the old fixed temporary name
+    r = pystate_cli("dump", "--data", str(store), "-o", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr
+    assert victim.read_text() == "keep me" and (tmp_path / "out.tmp").read_text() == "a user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.tmp", "store", "victim"]
+
+
+def test_dump_replaces_its_output_whole_and_leaves_no_temporary(tmp_path):
+    store = tmp_path / "store"
+    with pystate.State(store) as st:
+        st.set("s", "k", 1)
+    out = tmp_path / "backup.jsonl"
+    out.write_text("old backup\n")
+    r = pystate_cli("dump", "--data", str(store), "-o", str(out), cwd=tmp_path)
+    assert r.returncode == 0 and out.read_text() == '{"scope":"s","key":"k","value":1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.jsonl", "store"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+@pytest.mark.parametrize("content", ["fifo", "latin-1"])
+def test_a_config_that_cannot_be_read_as_text_is_one_line(tmp_path, content):
+    cfg = tmp_path / "iii-config.yaml"
+    if content == "fifo":
+        os.mkfifo(cfg)
+    else:
+        cfg.write_bytes("workers: [caf\xe9]\n".encode("latin-1"))
+    r = pystate_cli("get", "--config", str(cfg), "s", "k", cwd=tmp_path)
+    assert r.returncode == 3 and "Traceback" not in r.stderr and str(cfg) in r.stderr
 
 
 def test_load_from_stdin(tmp_path):

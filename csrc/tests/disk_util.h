@@ -177,10 +177,10 @@ static inline void write_log(const char *dir, int n, char *logpath, size_t cap)
         abort();
 }
 
-static inline void set_end_hint(unsigned char *p, uint64_t end)
+/* Set the end hint of a log image (p: the whole file, n bytes). */
+static inline void set_end_hint(unsigned char *p, size_t n, uint64_t end)
 {
-    for (int i = 0; i < 8; i++)
-        p[PS_LOG_END_OFFSET + i] = (unsigned char)(end >> (8 * i));
+    ps_log_set_end_hint(p, end, salt_of(p, n));
 }
 
 #endif /* PS_TEST_DISK_UTIL_H */

@@ -124,6 +124,25 @@ TEST(a_non_empty_directory_without_the_marker_is_refused_and_left_alone)
     }
 }
 
+TEST(files_named_like_a_stores_leftovers_but_not_its_own_are_not_adopted)
+{
+    /* A directory holding only a LOCK or a marker temporary is what an
+     * interrupted creation leaves, but only if they hold what the store
+     * writes there (nothing; the start of the marker). */
+    const char *cases[][2] = {{"LOCK", "my lock notes"},
+                              {"PYSTATE.tmp-0123456789abcdef", "my own text"}};
+    for (size_t i = 0; i < 2; i++) {
+        char dir[512];
+        fresh_dir(dir, sizeof dir, "lookalike");
+        REQUIRE(mkdir(dir, 0777) == 0);
+        write_file(dir, cases[i][0], cases[i][1]);
+        uint64_t before = dir_digest(dir);
+        int rc;
+        CHECK(open_dir(dir, PS_SYNC_NEVER, 0, NULL, &rc) == NULL && rc == PS_NOTSTORE);
+        CHECK(dir_digest(dir) == before);
+    }
+}
+
 TEST(a_new_or_empty_directory_becomes_a_store_and_says_so)
 {
     char dir[512], path[700];
@@ -371,7 +390,9 @@ static int many_scopes_child(const char *dir, int mode)
     o.path = dir;
     o.sync = mode;
     o.sync_interval_ms = 100;
-    o.max_open_files = 16;
+    /* sync=never: the default budget (256), above the process's limit, so
+     * the store meets EMFILE itself and must give descriptors back. */
+    o.max_open_files = mode == PS_SYNC_NEVER ? 0 : 16;
     ps_store *st = NULL;
     if (ps_store_open(&st, &o, NULL) != PS_OK)
         return 21;

@@ -92,13 +92,28 @@ TEST(a_damaged_header_copy_is_told_from_a_damaged_header)
     CHECK_RC(ps_log_header_parse(buf, sizeof buf, &h), PS_CORRUPT);
     CHECK(h.block_ok && h.salt == 99);
     buf[PS_LOG_FIXED_HEADER + 1] ^= 0x40;
-    /* The end hint is in neither copy's check: it may change freely. */
-    ps_log_set_end_hint(buf, 12345);
+    /* The end hint is in neither copy's check: it may change freely, and
+     * has a salted check of its own. */
+    ps_log_set_end_hint(buf, 12345, 99);
     CHECK_RC(ps_log_header_parse(buf, sizeof buf, &h), PS_OK);
-    CHECK(!h.copy_damaged && ps_log_end_hint(buf) == 12345);
-    /* Version 1 files (no copy, no salt) are another format. */
+    uint64_t e;
+    CHECK(!h.copy_damaged && ps_log_end_hint(buf, 99, &e) && e == 12345);
+    CHECK(!ps_log_end_hint(buf, 98, &e));
+    for (int bit = 0; bit < 64; bit++) { /* any flipped bit reads as damaged */
+        buf[PS_LOG_END_OFFSET + bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        CHECK(!ps_log_end_hint(buf, 99, &e));
+        buf[PS_LOG_END_OFFSET + bit / 8] ^= (unsigned char)(1u << (bit % 8));
+    }
+    /* Version 1 files (no copy, no salt) are another format, when their
+     * own check says so; a later version is refused as such. */
     unsigned char v1[40] = "PSLOG\r\n\x1a\x01\x00";
+    CHECK_RC(ps_log_header_parse(v1, sizeof v1, &h), PS_CORRUPT); /* its check is wrong */
+    uint32_t c1 = (uint32_t)XXH3_64bits(v1, 16); /* name_len 0 */
+    for (int i = 0; i < 4; i++)
+        v1[16 + i] = (unsigned char)(c1 >> (8 * i));
     CHECK_RC(ps_log_header_parse(v1, sizeof v1, &h), PS_BADVERSION);
+    unsigned char v3[40] = "PSLOG\r\n\x1a\x03\x00";
+    CHECK_RC(ps_log_header_parse(v3, sizeof v3, &h), PS_BADVERSION);
     unsigned char zeros[128] = {0};
     CHECK_RC(ps_log_header_parse(zeros, sizeof zeros, &h), PS_CORRUPT);
     CHECK_RC(ps_log_header_parse(NULL, 0, &h), PS_CORRUPT);
@@ -253,7 +268,7 @@ static void tail_case(const char *dir, const char *logpath, const unsigned char 
     unsigned char *buf = malloc(n + tlen);
     memcpy(buf, orig, n);
     memcpy(buf + n, tail, tlen);
-    set_end_hint(buf, hint);
+    set_end_hint(buf, n + tlen, hint);
     spit(logpath, buf, n + tlen);
     ps_report rep;
     ps_store *st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, NULL);
@@ -523,6 +538,60 @@ TEST(every_mode_knows_where_its_records_end_across_mode_changes)
         CHECK(s.keys == 15);
         ps_store_close(st);
     }
+}
+
+TEST(a_temporary_that_holds_a_scopes_only_records_is_never_removed)
+{
+    char dir[512], logpath[600], orphan[700];
+    make_root();
+    snprintf(dir, sizeof dir, "%s/orphan", root);
+    write_log(dir, 3, logpath, sizeof logpath);
+    snprintf(orphan, sizeof orphan, "%s.tmp-00000000000000ab", logpath);
+    REQUIRE(rename(logpath, orphan) == 0); /* as a crash that lost the rename */
+    ps_report rep;
+    int rc;
+    CHECK(open_dir(dir, PS_SYNC_NEVER, 0, &rep, &rc) == NULL && rc == PS_CORRUPT);
+    CHECK(strstr(rep.message, "no log holds") != NULL && file_size(orphan) > 0);
+    CHECK_RC(inspect_dir(dir, 0, &rep), PS_CORRUPT);
+    ps_store *st = open_dir(dir, PS_SYNC_NEVER, 1, &rep, &rc);
+    REQUIRE(st);
+    CHECK(rep.repaired == 1 && strcmp(list_s(st, "s"), "[0,1,2]") == 0);
+    ps_store_close(st);
+    CHECK(file_size(orphan) < 0 && file_size(logpath) > 0);
+    st = open_dir(dir, PS_SYNC_NEVER, 0, &rep, &rc);
+    REQUIRE(st);
+    CHECK(rep.repaired == 0 && strcmp(list_s(st, "s"), "[0,1,2]") == 0);
+    ps_store_close(st);
+}
+
+TEST(repair_counts_the_tail_it_could_not_salvage)
+{
+    char dir[512], logpath[600];
+    fresh_dir(dir, sizeof dir, "salvagetail");
+    ps_store *st = open_dir(dir, PS_SYNC_ALWAYS, 0, NULL, NULL);
+    REQUIRE(st);
+    char k[8];
+    for (int i = 0; i < 10; i++) {
+        snprintf(k, sizeof k, "k%d", i);
+        REQUIRE(put_s(st, "s", k, "1") == PS_OK);
+    }
+    ps_store_close(st);
+    REQUIRE(the_log(dir, logpath, sizeof logpath) == 1);
+    size_t zeroed = zero_from_record(logpath, 7);
+    size_t n;
+    unsigned char *p = slurp(logpath, &n);
+    p[ps_log_header_size(1) + 2 * ps_rec_size(2, 1) + 22] ^= 0x10; /* record 3 */
+    spit(logpath, p, n);
+    free(p);
+    ps_report rep;
+    st = open_dir(dir, PS_SYNC_ALWAYS, 1, &rep, NULL);
+    REQUIRE(st);
+    CHECK(rep.repaired == 1 && rep.records_lost == 1);
+    CHECK(rep.torn_tails == 1 && rep.bytes_cut == zeroed);
+    ps_stats s;
+    ps_stats_get(st, &s);
+    CHECK(s.keys == 6);
+    ps_store_close(st);
 }
 
 TEST(a_record_hidden_in_a_key_is_never_taken_for_one)
