@@ -285,20 +285,6 @@ static void drop_marker_temps(int dirfd)
     closedir(dir);
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? errno : EIO;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Sync the directory that holds `path`, so a directory just made stays. */
 static int sync_parent(const char *path)
 {
@@ -325,7 +311,7 @@ static int write_marker(int dirfd, const char *path, int made, char *msg, size_t
     char tmp[PS_DIR_NAME_MAX], text[64];
     int len = snprintf(text, sizeof text, MARKER_TEXT "%d\n", PS_LOG_VERSION);
     int fd = ps_dir_create_temp(dirfd, PS_DIR_MARKER, tmp);
-    int rc = fd < 0 ? errno : write_all(fd, text, (size_t)len);
+    int rc = fd < 0 ? errno : ps_file_append(fd, text, (size_t)len, 0);
     if (!rc)
         rc = ps_dir_fsync(fd);
     if (fd >= 0)

@@ -353,6 +353,17 @@ static int open_in_store(ps_disk *d, const ps_logf *keep, const char *name, int 
     }
 }
 
+/* A new temporary file `<base>.tmp-<hex>` (its name into tmp), making
+ * room in the descriptor table if it is full. Under st->mu. */
+static int create_temp(ps_disk *d, const char *base, char *tmp)
+{
+    for (;;) {
+        int fd = ps_dir_create_temp(d->dirfd, base, tmp);
+        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !evict_one(d, NULL))
+            return fd;
+    }
+}
+
 /* Make l's descriptor open and most recently used. */
 static int log_fd(ps_disk *d, ps_logf *l)
 {
@@ -432,9 +443,7 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
         return rc;
     while (d->n_open >= d->max_open && d->lru_tail)
         log_close_fd(d, d->lru_tail);
-    int fd = ps_dir_create_temp(d->dirfd, base, tmp);
-    while (fd < 0 && (errno == EMFILE || errno == ENFILE) && evict_one(d, NULL))
-        fd = ps_dir_create_temp(d->dirfd, base, tmp);
+    int fd = create_temp(d, base, tmp);
     if (fd < 0)
         return errno;
     ps_log_header_encode(d->scratch, scope, slen, salt);
@@ -665,17 +674,6 @@ static const unsigned char *next_item(item_iter *it)
     return item;
 }
 
-/* A new temporary file for rewriting l (its name into tmp), making room
- * in the descriptor table if it is full. Under st->mu. */
-static int create_temp(ps_disk *d, const ps_logf *l, char *tmp)
-{
-    for (;;) {
-        int fd = ps_dir_create_temp(d->dirfd, l->name, tmp);
-        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !evict_one(d, NULL))
-            return fd;
-    }
-}
-
 /* Write a fresh log, salted `salt`, to the new temporary file fd (named
  * tmp): the scope's header, then its items as records numbered from 1,
  * with the end hint set; not synced. `buf` (`cap` bytes) is the write
@@ -852,7 +850,7 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     unsigned char *copy = copy_len <= SNAPSHOT_COPY_MAX ? ps_mem_alloc(&st->mem, copy_len) : NULL;
     unsigned char *wbuf = ps_mem_alloc(&st->mem, WRITE_BUFFER);
     int rc = wbuf ? 0 : ENOMEM;
-    if (!rc && (fd = create_temp(d, l, tmp)) < 0)
+    if (!rc && (fd = create_temp(d, l->name, tmp)) < 0)
         rc = errno;
     item_iter items = {&sc->table, 0, NULL, NULL};
     if (!rc && copy) {
@@ -1262,9 +1260,9 @@ static int unreadable_log(opener *o, const char *fname, const unsigned char *map
     return add_fix(o, FIX_ASIDE, fname, 0, NULL);
 }
 
-/* Read one log into memory. Returns 0, or an error that makes open fail
- * (with o->rep->message set). */
-static int load_log(opener *o, const char *fname)
+/* Read one log into memory (its scope into *added, when not NULL).
+ * Returns 0, or an error that makes open fail (with o->rep->message set). */
+static int load_log(opener *o, const char *fname, ps_scope **added)
 {
     ps_store *st = o->st;
     ps_disk *d = st->disk;
@@ -1346,6 +1344,8 @@ static int load_log(opener *o, const char *fname)
         return ENOMEM;
     }
     sc->log = l;
+    if (added)
+        *added = sc;
     l->present = 1;
     l->salt = h.salt;
     l->hsize = h.size;
@@ -1495,19 +1495,10 @@ static int consider_temp(opener *o, const char *fname)
                "log's name); open with repair to put it back", d->path, fname, records, shown);
         return PS_CORRUPT;
     }
-    int rc = load_log(o, fname);
+    ps_scope *sc = NULL;
+    int rc = load_log(o, fname, &sc);
     if (rc)
         return rc;
-    ps_scope *sc = NULL;
-    /* load_log added the scope: find it again by its log's name. */
-    ps_table *t = &st->scopes;
-    for (uint32_t i = 0; i < t->n_entries && !sc; i++) {
-        const unsigned char *it = t->entries[i];
-        if (it && ps_scope_of(it)->log && strcmp(ps_scope_of(it)->log->name, fname) == 0)
-            sc = ps_scope_of(it);
-    }
-    if (!sc)
-        return EIO;
     o->rep->repaired++;
     note(o, "%s/%s: the only copy of scope '%s' (%zu record(s)), put back as its log", d->path,
          fname, shown, records);
@@ -1796,7 +1787,7 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
     /* Logs first, so that a temporary is judged knowing every scope. */
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (ps_dir_name_kind(names[i]) == PS_NAME_LOG)
-            rc = load_log(op, names[i]);
+            rc = load_log(op, names[i], NULL);
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (ps_dir_name_kind(names[i]) == PS_NAME_TEMP)
             rc = consider_temp(op, names[i]);
