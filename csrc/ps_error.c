@@ -26,6 +26,8 @@ const char *ps_strerror(int rc)
         return "the directory is not a pystate store";
     case PS_READONLY:
         return "the store was opened read-only";
+    case PS_RANGE:
+        return "an integer in the JSON text is outside the 64-bit range";
     }
     if (rc > 0)
         return strerror(rc);

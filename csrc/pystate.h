@@ -72,7 +72,8 @@ enum ps_rc {
     PS_BADVERSION = -30795, /* a log or store was written in an unknown format version */
     PS_NOTSTORE = -30794, /* the directory is not a pystate store (and not empty) */
     PS_READONLY = -30793, /* a write to a store opened read-only */
-    PS_RC_END = -30792    /* sentinel: one past the last code */
+    PS_RANGE = -30792,    /* JSON text holds an integer outside the 64-bit range */
+    PS_RC_END = -30791    /* sentinel: one past the last code */
 };
 
 /* When a file-based store makes its writes durable (see ps_options.sync). */
@@ -320,6 +321,17 @@ void ps_recovery_get(ps_store *st, ps_report *out);
  * current values; dead_bytes the rest of the records. Returns PS_OK or
  * ENOMEM. */
 int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count);
+
+/* ---- JSON text -------------------------------------------------------------- */
+
+/* Check that every integer literal in the JSON text [text, text + len)
+ * lies in -2^63 .. 2^64-1, the range a value can hold: JSON parsers turn a
+ * wider one into a float without a word, which would store a value other
+ * than the one sent. Only number tokens outside strings are looked at, so
+ * the text need not be valid JSON (the parser judges that). Returns PS_OK,
+ * or PS_RANGE with *at and *n (either may be NULL) set to the offset and
+ * length of the first wide literal, sign included. The caller owns text. */
+int ps_json_check_ints(const char *text, size_t len, size_t *at, size_t *n);
 
 /* ---- misc ----------------------------------------------------------------- */
 

@@ -16,6 +16,7 @@ cdef extern from "pystate.h" nogil:
         PS_BADVERSION
         PS_NOTSTORE
         PS_READONLY
+        PS_RANGE
         PS_RC_END
         PS_VERSION_MAJOR
         PS_VERSION_MINOR
@@ -113,4 +114,5 @@ cdef extern from "pystate.h" nogil:
     int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count)
 
     const char *ps_strerror(int rc)
+    int ps_json_check_ints(const char *text, size_t len, size_t *at, size_t *n)
     void ps_version(int *major, int *minor, int *patch)

@@ -24,8 +24,10 @@ from cpython.ref cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_GetSlice
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
-from pystate.errors import InvalidValueError
+from pystate._cdefs cimport PS_OK, ps_json_check_ints
+from pystate.errors import InvalidValueError, wide_integer
 
 cdef extern from "<string.h>" nogil:
     const void *memchr(const void *s, int c, size_t n)
@@ -226,6 +228,31 @@ def dumps(value) -> bytes:
 def loads(data):
     """Decode JSON text (bytes, bytearray, memoryview or str)."""
     return _loads(data)
+
+
+def loads_text(data):
+    """Decode JSON text from outside (a command line, a file, a frame) by
+    the API's rules: as loads, and an integer beyond the 64-bit range raises
+    InvalidValueError instead of turning into a float.
+
+    >>> loads_text(b'[1, 18446744073709551615]')
+    [1, 18446744073709551615]
+    """
+    cdef const char *p
+    cdef Py_ssize_t n
+    cdef size_t at = 0, width = 0
+    value = _loads(data)
+    if type(data) is str:
+        # The UTF-8 form CPython caches: no copy for the common ASCII text.
+        p = PyUnicode_AsUTF8AndSize(data, &n)
+    else:
+        if type(data) is not bytes:
+            data = bytes(data)
+        p = PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+    if ps_json_check_ints(p, <size_t>n, &at, &width) != PS_OK:
+        raise wide_integer(p[at:at + width], at) from None
+    return value
 
 
 def json_copy(value, where: str = "value"):

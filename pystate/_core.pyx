@@ -61,6 +61,7 @@ RC_CODES = {
     "PS_BADVERSION": PS_BADVERSION,
     "PS_NOTSTORE": PS_NOTSTORE,
     "PS_READONLY": PS_READONLY,
+    "PS_RANGE": PS_RANGE,
 }
 
 #: The sync modes of a file-based store, by name.

@@ -257,6 +257,18 @@ def recovery_message(path: str, report: dict, detail: str, *, read_only: bool = 
     return f"{what}. {detail}" if detail else what
 
 
+def wide_integer(literal: bytes, at: int) -> InvalidValueError:
+    """The error for JSON text holding, at offset ``at``, an integer
+    ``literal`` outside the 64-bit range (found by the C core's
+    ``ps_json_check_ints``, for both codecs' ``loads_text``)."""
+    text = literal.decode("ascii")
+    if len(text) > 40:
+        text = f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+    return InvalidValueError(
+        f"value is not JSON pystate can store: integer {text} at byte {at} is outside "
+        "the 64-bit range JSON values can hold", rc=None)
+
+
 def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
     """Build the exception for a non-zero C return code.
 
@@ -281,6 +293,8 @@ def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
         return NotAStoreError(f"{what}: {detail}", rc=rc)
     if rc == names["PS_READONLY"]:
         return ReadOnlyError(f"{what}: {detail}", rc=rc)
+    if rc == names["PS_RANGE"]:
+        return InvalidValueError(f"{what}: {detail}", rc=rc)
     if rc == _errno.ENOMEM:
         return StoreMemoryError(f"{what}: out of memory", rc=rc)
     if rc > 0:

@@ -130,6 +130,59 @@ def test_json_module_codec_refuses_what_orjson_refuses(text):
         cf_codec.json_loads(text)
 
 
+@pytest.mark.parametrize("text", [
+    "18446744073709551616", "-9223372036854775809", '{"a": [1, 1180591620717411303424]}',
+    b"[" + b"9" * 300 + b"]", bytearray(b'["\xc3\xa9", 18446744073709551616]'),
+    memoryview(b'{"k": -99999999999999999999}'),
+])
+def test_loads_text_refuses_integers_beyond_64_bits(text):
+    got = [outcome(codec.loads_text, text) for codec in (cf_codec, cy_codec)]
+    assert got[0] == got[1]
+    assert got[0][:2] == ("raised", "InvalidValueError")
+    assert "64-bit range" in got[0][2]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("18446744073709551615", 2**64 - 1), ("-9223372036854775808", -(2**63)),
+    ('{"18446744073709551616": "99999999999999999999"}',
+     {"18446744073709551616": "99999999999999999999"}),
+    (r'["\\", "\"", "1234567890123456789012", 1.5e300]',
+     ["\\", '"', "1234567890123456789012", 1.5e300]),
+    (b"[18446744073709551616.0, 1e30]", [1.8446744073709552e19, 1e30]),
+])
+def test_loads_text_keeps_what_fits(text, want):
+    assert cf_codec.loads_text(text) == cy_codec.loads_text(text) == want
+
+
+@settings(max_examples=300)
+@given(value=hs.recursive(
+    hs.integers(min_value=-(2**70), max_value=2**70) | hs.text(alphabet="0123456789\\\"-e. "),
+    lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=3), inner, max_size=3),
+    max_leaves=12))
+def test_loads_text_refuses_exactly_what_does_not_fit(value):
+    import json
+
+    text = json.dumps(value)
+
+    def ints(v):
+        if isinstance(v, int):
+            yield v
+        elif isinstance(v, list):
+            for x in v:
+                yield from ints(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from ints(x)
+
+    fits = all(-(2**63) <= i < 2**64 for i in ints(value))
+    for codec in (cf_codec, cy_codec):
+        if fits:
+            assert codec.loads_text(text) == value
+        else:
+            with pytest.raises(pystate.InvalidValueError):
+                codec.loads_text(text)
+
+
 @settings(max_examples=200)
 @given(value=json_values)
 def test_codecs_decode_what_they_encode(value):

@@ -16,7 +16,7 @@ def test_every_c_status_code_has_a_python_class():
     # without a mapping here fails this test.
     codes = _core.RC_CODES
     assert set(codes) == {"PS_OK", "PS_NOTFOUND", "PS_CONFLICT", "PS_TOOBIG", "PS_CORRUPT",
-                          "PS_LOCKED", "PS_BADVERSION", "PS_NOTSTORE", "PS_READONLY"}
+                          "PS_LOCKED", "PS_BADVERSION", "PS_NOTSTORE", "PS_READONLY", "PS_RANGE"}
     for rc in range(codes["PS_NOTFOUND"], _core.RC_END):
         assert rc in codes.values(), f"C code {rc} is missing from RC_CODES"
         err = error_for_rc(rc, codes, "op")

@@ -26,6 +26,7 @@ static const int PS_LOCKED;
 static const int PS_BADVERSION;
 static const int PS_NOTSTORE;
 static const int PS_READONLY;
+static const int PS_RANGE;
 static const int PS_RC_END;
 static const int PS_VERSION_MAJOR;
 static const int PS_VERSION_MINOR;
@@ -88,6 +89,7 @@ typedef struct psg_buf { char *data; size_t len; size_t cap; int filled; } psg_b
 typedef struct psg_bufs { psg_buf *items; size_t count; size_t cap; } psg_bufs;
 
 const char *ps_strerror(int rc);
+int ps_json_check_ints(const char *text, size_t len, size_t *at, size_t *n);
 void ps_version(int *major, int *minor, int *patch);
 int ps_store_inspect(const ps_options *opts, ps_report *report);
 

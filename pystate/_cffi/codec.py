@@ -25,9 +25,9 @@ import math
 import uuid
 from typing import Any
 
-from pystate.errors import InvalidValueError
+from pystate.errors import InvalidValueError, wide_integer
 
-__all__ = ["dumps", "loads", "json_copy", "encode", "encode_trusted", "decode", "to_json",
+__all__ = ["dumps", "loads", "loads_text", "json_copy", "encode", "encode_trusted", "decode", "to_json",
            "copy_containers"]
 
 # orjson refuses to encode values nested deeper than this; so does the
@@ -246,6 +246,22 @@ def dumps(value: Any) -> bytes:
 def loads(data: Any) -> Any:
     """Decode JSON text (bytes, bytearray, memoryview or str)."""
     return _loads(data)
+
+
+def loads_text(data: Any) -> Any:
+    """Decode JSON text from outside (a command line, a file, a frame) by
+    the API's rules: as loads, and an integer beyond the 64-bit range raises
+    InvalidValueError instead of turning into a float (see _codec.pyx)."""
+    from pystate._cffi._native import ffi, lib
+
+    value = _loads(data)
+    text = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    buf = text if isinstance(text, bytes) else ffi.from_buffer(text)
+    found = ffi.new("size_t[2]")
+    if lib.ps_json_check_ints(buf, len(text), found, found + 1) != lib.PS_OK:
+        at, n = found[0], found[1]
+        raise wide_integer(bytes(text[at:at + n]), at) from None
+    return value
 
 
 def json_copy(value: Any, where: str = "value") -> Any:

@@ -52,6 +52,7 @@ RC_CODES = {
     "PS_BADVERSION": lib.PS_BADVERSION,
     "PS_NOTSTORE": lib.PS_NOTSTORE,
     "PS_READONLY": lib.PS_READONLY,
+    "PS_RANGE": lib.PS_RANGE,
 }
 #: The sync modes of a file-based store, by name.
 SYNC_MODES = {"interval": lib.PS_SYNC_INTERVAL, "never": lib.PS_SYNC_NEVER,
