@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-C_TESTS = ["test_table", "test_store", "test_disk", "test_dir", "test_guard"]
+C_TESTS = ["test_table", "test_store", "test_disk", "test_dir", "test_guard", "test_json"]
 
 
 def need(tool: str) -> str:
