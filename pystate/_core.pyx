@@ -362,6 +362,7 @@ cdef class Store:
     cdef Py_ssize_t _max_value_bytes  # -1: no limit
     cdef bint _durable                # file-based: writes release the GIL
     cdef bint _closing
+    cdef bint _sealed                 # _seal() was called: writes raise ClosedError
     cdef int _busy                    # threads inside a GIL-free call
     cdef readonly object path         # the store directory, or None
     cdef readonly str sync            # the sync mode, or None in memory
@@ -510,6 +511,11 @@ cdef class Store:
             raise ClosedError("the store is closed")
         return 0
 
+    cdef inline int _writable(self) except -1:
+        if self._sealed:
+            raise ClosedError("the store is closed")
+        return 0
+
     cdef inline int _enter(self) except -1:
         # Before a GIL-free call: close() waits until every such call is out.
         if self._st == NULL or self._closing:
@@ -526,6 +532,18 @@ cdef class Store:
     def closed(self) -> bool:
         """True after ``close()``."""
         return self._st == NULL
+
+    def _seal(self) -> None:
+        """Refuse writes from now on (ClosedError), and return once every
+        watched write already past that check has queued its event: the
+        first step of State.close(), so that draining the queue drains
+        everything. Reads go on until close()."""
+        cdef int i
+        self._sealed = True
+        # A watched write holds its stripe from the check to its emit.
+        for i in range(N_STRIPES):
+            _lock(self._stripes[i])
+            PyThread_release_lock(self._stripes[i])
 
     def close(self) -> None:
         """Make every write durable (file-based), then free the store. Later
@@ -558,6 +576,7 @@ cdef class Store:
                   const char *v, Py_ssize_t n, _Out *out, int *existed) except? -32768:
         cdef ps_store *st
         cdef int rc
+        self._writable()
         if not self._durable:
             self._open()
             return ps_put(self._st, s, sl, k, kl, v, n, &out.sink, existed)
@@ -574,6 +593,7 @@ cdef class Store:
                      Py_ssize_t elen) except? -32768:
         cdef ps_store *st
         cdef int rc
+        self._writable()
         if not self._durable:
             self._open()
             return ps_put_if(self._st, s, sl, k, kl, v, n, e, elen)
@@ -588,6 +608,7 @@ cdef class Store:
                   _Out *out) except? -32768:
         cdef ps_store *st
         cdef int rc
+        self._writable()
         if not self._durable:
             self._open()
             return ps_del(self._st, s, sl, k, kl, &out.sink)

@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from pystate._backend import codec as _codec
-from pystate.errors import EventQueueFullError, StateError
+from pystate.errors import ClosedError, EventQueueFullError, StateError
 from pystate.functions import FunctionRegistry, RegisteredFunction
 from pystate.triggers import Trigger, TriggerIndex
 
@@ -76,6 +76,9 @@ class EventDispatcher:
         self._idle = True  # the dispatcher sleeps (or was never started)
         self._busy = False  # the dispatcher holds an item it has not finished
         self._stopping = False
+        # close(): 0 open, 1 under way, 2 done (self._drained tells how).
+        self._close_state = 0
+        self._drained = True
         self._writers_waiting = 0
         self._inflight: dict[asyncio.AbstractEventLoop, int] = {}
         self._inflight_total = 0
@@ -91,12 +94,23 @@ class EventDispatcher:
         # Scope-only triggers (the common case) need one lookup, not a match.
         matched = idx.by_scope.get(scope) if idx.scopes_only else self._match(scope, key)
         if matched:
+            if self._close_state == 2:
+                # Only a store that does not refuse writes once closing
+                # begins gets here; queued, the event would wait forever.
+                self._lost(1, f"an event of ({scope!r}, {key!r}) came after close()")
+                return
             self.pending.append((matched, event_type, scope, key, old, new))
             if self._idle:
                 self._wake()
 
     def submit_call(self, fn: RegisteredFunction, payload: Any) -> None:
-        """Queue a void call of a registered function."""
+        """Queue a void call of a registered function.
+
+        Raises:
+            ClosedError: close() has begun; nothing would run the call.
+        """
+        if self._close_state:
+            raise ClosedError("the store is closed")
         self.pending.append((None, fn, payload, None, None, None))
         if self._idle:
             self._wake()
@@ -143,6 +157,7 @@ class EventDispatcher:
                     self._busy = False
                     cond.notify_all()  # flushers, close()
                     if self._stopping:
+                        self._thread = None  # flush() must not wait for us
                         return
                     cond.wait()
                 self._idle = False
@@ -294,6 +309,11 @@ class EventDispatcher:
             if not self._inflight_total:
                 self._cond.notify_all()
 
+    def _lost(self, n: int, why: str) -> None:
+        with self._cond:
+            self.dropped += n
+        log.warning("pystate: %s; %d event(s) dropped", why, n)
+
     def _failed(self, t: Trigger | None, data: Any, exc: BaseException, what: str) -> None:
         with self._cond:
             self.handler_errors += 1
@@ -349,28 +369,61 @@ class EventDispatcher:
         """Drain the queue (up to ``timeout`` seconds), then stop the
         dispatcher thread and the store's own event loop. What is still
         queued when the time is up is discarded, logged and counted in
-        ``dropped``. True when everything was handled."""
-        if threading.current_thread() is self._thread:
+        ``dropped``. True when everything was handled.
+
+        The store refuses writes before it calls this, so the queue only
+        shrinks. Once: a second call, from any thread, waits for the first
+        to finish (at most ``timeout`` seconds) and returns its outcome;
+        from a handler or an event loop, which the first may be waiting
+        for, it returns at once.
+        """
+        me = threading.current_thread()
+        with self._cond:
+            state = self._close_state
+            if state == 0:
+                self._close_state = 1
+        if state:
+            if state == 1 and me is not self._thread and asyncio._get_running_loop() is None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                with self._cond:
+                    while self._close_state != 2:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._cond.wait(left)
+            return self._drained
+        if me is self._thread:
             # A handler closes the store: finish the queue, then exit.
             with self._cond:
                 self._stopping = True
+                self._close_state = 2
+                self._cond.notify_all()
             return True
         drained = True
-        if self._thread is not None or self.pending:
-            drained = self.flush(timeout, closing=True)
-        with self._cond:
-            self._stopping = True
-            if not drained and self.pending:
-                self.dropped += len(self.pending)
-                log.warning(
-                    "pystate: closing with %d events not yet handled; they are dropped", len(self.pending)
-                )
-                self.pending.clear()
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(None if drained else 1.0)
-        self._functions.loop_thread.stop(None if drained else 1.0)
+        try:
+            if self._thread is not None or self.pending:
+                drained = self.flush(timeout, closing=True)
+        finally:
+            with self._cond:
+                self._stopping = True
+                if self.pending and (not drained or self._thread is None):
+                    drained = False
+                    self.dropped += len(self.pending)
+                    log.warning(
+                        "pystate: closing with %d events not yet handled; they are dropped", len(self.pending)
+                    )
+                    self.pending.clear()
+                self._cond.notify_all()
+                thread = self._thread
+        try:
+            if thread is not None:
+                thread.join(None if drained else 1.0)
+            self._functions.loop_thread.stop(None if drained else 1.0)
+        finally:
+            with self._cond:
+                self._drained = drained
+                self._close_state = 2
+                self._cond.notify_all()
         return drained
 
     def stats(self) -> dict[str, int]:

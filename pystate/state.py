@@ -462,12 +462,24 @@ class State(_core.Store):
         return self._events.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Run the events already queued (waiting at most ``timeout``
-        seconds; None: until done), stop the dispatch threads, make every
-        write durable and free the store. Events still queued when the
-        time is up are dropped, logged and counted. Closing twice is fine.
+        """Refuse writes (ClosedError from now on), run the events already
+        queued (waiting at most ``timeout`` seconds; None: until done), stop
+        the dispatch threads, make every write durable and free the store.
+        Every write acknowledged before close() began gets its events;
+        those still queued when the time is up are dropped, logged and
+        counted. Closing twice, or from several threads at once, is fine:
+        a second close() waits (at most its own ``timeout``) for the first.
+
+        >>> st = State()
+        >>> st.close(); st.close()
+        >>> st.closed
+        True
         """
         if not self.closed:
+            # Writes stop first: a writer that kept writing would keep the
+            # queue from ever draining, and an event queued after the drain
+            # would never run.
+            self._seal()
             self._events.close(timeout)
             self._set_watch(None)
         super().close()

@@ -325,6 +325,152 @@ def test_writes_after_close_raise_and_emit_nothing(watch, st):
     assert seen == []
 
 
+# close() under load: writers, several closers, a dropped store. Every loop
+# is bounded in count and time; a watchdog thread bounds each close().
+
+STORES = ["memory", "file"]
+
+
+def open_store(kind, tmp_path):
+    return pystate.State() if kind == "memory" else pystate.State(tmp_path / "db", sync="never")
+
+
+def watched_store(kind, tmp_path, handler_delay=0.0):
+    """A store with one trigger that counts events per key: (store, counts)."""
+    st = open_store(kind, tmp_path)
+    counts = {}
+    lock = threading.Lock()
+
+    def count(event):
+        if handler_delay:
+            time.sleep(handler_delay)
+        with lock:
+            counts[event["key"]] = counts.get(event["key"], 0) + 1
+
+    st.register_function("count", count)
+    st.register_trigger({"type": "state", "function_id": "count"})
+    return st, counts
+
+
+def start_writers(st, n, limit=1_000_000, seconds=60.0):
+    """n threads writing key w<i> until a write raises ClosedError (or the
+    count or time bound is hit); acked[i] counts the writes that returned."""
+    acked = [0] * n
+    errors = []
+    stop = threading.Event()
+
+    def write(i):
+        deadline = time.monotonic() + seconds
+        while acked[i] < limit and not stop.is_set() and time.monotonic() < deadline:
+            try:
+                st.set("s", f"w{i}", acked[i])
+            except pystate.ClosedError:
+                return
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                errors.append(e)
+                return
+            acked[i] += 1
+
+    threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads, acked, errors, stop
+
+
+def call_with_watchdog(fn, timeout=WAIT):
+    """Run fn in a thread; True if it returned within timeout."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive()
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_close_returns_while_writers_keep_writing(kind, tmp_path):
+    st, counts = watched_store(kind, tmp_path, handler_delay=0.0005)
+    threads, acked, errors, stop = start_writers(st, 3)
+    assert wait_until(lambda: sum(acked) > 200)
+    try:
+        assert call_with_watchdog(st.close), "close() did not return while writers wrote"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+    assert not errors
+    assert st.closed
+    # Writes were refused from close() on, and each acknowledged one ran
+    # its handler: nothing queued was left behind or dropped.
+    assert {f"w{i}": acked[i] for i in range(3) if acked[i]} == counts
+    assert st._events.dropped == 0
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_two_threads_closing_at_once_both_return(kind, tmp_path):
+    for round_ in range(8):
+        st, counts = watched_store(kind, tmp_path / str(round_))
+        threads, acked, errors, stop = start_writers(st, 2, limit=20_000, seconds=WAIT)
+        assert wait_until(lambda: sum(acked) > 50)
+        closers = [threading.Thread(target=st.close, daemon=True) for _ in range(2)]
+        for c in closers:
+            c.start()
+        for c in closers:
+            c.join(WAIT)
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(c.is_alive() for c in closers), f"a close() hung in round {round_}"
+        assert not errors
+        assert {f"w{i}": acked[i] for i in range(2) if acked[i]} == counts
+        assert st._events.stats()["pending"] == 0
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_dropping_a_store_closed_under_writes_never_blocks(kind, tmp_path):
+    import gc
+
+    st, counts = watched_store(kind, tmp_path)
+    threads, acked, errors, stop = start_writers(st, 2, limit=20_000, seconds=WAIT)
+    assert wait_until(lambda: sum(acked) > 50)
+    st.close()
+    stop.set()
+    for t in threads:
+        t.join(WAIT)
+    events = st._events
+    assert events.stats()["pending"] == 0
+
+    def drop():
+        nonlocal st
+        del st
+        gc.collect()
+
+    assert call_with_watchdog(drop), "dropping the closed store blocked"
+    assert {f"w{i}": acked[i] for i in range(2) if acked[i]} == counts
+
+
+def test_a_void_call_after_close_is_refused():
+    st = pystate.State()
+    seen = []
+    st.register_function("f", seen.append)
+    st.close()
+    with pytest.raises(pystate.ClosedError):
+        st.trigger({"function_id": "f", "payload": 1, "action": {"type": "void"}})
+    assert seen == []
+
+
+def test_an_event_that_comes_after_close_is_counted_not_kept(caplog):
+    # A store whose writes are not refused once closing begins (the remote
+    # adapters' own write paths) must not leave an event queued forever.
+    st = pystate.State()
+    st.register_function("h", lambda e: None)
+    st.register_trigger({"type": "state", "function_id": "h"})
+    events = st._events
+    st.close()
+    events.emit("state:created", "s", "k", None, b"1")
+    assert events.stats()["pending"] == 0
+    assert events.dropped == 1
+    assert "after close()" in caplog.text
+
+
 def test_a_handler_may_close_the_store():
     st = pystate.State()
     st.register_function("closer", lambda e: st.close())

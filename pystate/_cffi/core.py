@@ -322,7 +322,7 @@ class Store:
     """
 
     # Prefixed: subclasses (the remote adapters) have slots of their own.
-    __slots__ = ("_c_g", "_c_closed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_ro", "_c_hook",
+    __slots__ = ("_c_g", "_c_closed", "_c_sealed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_ro", "_c_hook",
                  "_c_emit", "_c_admit", "_c_pending", "_c_bound", "_c_all", "_c_scopes",
                  "_c_keys", "_c_pairs", "_c_stripes", "_c_turns")
 
@@ -330,6 +330,7 @@ class Store:
         self = super().__new__(cls)
         self._c_g = _CLOSED
         self._c_closed = True
+        self._c_sealed = False
         self._c_limit = -1
         self._c_durable = False
         self._c_path = None
@@ -465,12 +466,23 @@ class Store:
         """The sync mode, or None in memory."""
         return self._c_sync
 
+    def _seal(self) -> None:
+        """Refuse writes from now on (ClosedError), and return once every
+        watched write already past that check has queued its event: the
+        first step of State.close(), so that draining the queue drains
+        everything. Reads go on until close()."""
+        self._c_sealed = True
+        # A watched write holds its stripe from the check to its emit.
+        for lk in self._c_stripes or ():
+            with lk:
+                pass
+
     def close(self) -> None:
         """Make every write durable (file-based), then free the store. Later
         calls raise ClosedError; closing twice is fine."""
         if self._c_closed:
             return
-        self._c_closed = True
+        self._c_closed = self._c_sealed = True
         rc = lib.psg_close(self._c_g)  # waits for calls in flight
         if rc and rc != _CLOSED_RC:
             raise error_for_rc(rc, RC_CODES, "close (final sync)")
@@ -510,6 +522,8 @@ class Store:
                 out = _thread_buf()
             # The old value is delivered exactly when the key existed (a JSON
             # text is never empty), which saves an `existed` out-parameter.
+            if self._c_sealed:
+                raise _error(_CLOSED_RC, "")
             rc = lib.psg_put(self._c_g, s, len(s), k, len(k), data, n, out, _NULL)
             old = _take(out)
             if rc:
@@ -559,6 +573,8 @@ class Store:
                 out = _tls.buf
             except AttributeError:
                 out = _thread_buf()
+            if self._c_sealed:
+                raise _error(_CLOSED_RC, "")
             rc = lib.psg_del(self._c_g, s, len(s), k, len(k), out)
             old = _take(out)
             if rc and rc != _NOTFOUND:
@@ -621,6 +637,8 @@ class Store:
                     _race_hook()
                 # Compare-and-set against the bytes read: if another thread
                 # wrote the key meanwhile, start over from its value.
+                if self._c_sealed:
+                    raise _error(_CLOSED_RC, "")
                 rc = lib.psg_put_if(g, s, sl, k, kl, new_data, len(new_data), expect, elen)
                 if rc == _CONFLICT:
                     if turn is None:
