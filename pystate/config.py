@@ -12,7 +12,10 @@ Both forms the engine has used are read:
 the YAML is parsed, as the engine does. Values are checked, and a bad one is
 refused with the file, the key and what is allowed, where the engine would
 silently fall back to a default (an out-of-range ``save_interval_ms`` or
-``max_value_bytes``). Unknown keys are warned about (:class:`ConfigWarning`).
+``max_value_bytes``). An unknown key is refused too, as the engine refuses it
+(its config structs deny unknown fields): a typo such as ``triggers_enabledd``
+or a redis ``url`` for ``redis_url`` would otherwise leave a default in force
+that the file seems to change.
 
 >>> import pystate, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "iii-config.yaml")
@@ -34,7 +37,6 @@ from __future__ import annotations
 import os
 import stat
 import re
-import warnings
 from typing import Any
 from urllib.parse import urlparse
 
@@ -64,7 +66,8 @@ _ENV = re.compile(r"\$\{([^}:]+)(?::([^}]*))?\}")
 
 
 class ConfigWarning(UserWarning):
-    """A config file holds a key pystate does not know (it is ignored)."""
+    """Kept so that code importing it goes on working: an unknown key in a
+    config file was once warned about with it and is now a ConfigError."""
 
 
 def expand_env(text: str, where: str) -> str:
@@ -90,10 +93,10 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _warn_unknown(d: dict[str, Any], known: set[str], where: str) -> None:
+def _refuse_unknown(d: dict[str, Any], known: set[str], where: str) -> None:
     for key in d:
         if key not in known:
-            warnings.warn(f"{where}.{key}: unknown key, ignored", ConfigWarning, stacklevel=4)
+            raise ConfigError(f"{where}.{key}: unknown key; allowed here: {', '.join(sorted(known))}")
 
 
 def _interval(value: Any, where: str) -> int:
@@ -149,7 +152,7 @@ def load_state_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     where, entry = entries[0]
     cfg = _mapping(entry.get("config"), f"{where}.config")
     where = f"{where}.config"
-    _warn_unknown(cfg, _STATE_KEYS, where)
+    _refuse_unknown(cfg, _STATE_KEYS, where)
     options: dict[str, Any] = {}
 
     if "triggers_enabled" in cfg:
@@ -171,7 +174,7 @@ def load_state_options(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     adapter_entry = _mapping(cfg.get("adapter"), f"{where}.adapter")
     awhere = f"{where}.adapter"
-    _warn_unknown(adapter_entry, {"name", "class", "config"}, awhere)
+    _refuse_unknown(adapter_entry, {"name", "class", "config"}, awhere)
     raw_name = _entry_name(adapter_entry) if adapter_entry else "kv"
     adapter = _ADAPTERS.get(raw_name) if isinstance(raw_name, str) else None
     if adapter is None:
@@ -181,7 +184,7 @@ def load_state_options(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     acfg = _mapping(adapter_entry.get("config"), f"{awhere}.config")
     awhere = f"{awhere}.config"
-    _warn_unknown(acfg, _ADAPTER_KEYS[adapter], awhere)
+    _refuse_unknown(acfg, _ADAPTER_KEYS[adapter], awhere)
 
     if adapter == "kv":
         method = acfg.get("store_method", "in_memory")

@@ -169,16 +169,30 @@ def test_old_form_bridge_class_defaults_to_the_engines_address(write):
     assert opts == {"adapter": "bridge", "bridge_url": "ws://localhost:49134"}
 
 
-def test_unknown_keys_are_warned_about_and_ignored(write):
-    text = NEW_FORM.replace("triggers_enabled: false", "triggers_enabled: false\n      colour: blue").replace(
-        "store_method: file_based", "store_method: file_based\n          compression: zstd"
-    )
-    with pytest.warns(pystate.ConfigWarning) as rec:
-        opts = load_state_options(write(text))
-    messages = [str(w.message) for w in rec]
-    assert any("config.colour" in m for m in messages)
-    assert any("config.compression" in m for m in messages)
-    assert opts["path"] == "./data/state_store"
+@pytest.mark.parametrize(
+    "text, key, allowed",
+    [
+        ("triggers_enabledd: true", "config.triggers_enabledd", "adapter, max_value_bytes, save_interval_ms, triggers_enabled"),
+        ("adapter: {name: kv, config: {bogus: 1}}", "adapter.config.bogus", "file_path, save_interval_ms, store_method"),
+        ("adapter: {name: redis, config: {url: 'redis://localhost'}}", "adapter.config.url", "redis_url"),
+        ("adapter: {name: bridge, config: {url: 'ws://localhost:1'}}", "adapter.config.url", "bridge_url"),
+        ("adapter: {name: kv, options: {}}", "adapter.options", "class, config, name"),
+    ],
+)
+def test_unknown_keys_are_refused_naming_the_file_the_key_and_the_keys_allowed(write, text, key, allowed):
+    # The engine's config structs deny unknown fields; a typo silently kept a default.
+    path = write(f"workers:\n  - name: iii-state\n    config:\n      {text}\n")
+    with pytest.raises(pystate.ConfigError) as e:
+        pystate.State.from_config(path)
+    msg = e.value.message
+    assert str(path) in msg and key in msg and allowed in msg, msg
+
+
+def test_an_unknown_key_in_the_old_form_is_refused_too(write):
+    path = write(OLD_FORM.replace("save_interval_ms: 2000", "save_interval_ms: 2000\n          compression: zstd"))
+    with pytest.raises(pystate.ConfigError) as e:
+        load_state_options(path)
+    assert "adapter.config.compression: unknown key" in e.value.message
 
 
 def test_a_known_file_warns_about_nothing(write):
