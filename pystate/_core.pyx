@@ -31,9 +31,10 @@ from pystate._ops cimport apply_into
 import os
 import warnings
 
+from pystate._options import check_store_options, path_bytes
+
 from pystate.errors import (
     ClosedError,
-    ConfigError,
     PayloadError,
     RecoveryWarning,
     ValueTooLargeError,
@@ -267,9 +268,7 @@ def inspect(path, *, repair=False) -> dict:
     cdef ps_options o
     cdef ps_report rep
     memset_options(&o)
-    cdef bytes bpath = os.fsencode(path)
-    if not bpath or b"\0" in bpath:
-        raise ConfigError(f"path: expected a directory path, got {path!r}")
+    cdef bytes bpath = path_bytes(path)
     o.path = bpath
     o.repair = 1 if repair else 0
     cdef int rc
@@ -392,35 +391,19 @@ cdef class Store:
     def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
                  read_only=False, max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
                  _max_open_files=0):
+        cdef bytes bpath = check_store_options(path, sync, save_interval_ms, repair, read_only,
+                                               max_value_bytes)
         if max_value_bytes is not None:
-            if type(max_value_bytes) is not int or max_value_bytes < 1:
-                raise ConfigError(
-                    f"max_value_bytes: expected a positive integer or None, "
-                    f"got {max_value_bytes!r}")
             self._max_value_bytes = max_value_bytes
         if self._st != NULL:
             return
         cdef ps_options o
         cdef ps_report rep
         memset_options(&o)
-        cdef bytes bpath
-        if path is not None:
-            if sync not in SYNC_MODES:
-                raise ConfigError(
-                    f"sync: expected one of {', '.join(SYNC_MODES)}, got {sync!r}")
-            if (type(save_interval_ms) is not int or
-                    not 100 <= save_interval_ms <= 3_600_000):
-                raise ConfigError(
-                    f"save_interval_ms: expected an integer from 100 to 3600000, "
-                    f"got {save_interval_ms!r}")
-            bpath = os.fsencode(path)
-            if not bpath or b"\0" in bpath:
-                raise ConfigError(f"path: expected a directory path, got {path!r}")
+        if bpath is not None:
             o.path = bpath
             o.sync = SYNC_MODES[sync]
             o.sync_interval_ms = save_interval_ms
-            if type(read_only) is not bool:
-                raise ConfigError(f"read_only: expected True or False, got {read_only!r}")
             o.repair = 1 if repair else 0
             o.read_only = 1 if read_only else 0
             o.compact_min_dead = _compact_min_dead
@@ -429,9 +412,6 @@ cdef class Store:
                 self._hook = _compact_hook
                 o.hook = _hook_trampoline
                 o.hook_ctx = <void *>self._hook
-        elif sync != "interval" or save_interval_ms != 5000 or repair or read_only:
-            raise ConfigError("sync, save_interval_ms, repair and read_only apply to "
-                              "file-based stores: give a path")
         cdef ps_store *st = NULL
         cdef int rc
         with nogil:

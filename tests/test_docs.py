@@ -25,6 +25,7 @@ MODULES = [
     "pystate.dispatch",
     "pystate.aio",
     "pystate.config",
+    "pystate._options",
 ]
 
 

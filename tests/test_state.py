@@ -279,10 +279,26 @@ def test_max_value_bytes_guards_set(st):
     small.close()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True])
-def test_max_value_bytes_must_be_positive_int(bad):
-    with pytest.raises(pystate.ConfigError):
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True, 2**63, 2**70])
+def test_max_value_bytes_must_be_a_positive_int_a_length_can_reach(bad):
+    # 2**70 was a bare OverflowError on the Cython binding, accepted on cffi.
+    with pytest.raises(pystate.ConfigError) as e:
         pystate.State(max_value_bytes=bad)
+    assert "max_value_bytes" in e.value.message and repr(bad) in e.value.message
+
+
+def test_the_largest_max_value_bytes_is_accepted():
+    with pystate.State(max_value_bytes=2**63 - 1) as st:
+        assert st.max_value_bytes == 2**63 - 1
+        st.set("s", "k", "v")
+
+
+@pytest.mark.parametrize("option", ["repair", "read_only"])
+def test_a_flag_that_is_not_a_bool_is_refused(tmp_path, option):
+    with pytest.raises(pystate.ConfigError) as e:
+        pystate.State(tmp_path / "d", **{option: 1})
+    assert option in e.value.message
+    assert not (tmp_path / "d").exists()
 
 
 def test_large_values(st):

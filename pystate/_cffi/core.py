@@ -28,9 +28,9 @@ from typing import Any, Iterator
 from pystate._cffi._native import ffi, lib
 from pystate._cffi.codec import copy_containers, decode, encode, encode_trusted
 from pystate._cffi.ops import apply_into
+from pystate._options import check_store_options, path_bytes
 from pystate.errors import (
     ClosedError,
-    ConfigError,
     PayloadError,
     RecoveryWarning,
     ValueTooLargeError,
@@ -212,13 +212,6 @@ def _text(s: Any, what: str) -> bytes:
         raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
 
 
-def _path_bytes(path: Any) -> bytes:
-    bpath = os.fsencode(path)
-    if not bpath or b"\0" in bpath:
-        raise ConfigError(f"path: expected a directory path, got {path!r}")
-    return bpath
-
-
 def inspect(path: Any, *, repair: bool = False) -> dict:
     """Read every log of the file store at ``path`` as opening it would,
     changing nothing on disk, and say what opening would fix (see the
@@ -232,7 +225,7 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
     """
     o = _new("ps_options *")
     rep = _new("ps_report *")
-    cpath = _new("char[]", _path_bytes(path))
+    cpath = _new("char[]", path_bytes(path))
     o.path = cpath
     o.repair = 1 if repair else 0
     rc = lib.ps_store_inspect(o, rep)
@@ -346,28 +339,18 @@ class Store:
                  repair: bool = False, read_only: bool = False, max_value_bytes: int | None = None,
                  _compact_hook: Any = None, _compact_min_dead: int = 0,
                  _max_open_files: int = 0) -> None:
+        bpath = check_store_options(path, sync, save_interval_ms, repair, read_only, max_value_bytes)
         if max_value_bytes is not None:
-            if type(max_value_bytes) is not int or max_value_bytes < 1:
-                raise ConfigError(
-                    f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
             self._c_limit = max_value_bytes
         if self._c_g is not _CLOSED:
             return
         o = _new("ps_options *")
         rep = _new("ps_report *")
-        if path is not None:
-            if sync not in SYNC_MODES:
-                raise ConfigError(f"sync: expected one of {', '.join(SYNC_MODES)}, got {sync!r}")
-            if type(save_interval_ms) is not int or not 100 <= save_interval_ms <= 3_600_000:
-                raise ConfigError(
-                    f"save_interval_ms: expected an integer from 100 to 3600000, "
-                    f"got {save_interval_ms!r}")
-            cpath = _new("char[]", _path_bytes(path))  # alive until psg_open copies it
+        if bpath is not None:
+            cpath = _new("char[]", bpath)  # alive until psg_open copies it
             o.path = cpath
             o.sync = SYNC_MODES[sync]
             o.sync_interval_ms = save_interval_ms
-            if type(read_only) is not bool:
-                raise ConfigError(f"read_only: expected True or False, got {read_only!r}")
             o.repair = 1 if repair else 0
             o.read_only = 1 if read_only else 0
             o.compact_min_dead = _compact_min_dead
@@ -376,9 +359,6 @@ class Store:
                 self._c_hook = ffi.new_handle(_compact_hook)
                 o.hook = lib.pystate_compact_hook
                 o.hook_ctx = self._c_hook
-        elif sync != "interval" or save_interval_ms != 5000 or repair or read_only:
-            raise ConfigError("sync, save_interval_ms, repair and read_only apply to "
-                              "file-based stores: give a path")
         out = _new("psg **")
         rc = lib.psg_open(out, o, rep)
         if rc:
