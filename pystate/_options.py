@@ -23,7 +23,7 @@ from typing import Any
 
 from pystate.errors import ConfigError
 
-__all__ = ["SYNC_NAMES", "check_store_options", "path_bytes"]
+__all__ = ["SYNC_NAMES", "check_max_value_bytes", "check_store_options", "path_bytes"]
 
 #: The ``sync`` modes, in the order error messages list them.
 SYNC_NAMES = ("interval", "never", "always")
@@ -43,18 +43,18 @@ def path_bytes(path: Any) -> bytes:
     return bpath
 
 
+def check_max_value_bytes(value: Any) -> None:
+    """The value-size limit every adapter takes: None, or 1 to sys.maxsize."""
+    if value is not None and (type(value) is not int or not 1 <= value <= MAX_VALUE_BYTES_LIMIT):
+        raise ConfigError(f"max_value_bytes: expected a positive integer up to {MAX_VALUE_BYTES_LIMIT} or None, got {value!r}")
+
+
 def check_store_options(
     path: Any, sync: Any, save_interval_ms: Any, repair: Any, read_only: Any, max_value_bytes: Any
 ) -> bytes | None:
     """Refuse a bad open option with ConfigError; return the path as bytes
     (None for an in-memory store)."""
-    if max_value_bytes is not None and (
-        type(max_value_bytes) is not int or not 1 <= max_value_bytes <= MAX_VALUE_BYTES_LIMIT
-    ):
-        raise ConfigError(
-            f"max_value_bytes: expected a positive integer up to {MAX_VALUE_BYTES_LIMIT} or None, "
-            f"got {max_value_bytes!r}"
-        )
+    check_max_value_bytes(max_value_bytes)
     for name, flag in (("repair", repair), ("read_only", read_only)):
         if type(flag) is not bool:
             raise ConfigError(f"{name}: expected True or False, got {flag!r}")

@@ -328,16 +328,27 @@ def test_writes_after_close_raise_and_emit_nothing(watch, st):
 # close() under load: writers, several closers, a dropped store. Every loop
 # is bounded in count and time; a watchdog thread bounds each close().
 
-STORES = ["memory", "file"]
+STORES = ["memory", "file", "redis"]
 
 
-def open_store(kind, tmp_path):
-    return pystate.State() if kind == "memory" else pystate.State(tmp_path / "db", sync="never")
+@pytest.fixture
+def open_store(request, tmp_path):
+    """open_store(kind, sub): a fresh store of that kind (memory, file or redis)."""
+
+    def open_store(kind, sub=""):
+        if kind == "memory":
+            return pystate.State()
+        if kind == "file":
+            return pystate.State(tmp_path / sub / "db", sync="never")
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        return pystate.State(adapter="redis", redis_url=server.url)
+
+    return open_store
 
 
-def watched_store(kind, tmp_path, handler_delay=0.0):
-    """A store with one trigger that counts events per key: (store, counts)."""
-    st = open_store(kind, tmp_path)
+def watched_store(st, handler_delay=0.0):
+    """st with one trigger that counts events per key: (st, counts)."""
     counts = {}
     lock = threading.Lock()
 
@@ -386,8 +397,8 @@ def call_with_watchdog(fn, timeout=WAIT):
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_close_returns_while_writers_keep_writing(kind, tmp_path):
-    st, counts = watched_store(kind, tmp_path, handler_delay=0.0005)
+def test_close_returns_while_writers_keep_writing(kind, open_store):
+    st, counts = watched_store(open_store(kind), handler_delay=0.0005)
     threads, acked, errors, stop = start_writers(st, 3)
     assert wait_until(lambda: sum(acked) > 200)
     try:
@@ -405,9 +416,9 @@ def test_close_returns_while_writers_keep_writing(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_two_threads_closing_at_once_both_return(kind, tmp_path):
+def test_two_threads_closing_at_once_both_return(kind, open_store):
     for round_ in range(8):
-        st, counts = watched_store(kind, tmp_path / str(round_))
+        st, counts = watched_store(open_store(kind, str(round_)))
         threads, acked, errors, stop = start_writers(st, 2, limit=20_000, seconds=WAIT)
         assert wait_until(lambda: sum(acked) > 50)
         closers = [threading.Thread(target=st.close, daemon=True) for _ in range(2)]
@@ -425,10 +436,10 @@ def test_two_threads_closing_at_once_both_return(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_dropping_a_store_closed_under_writes_never_blocks(kind, tmp_path):
+def test_dropping_a_store_closed_under_writes_never_blocks(kind, open_store):
     import gc
 
-    st, counts = watched_store(kind, tmp_path)
+    st, counts = watched_store(open_store(kind))
     threads, acked, errors, stop = start_writers(st, 2, limit=20_000, seconds=WAIT)
     assert wait_until(lambda: sum(acked) > 50)
     st.close()

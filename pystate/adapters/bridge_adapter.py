@@ -48,7 +48,6 @@ __all__ = ["BridgeState", "DEFAULT_BRIDGE_URL"]
 #: The engine's default address.
 DEFAULT_BRIDGE_URL = "ws://127.0.0.1:49134"
 _MAX_FRAME = 64 * 2**20
-_N_STRIPES = 64
 _log = logging.getLogger("pystate.bridge")
 
 _ERRORS: dict[str, type[StateError]] = {
@@ -94,7 +93,7 @@ class BridgeState(RemoteState):
 
     __slots__ = (
         "_url", "_headers", "_timeout", "_conn", "_conn_lock",
-        "_pending", "_reader", "_stripes", "worker_id",
+        "_pending", "_reader", "worker_id",
     )
 
     def __init__(
@@ -127,7 +126,6 @@ class BridgeState(RemoteState):
         self._conn_lock = threading.Lock()
         self._pending: dict[str, _Waiter] = {}
         self._reader: threading.Thread | None = None
-        self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
         self.worker_id: str | None = None
         self._connect()
         self._is_closed = False
@@ -253,12 +251,14 @@ class BridgeState(RemoteState):
                     f"value of {size} bytes exceeds the configured max_value_bytes limit of {self._limit}"
                 )
         payload = {"scope": scope, "key": key, "value": value}
+        self._writable()
         if not self._is_watched(scope, key):
             return self._call("state::set", payload)["old_value"]
         self._admit()
         # Held from the write to the event: events of one key queue in the
         # order the remote side applied the writes.
-        with self._stripes[hash((scope, key)) % _N_STRIPES]:
+        with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             old = self._call("state::set", payload)["old_value"]
             dumps = _codec.dumps
             self._events.emit(
@@ -279,10 +279,12 @@ class BridgeState(RemoteState):
         _text(scope, "scope")
         _text(key, "key")
         payload = {"scope": scope, "key": key}
+        self._writable()
         if not self._is_watched(scope, key):
             return self._call("state::delete", payload)
         self._admit()
-        with self._stripes[hash((scope, key)) % _N_STRIPES]:
+        with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             old = self._call("state::delete", payload)
             self._events.emit("state:deleted", scope, key, None if old is None else _codec.dumps(old), None)
         return old
@@ -295,11 +297,13 @@ class BridgeState(RemoteState):
         # fails with the kv adapter's error before anything is sent.
         apply(None, True, ops)
         payload = {"scope": scope, "key": key, "ops": ops}
+        self._writable()
         if not self._is_watched(scope, key):
             r = self._call("state::update", payload)
             return UpdateResult(r.get("old_value"), r.get("new_value"), r.get("errors") or [])
         self._admit()
-        with self._stripes[hash((scope, key)) % _N_STRIPES]:
+        with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             r = self._call("state::update", payload)
             old, new = r.get("old_value"), r.get("new_value")
             dumps = _codec.dumps
@@ -351,9 +355,12 @@ class BridgeState(RemoteState):
         return {"ok": True, "logs": 0, "records": records, "problem": None}
 
     def close(self, timeout: float | None = None) -> None:
-        """Run queued events, stop dispatch and disconnect. Idempotent."""
-        if self._is_closed:
+        """Refuse writes (ClosedError from now on), run queued events, stop
+        dispatch and disconnect. Idempotent."""
+        if self._is_closed or self._sealed:
             return
+        # Writes stop first, as in State.close: see the redis adapter.
+        self._seal()
         self._events.close(timeout)
         self._watched = False
         self._is_closed = True

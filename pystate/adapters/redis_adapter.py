@@ -100,7 +100,6 @@ return 1
 DEFAULT_EVENTS_CHANNEL = "pystate:state-events"
 
 _EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state:deleted"
-_N_STRIPES = 64
 
 
 class RedisState(RemoteState):
@@ -128,7 +127,6 @@ class RedisState(RemoteState):
         "_redis",
         "_url",
         "_scripts",
-        "_stripes",
         "_redis_errors",
         "_clustered",
         "_channel",
@@ -201,7 +199,6 @@ class RedisState(RemoteState):
             "delete": self._redis.register_script(_DELETE),
             "cas": self._redis.register_script(_CAS),
         }
-        self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
         self._is_closed = False
         self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
         if share_events:
@@ -239,9 +236,6 @@ class RedisState(RemoteState):
         # With shared events every event, this process's own included,
         # arrives through the channel, in the server's order.
         self._watched = bool(self._triggers_enabled and idx.count and self._subscriber is None)
-
-    def _stripe(self, scope: str, key: str) -> threading.Lock:
-        return self._stripes[hash((scope, key)) % _N_STRIPES]
 
     def _emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
         self._events.emit(event_type, scope, key, old, new)
@@ -281,11 +275,13 @@ class RedisState(RemoteState):
                 f"value of {len(data)} bytes exceeds the configured max_value_bytes limit of {self._limit}"
             )
         args = [key, data, scope, self._channel]
+        self._writable()
         if not self._is_watched(scope, key):
             old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
             return None if old is None else _codec.loads(old)
         self._admit()
         with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
             self._emit(_EV_CREATED if old is None else _EV_UPDATED, scope, key, old, data)
         return None if old is None else _codec.loads(old)
@@ -302,11 +298,13 @@ class RedisState(RemoteState):
         _text(scope, "scope")
         _text(key, "key")
         args = [key, scope, self._channel]
+        self._writable()
         if not self._is_watched(scope, key):
             old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
             return None if old is None else _codec.loads(old)
         self._admit()
         with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
             self._emit(_EV_DELETED, scope, key, old, None)
         return None if old is None else _codec.loads(old)
@@ -316,10 +314,12 @@ class RedisState(RemoteState):
         see :meth:`pystate.State.update`."""
         _text(scope, "scope")
         _text(key, "key")
+        self._writable()
         if not self._is_watched(scope, key):
             return self._update(scope, key, ops, False)
         self._admit()
         with self._stripe(scope, key):
+            self._writable()  # under the stripe: close() waits for this write's event
             return self._update(scope, key, ops, True)
 
     def _update(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
@@ -399,9 +399,13 @@ class RedisState(RemoteState):
         return {"ok": problem is None, "logs": 0, "records": records, "problem": problem}
 
     def close(self, timeout: float | None = None) -> None:
-        """Run queued events, stop dispatch and disconnect. Idempotent."""
-        if self._is_closed:
+        """Refuse writes (ClosedError from now on), run queued events, stop
+        dispatch and disconnect. Idempotent."""
+        if self._is_closed or self._sealed:
             return
+        # Writes stop first: a writer that kept writing would keep the
+        # event queue from ever draining.
+        self._seal()
         if self._subscriber is not None:
             self._sub_stop.set()
             self._subscriber.join()

@@ -5,19 +5,23 @@ queue, then emits its event itself)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from pystate._options import check_max_value_bytes
 from pystate.errors import ClosedError, ConfigError
 from pystate.state import State
 
 __all__ = ["RemoteState"]
+
+_N_STRIPES = 64
 
 
 class RemoteState(State):
     """Base of :class:`~pystate.adapters.redis_adapter.RedisState` and
     :class:`~pystate.adapters.bridge_adapter.BridgeState`; not made directly."""
 
-    __slots__ = ("_is_closed", "_limit", "_watched")
+    __slots__ = ("_is_closed", "_limit", "_sealed", "_stripes", "_watched")
 
     def _check_options(
         self,
@@ -36,11 +40,32 @@ class RemoteState(State):
         if path is not None or kv_options:
             given = (["path"] if path is not None else []) + sorted(kv_options)
             raise ConfigError(f"{', '.join(given)}: option(s) of the kv adapter; the {adapter} adapter takes {takes}")
-        if max_value_bytes is not None and (type(max_value_bytes) is not int or max_value_bytes < 1):
-            raise ConfigError(f"max_value_bytes: expected a positive integer or None, got {max_value_bytes!r}")
+        check_max_value_bytes(max_value_bytes)
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
         self._limit = max_value_bytes
         self._watched = False
+        self._sealed = False
+        # A watched write holds its key's stripe from the write to its event,
+        # so the events of one key queue in the order the server applied them.
+        self._stripes = [threading.Lock() for _ in range(_N_STRIPES)]
+
+    def _stripe(self, scope: str, key: str) -> threading.Lock:
+        return self._stripes[hash((scope, key)) % _N_STRIPES]
+
+    def _writable(self) -> None:
+        if self._sealed:
+            raise ClosedError("the store is closed")
+
+    def _seal(self) -> None:
+        """Refuse writes from now on (reads go on, for the handlers close()
+        still runs), and wait for the watched writes under way: each holds
+        its stripe lock from the check to its event, so once every stripe
+        has been taken, all the events of acknowledged writes are queued and
+        no more come."""
+        self._sealed = True
+        for lock in self._stripes:
+            with lock:
+                pass
 
     @property
     def closed(self) -> bool:  # type: ignore[override]
