@@ -165,6 +165,11 @@ int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen
     GUARDED(g, ps_get(g->st, scope, slen, key, klen, &sink));
 }
 
+int psg_has(psg *g, const char *scope, size_t slen, const char *key, size_t klen)
+{
+    GUARDED(g, ps_get(g->st, scope, slen, key, klen, NULL));
+}
+
 int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             const char *value, size_t vlen, psg_buf *old, int *existed)
 {
@@ -197,6 +202,12 @@ int psg_items(psg *g, const char *scope, size_t slen, uint32_t *pos, size_t max,
 {
     ps_sink sink = {buf_alloc, empty(out)};
     GUARDED(g, ps_items(g->st, scope, slen, pos, max, &sink, count));
+}
+
+int psg_keys(psg *g, const char *scope, size_t slen, psg_buf *out, size_t *count)
+{
+    ps_sink sink = {buf_alloc, empty(out)};
+    GUARDED(g, ps_keys(g->st, scope, slen, &sink, count));
 }
 
 int psg_groups(psg *g, psg_buf *out, size_t *count)

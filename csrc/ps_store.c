@@ -172,7 +172,7 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t
         const unsigned char *it =
             ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &w);
         if (it)
-            rc = deliver(value, ps_item_value(it), ps_item_vlen(it));
+            rc = value ? deliver(value, ps_item_value(it), ps_item_vlen(it)) : PS_OK;
     }
     unlock(st);
     return rc;
@@ -291,6 +291,46 @@ int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,
     return rc;
 }
 
+/* Pack [u32 len][bytes] for each of n names; p has room for them all. */
+static unsigned char *pack_name(unsigned char *p, const unsigned char *name, uint32_t n)
+{
+    put_le32(p, n);
+    memcpy(p + 4, name, n);
+    return p + 4 + n;
+}
+
+int ps_keys(ps_store *st, const char *scope, size_t slen, const ps_sink *out, size_t *count)
+{
+    int rc = 0;
+    ps_where w;
+    *count = 0;
+    lock(st);
+    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    const ps_table *t = sc ? &sc->table : NULL;
+    uint32_t end = t ? t->n_entries : 0;
+    size_t size = 0, n = 0;
+    for (uint32_t i = 0; i < end; i++) {
+        const unsigned char *it = t->entries[i];
+        if (it) {
+            size += 4 + (size_t)ps_item_klen(it);
+            n++;
+        }
+    }
+    unsigned char *buf = out->alloc(out->ctx, size);
+    if (!buf) {
+        rc = ENOMEM;
+    } else {
+        for (uint32_t i = 0; i < end; i++) {
+            const unsigned char *it = t->entries[i];
+            if (it)
+                buf = pack_name(buf, ps_item_key(it), ps_item_klen(it));
+        }
+        *count = n;
+    }
+    unlock(st);
+    return rc;
+}
+
 typedef struct name_ref {
     const unsigned char *p;
     uint32_t n;
@@ -336,14 +376,8 @@ int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
         rc = ENOMEM;
     } else {
         unsigned char *p = buf;
-        for (size_t i = 0; i < k; i++) {
-            uint32_t n = names[i].n;
-            unsigned char le[4] = {(unsigned char)n, (unsigned char)(n >> 8),
-                                   (unsigned char)(n >> 16), (unsigned char)(n >> 24)};
-            memcpy(p, le, 4);
-            memcpy(p + 4, names[i].p, n);
-            p += 4 + n;
-        }
+        for (size_t i = 0; i < k; i++)
+            p = pack_name(p, names[i].p, names[i].n);
         if (count)
             *count = k;
     }

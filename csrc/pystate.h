@@ -226,8 +226,9 @@ int ps_store_inspect(const ps_options *opts, ps_report *report);
 
 /* ---- reads --------------------------------------------------------------- */
 
-/* Copy the value of (scope, key) into `value`.
- * Returns PS_OK, PS_NOTFOUND or ENOMEM (the sink refused). */
+/* Copy the value of (scope, key) into `value`; with `value` NULL, only say
+ * whether the key exists. Returns PS_OK, PS_NOTFOUND or ENOMEM (the sink
+ * refused). */
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *value);
 
@@ -251,6 +252,12 @@ int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
  * with keys missed or repeated. Returns PS_OK or ENOMEM. */
 int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,
              size_t max, const ps_sink *out, size_t *count);
+
+/* Deliver the keys of `scope`, in key order (the order of ps_list and
+ * ps_items), packed as repeated [u32 length, little-endian][bytes], in one
+ * call of `out` (made even for none), all from one consistent state of the
+ * scope. *count receives the number of keys. Returns PS_OK or ENOMEM. */
+int ps_keys(ps_store *st, const char *scope, size_t slen, const ps_sink *out, size_t *count);
 
 /* Deliver the names of all scopes, sorted bytewise (which is code point
  * order for UTF-8), packed as repeated [u32 length, little-endian][bytes].

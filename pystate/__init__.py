@@ -33,6 +33,7 @@ from pystate.errors import (
     StoreOSError,
     TriggerConfigError,
     UnsupportedActionError,
+    UnsupportedError,
     ValueTooLargeError,
 )
 from pystate.state import State, Subscription, UpdateResult
@@ -65,6 +66,7 @@ __all__ = [
     "ValueTooLargeError",
     "FunctionNotFoundError",
     "UnsupportedActionError",
+    "UnsupportedError",
     "ClosedError",
     "ConfigError",
     "CorruptError",

@@ -300,6 +300,19 @@ cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
             f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
 
 
+cdef list _unpack_names(bytes data, size_t count):
+    """The names ps_groups and ps_keys pack as [u32 length][UTF-8 bytes]."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef list names = []
+    cdef size_t i
+    cdef uint32_t n
+    for i in range(count):
+        n = _le32(p)
+        names.append(PyUnicode_DecodeUTF8(<const char *>p + 4, n, NULL))
+        p += 4 + n
+    return names
+
+
 cdef class UpdateResult:
     """What ``update`` returns: the value before and after, and the errors
     of the ops that could not apply (empty when all applied).
@@ -679,6 +692,47 @@ cdef class Store:
             raise error_for_rc(rc, RC_CODES, "get")
         return decode(data)
 
+    def __contains__(self, item):
+        """Whether a key exists: ``(scope, key) in st``. A stored null
+        exists.
+
+        >>> st = State()
+        >>> _ = st.set("s", "k", None)
+        >>> ("s", "k") in st, ("s", "other") in st
+        (True, False)
+        """
+        if type(item) is not tuple or len(item) != 2:
+            raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(item[0], &sl, "scope")
+        cdef const char *k = _text(item[1], &kl, "key")
+        self._open()
+        cdef int rc = ps_get(self._st, s, sl, k, kl, NULL)
+        if rc and rc != PS_NOTFOUND:
+            raise error_for_rc(rc, RC_CODES, "in")
+        return rc == 0
+
+    def keys(self, scope):
+        """The keys of ``scope``, in the order :meth:`list` gives the values
+        ([] if none).
+
+        >>> st = State()
+        >>> _ = st.set("s", "b", 1); _ = st.set("s", "a", 2)
+        >>> st.keys("s"), st.keys("none")
+        (['b', 'a'], [])
+        """
+        cdef Py_ssize_t sl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef _Out out
+        _out_init(&out)
+        cdef size_t count = 0
+        self._open()
+        cdef int rc = ps_keys(self._st, s, sl, &out.sink, &count)
+        data = _take(&out)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "keys")
+        return _unpack_names(data, count)
+
     def delete(self, scope, key):
         """Remove (scope, key); return the removed value or None.
 
@@ -821,21 +875,13 @@ cdef class Store:
         """
         cdef _Out out
         _out_init(&out)
-        cdef size_t count = 0, i
-        cdef uint32_t n
+        cdef size_t count = 0
         self._open()
         cdef int rc = ps_groups(self._st, &out.sink, &count)
         data = _take(&out)
         if rc:
             raise error_for_rc(rc, RC_CODES, "list_groups")
-        cdef const char *p = PyBytes_AS_STRING(data)
-        cdef list names = []
-        for i in range(count):
-            n = (<unsigned char>p[0]) | (<uint32_t>(<unsigned char>p[1]) << 8) | \
-                (<uint32_t>(<unsigned char>p[2]) << 16) | (<uint32_t>(<unsigned char>p[3]) << 24)
-            names.append(PyUnicode_DecodeUTF8(p + 4, n, NULL))
-            p += 4 + n
-        return names
+        return _unpack_names(data, count)
 
     def items_page(self, scope, uint32_t pos=0, size_t limit=1000):
         """One page of ``scope``'s keys and raw JSON values, in key order:

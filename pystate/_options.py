@@ -19,11 +19,67 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from pystate.errors import ConfigError
 
-__all__ = ["SYNC_NAMES", "check_max_value_bytes", "check_store_options", "path_bytes"]
+__all__ = [
+    "SYNC_NAMES", "check_max_value_bytes", "check_store_options", "check_testing_options", "path_bytes",
+    "KvOptions", "RedisOptions", "BridgeOptions",
+]
+
+SyncMode = Literal["interval", "never", "always"]
+QueuePolicy = Literal["block", "raise"]
+
+
+# What each adapter takes besides ``path`` and ``adapter``, for type checkers
+# (``State(...)`` and ``AsyncState(...)`` are typed with them).
+class _DispatchOptions(TypedDict, total=False):
+    max_value_bytes: int | None
+    triggers_enabled: bool
+    max_pending_events: int
+    event_queue_full: QueuePolicy
+
+
+class KvOptions(_DispatchOptions, total=False):
+    """The kv adapter's options (see :class:`pystate.State`)."""
+
+    sync: SyncMode
+    save_interval_ms: int
+    repair: bool
+    read_only: bool
+
+
+class RedisOptions(_DispatchOptions, total=False):
+    """The redis adapter's options (see README, "The redis adapter")."""
+
+    redis_url: str | None
+    socket_timeout: float
+    share_events: bool
+    events_channel: str
+
+
+class BridgeOptions(_DispatchOptions, total=False):
+    """The bridge adapter's options (see README, "The bridge adapter")."""
+
+    bridge_url: str | None
+    token: str | None
+    timeout: float
+
+
+#: Knobs the tests use to reach rare paths; not options of the API.
+TESTING_OPTIONS = frozenset({"_compact_hook", "_compact_min_dead", "_max_open_files"})
+
+
+def check_testing_options(given: dict[str, Any]) -> None:
+    """Refuse a keyword that is no option of the kv adapter (a typo such
+    as ``synch``) with ConfigError, naming the options there are."""
+    for name in given:
+        if name not in TESTING_OPTIONS:
+            shared = _DispatchOptions.__annotations__
+            own = [k for k in KvOptions.__annotations__ if k not in shared]
+            known = ", ".join(["path", "adapter", *own, *shared])
+            raise ConfigError(f"{name}: not an option of the kv adapter; it takes {known}")
 
 #: The ``sync`` modes, in the order error messages list them.
 SYNC_NAMES = ("interval", "never", "always")

@@ -29,12 +29,18 @@ the loop.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 from pystate.functions import FunctionRef
 from pystate.state import _UNSET, _BUILTINS, State, Subscription, UpdateResult
 from pystate.triggers import Trigger
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from pystate._options import BridgeOptions, KvOptions, RedisOptions
 
 __all__ = ["AsyncState"]
 
@@ -49,6 +55,19 @@ class AsyncState:
     """
 
     __slots__ = ("state", "_blocking_writes", "_remote")
+
+    # For type checkers: State's signatures, or an existing State.
+    @overload
+    def __init__(self, *, state: State) -> None: ...
+    @overload
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, adapter: Literal["kv"] = "kv",
+        **options: Unpack[KvOptions],
+    ) -> None: ...
+    @overload
+    def __init__(self, path: None = None, *, adapter: Literal["redis"], **options: Unpack[RedisOptions]) -> None: ...
+    @overload
+    def __init__(self, path: None = None, *, adapter: Literal["bridge"], **options: Unpack[BridgeOptions]) -> None: ...
 
     def __init__(
         self, path: str | os.PathLike[str] | None = None, *, state: State | None = None, **options: Any
@@ -96,11 +115,15 @@ class AsyncState:
         """Apply update ops atomically; see :meth:`State.update`."""
         return await self._write(self.state.update, scope, key, ops)
 
-    async def list(self, scope: str) -> list[Any]:
+    async def list(self, scope: str) -> builtins.list[Any]:
         """All values of ``scope`` in key insertion order."""
         return await self._read(self.state.list, scope)
 
-    async def list_groups(self) -> list[str]:
+    async def keys(self, scope: str) -> builtins.list[str]:
+        """The keys of ``scope``, in the order :meth:`list` gives the values."""
+        return await self._read(self.state.keys, scope)
+
+    async def list_groups(self) -> builtins.list[str]:
         """Sorted names of the scopes that hold keys."""
         return await self._read(self.state.list_groups)
 

@@ -27,6 +27,7 @@ __all__ = [
     "ValueTooLargeError",
     "FunctionNotFoundError",
     "UnsupportedActionError",
+    "UnsupportedError",
     "InvocationError",
     "TriggerConfigError",
     "EventQueueFullError",
@@ -136,6 +137,13 @@ class UnsupportedActionError(StateError, ValueError):
     """
 
     code = "enqueue_error"
+
+
+class UnsupportedError(StateError, NotImplementedError):
+    """The adapter cannot do this at all: the bridge cannot list a scope's
+    keys (``keys``, ``items``), for the engine's state API has no such call."""
+
+    code = "unsupported"
 
 
 class ClosedError(StateError, ValueError):

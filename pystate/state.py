@@ -13,9 +13,11 @@ import functools
 import os
 import uuid
 import weakref
-from typing import Any, Callable, TypeVar
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, overload
 
 from pystate._backend import core as _core
+from pystate._options import check_testing_options
 from pystate.dispatch import QUEUE_POLICIES, EventDispatcher
 from pystate.errors import (
     ClosedError,
@@ -25,6 +27,11 @@ from pystate.errors import (
 )
 from pystate.functions import FunctionRef, FunctionRegistry
 from pystate.triggers import Trigger, TriggerIndex, parse_trigger
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from pystate._options import BridgeOptions, KvOptions, QueuePolicy, RedisOptions, SyncMode
 
 __all__ = ["State", "UpdateResult", "Subscription"]
 
@@ -231,23 +238,36 @@ class State(_core.Store):
             cls = _adapter_class(adapter)
         return super().__new__(cls)
 
+    # What type checkers see: one signature per adapter, so that a typo
+    # (``synch=``) or another adapter's option is flagged.
+    @overload
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, adapter: Literal["kv"] = "kv",
+        **options: Unpack[KvOptions],
+    ) -> None: ...
+    @overload
+    def __init__(self, path: None = None, *, adapter: Literal["redis"], **options: Unpack[RedisOptions]) -> None: ...
+    @overload
+    def __init__(self, path: None = None, *, adapter: Literal["bridge"], **options: Unpack[BridgeOptions]) -> None: ...
+
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
         *,
         adapter: str = "kv",
-        sync: str = "interval",
+        sync: SyncMode = "interval",
         save_interval_ms: int = 5000,
         repair: bool = False,
         read_only: bool = False,
         max_value_bytes: int | None = None,
         triggers_enabled: bool = True,
         max_pending_events: int = 10_000,
-        event_queue_full: str = "block",
+        event_queue_full: QueuePolicy = "block",
         **_testing: Any,
     ) -> None:
         if adapter != "kv":
             raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
+        check_testing_options(_testing)
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
         if path is not None and read_only is not True:
             # The C core creates the directory itself; its parents too, here
@@ -568,6 +588,14 @@ def _call_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
     method = ref()
     if method is not None:
         method()
+
+
+# inspect.signature(State) and help(State) show the kv adapter's options
+# (State.__new__ only picks the class; its (*args, **kwargs) says nothing).
+State.__signature__ = inspect.signature(State.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[p for p in list(inspect.signature(State.__init__).parameters.values())[1:]
+                if p.kind is not inspect.Parameter.VAR_KEYWORD]
+)
 
 
 def _adapter_class(adapter: Any) -> type[State]:

@@ -243,6 +243,63 @@ def test_list_of_a_big_scope_is_complete(st):
     assert sorted(st.list("big"), key=lambda v: v["i"]) == left
 
 
+@pytest.mark.adapters("kv-memory", "kv-file")  # Redis keeps no order in a hash
+def test_keys_are_in_the_order_list_gives_the_values(st):
+    for k in ["c", "a", "b"]:
+        st.set("s", k, k.upper())
+    st.delete("s", "a")
+    st.set("s", "a", "A")
+    st.set("other", "z", 0)
+    assert st.keys("s") == ["c", "b", "a"]
+    assert st.list("s") == ["C", "B", "A"]
+    assert st.keys("missing") == []
+
+
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")
+def test_keys_match_the_values_of_a_big_scope(st):
+    left = fill_big_scope(st)
+    keys = st.keys("big")
+    assert sorted(keys, key=lambda k: int(k[1:])) == [f"k{v['i']}" for v in left]
+    assert [st.get("big", k) for k in keys] == st.list("big")
+
+
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")
+def test_items_pair_each_key_with_its_value(st):
+    left = fill_big_scope(st)
+    assert dict(st.items("big")) == {f"k{v['i']}": v for v in left}
+    assert list(st.items("missing")) == []
+
+
+@pytest.mark.adapters("bridge")
+def test_keys_and_items_through_a_bridge_are_refused_clearly(st):
+    st.set("s", "k", 1)
+    for call in (lambda: st.keys("s"), lambda: list(st.items("s"))):
+        with pytest.raises(pystate.UnsupportedError) as e:
+            call()
+        assert e.value.code == "unsupported" and "bridge" in e.value.message
+
+
+def test_in_tells_whether_a_key_exists(st):
+    st.set("s", "k", {"a": 1})
+    assert ("s", "k") in st
+    assert ("s", "other") not in st
+    assert ("nowhere", "k") not in st
+    st.delete("s", "k")
+    assert ("s", "k") not in st
+
+
+@pytest.mark.adapters("kv-memory", "kv-file", "redis")  # the wire reads a stored null as missing
+def test_a_stored_null_is_in_the_store(st):
+    st.set("s", "k", None)
+    assert ("s", "k") in st
+
+
+@pytest.mark.parametrize("bad", ["s", ("s",), ("s", "k", "x"), ["s", "k"], ("s", 1)], ids=repr)
+def test_in_needs_a_scope_key_pair_of_strings(st, bad):
+    with pytest.raises(pystate.PayloadError):
+        bad in st  # noqa: B015
+
+
 def test_list_groups_sorted_unique_and_non_empty(st):
     for scope in ["b", "a", "é", "B", "a"]:
         st.set(scope, "k", 1)
@@ -349,6 +406,9 @@ def test_use_after_close_raises_and_close_twice_is_fine():
         lambda: st.update("s", "k", []),
         lambda: st.list("s"),
         lambda: st.list_groups(),
+        lambda: st.keys("s"),
+        lambda: ("s", "k") in st,
+        lambda: list(st.items("s")),
         lambda: st.stats(),
         lambda: st.trigger("state::get", {"scope": "s", "key": "k"}),
     ):

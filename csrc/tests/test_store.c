@@ -249,6 +249,52 @@ TEST(items_pages_keys_and_values_in_key_order)
     ps_store_close(st);
 }
 
+TEST(keys_come_in_key_order_from_one_call)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    ps_sink s = sink_of(&b);
+    size_t count = 99;
+    CHECK_RC(ps_keys(st, S("s"), &s, &count), PS_OK); /* missing scope */
+    CHECK(count == 0 && b.len == 0 && b.calls == 1);
+    put_str(st, "s", "c", "1");
+    put_str(st, "s", "a", "2");
+    put_str(st, "s", "b", "3");
+    put_str(st, "t", "x", "0");
+    CHECK_RC(ps_del(st, S("s"), S("a"), NULL), PS_OK); /* a hole */
+    put_str(st, "s", "a", "4");                          /* goes to the end */
+    CHECK_RC(ps_keys(st, S("s"), &s, &count), PS_OK);
+    CHECK(count == 3 && b.calls == 2);
+    const char *p = b.data, *end = b.data + b.len;
+    char name[16];
+    const char *want[] = {"c", "b", "a"};
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(next_name(&p, end, name, sizeof name));
+        CHECK(strcmp(name, want[i]) == 0);
+    }
+    CHECK(p == end);
+    buf_sink no = {0};
+    no.refuse = 1;
+    ps_sink r = sink_of(&no);
+    count = 99;
+    CHECK_RC(ps_keys(st, S("s"), &r, &count), ENOMEM);
+    CHECK(count == 0);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
+TEST(get_without_a_sink_only_says_whether_the_key_exists)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    put_str(st, "s", "k", "null");
+    CHECK_RC(ps_get(st, S("s"), S("k"), NULL), PS_OK);
+    CHECK_RC(ps_get(st, S("s"), S("other"), NULL), PS_NOTFOUND);
+    CHECK_RC(ps_get(st, S("none"), S("k"), NULL), PS_NOTFOUND);
+    ps_store_close(st);
+}
+
 TEST(groups_are_sorted_and_only_non_empty)
 {
     ps_store *st = open_store(NULL);

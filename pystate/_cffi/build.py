@@ -100,6 +100,7 @@ void psg_buf_free(psg_buf *b);
 void psg_bufs_free(psg_bufs *b);
 int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *value);
+int psg_has(psg *g, const char *scope, size_t slen, const char *key, size_t klen);
 int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             const char *value, size_t vlen, psg_buf *old, int *existed);
 int psg_put_if(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
@@ -109,6 +110,7 @@ int psg_del(psg *g, const char *scope, size_t slen, const char *key, size_t klen
 int psg_list(psg *g, const char *scope, size_t slen, size_t batch, psg_bufs *out);
 int psg_items(psg *g, const char *scope, size_t slen, uint32_t *pos, size_t max,
               psg_buf *out, size_t *count);
+int psg_keys(psg *g, const char *scope, size_t slen, psg_buf *out, size_t *count);
 int psg_groups(psg *g, psg_buf *out, size_t *count);
 int psg_scope_stats(psg *g, psg_buf *out, size_t *count);
 int psg_stats(psg *g, ps_stats *out);

@@ -212,6 +212,17 @@ def _text(s: Any, what: str) -> bytes:
         raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
 
 
+def _unpack_names(data: bytes, count: int) -> list:
+    """The names psg_groups and psg_keys pack as [u32 length][UTF-8 bytes]."""
+    names = []
+    p = 0
+    for _ in range(count):
+        (n,) = _U32.unpack_from(data, p)
+        names.append(data[p + 4:p + 4 + n].decode("utf-8"))
+        p += 4 + n
+    return names
+
+
 def inspect(path: Any, *, repair: bool = False) -> dict:
     """Read every log of the file store at ``path`` as opening it would,
     changing nothing on disk, and say what opening would fix (see the
@@ -535,6 +546,28 @@ class Store:
             raise _error(rc, "get")
         return decode(data)
 
+    def __contains__(self, item: Any) -> bool:
+        """Whether a key exists: ``(scope, key) in st``; a stored null exists."""
+        if type(item) is not tuple or len(item) != 2:
+            raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+        s = _text(item[0], "scope")
+        k = _text(item[1], "key")
+        rc = lib.psg_has(self._c_g, s, len(s), k, len(k))
+        if rc and rc != _NOTFOUND:
+            raise _error(rc, "in")
+        return rc == 0
+
+    def keys(self, scope: Any) -> list:
+        """The keys of ``scope``, in the order :meth:`list` gives the values."""
+        s = _text(scope, "scope")
+        out = _new("psg_buf *")
+        count = _new("size_t *")
+        rc = lib.psg_keys(self._c_g, s, len(s), out, count)
+        data = _take_once(out)
+        if rc:
+            raise _error(rc, "keys")
+        return _unpack_names(data, count[0])
+
     def delete(self, scope: Any, key: Any) -> Any:
         """Remove (scope, key); return the removed value or None.
 
@@ -667,13 +700,7 @@ class Store:
         data = _take_once(out)
         if rc:
             raise _error(rc, "list_groups")
-        names = []
-        p = 0
-        for _ in range(count[0]):
-            (n,) = _U32.unpack_from(data, p)
-            names.append(data[p + 4:p + 4 + n].decode("utf-8"))
-            p += 4 + n
-        return names
+        return _unpack_names(data, count[0])
 
     def items_page(self, scope: Any, pos: int = 0, limit: int = 1000) -> tuple:
         """One page of ``scope``'s keys and raw JSON values, in key order:

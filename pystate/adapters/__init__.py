@@ -25,3 +25,11 @@ def check_text(value: Any, what: str) -> str:
     except UnicodeEncodeError:
         raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
     return value
+
+
+def check_pair(item: Any) -> tuple[str, str]:
+    """The ``(scope, key)`` of ``(scope, key) in st``, checked as the kv
+    store checks it."""
+    if type(item) is not tuple or len(item) != 2:
+        raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+    return check_text(item[0], "scope"), check_text(item[1], "key")

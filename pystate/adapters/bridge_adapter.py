@@ -18,11 +18,12 @@ True
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
 import uuid
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from pystate._backend import codec as _codec
@@ -34,9 +35,11 @@ from pystate.errors import (
     FunctionNotFoundError,
     PayloadError,
     StateError,
+    UnsupportedError,
     ValueTooLargeError,
 )
 from pystate.adapters.remote import RemoteState
+from pystate.adapters import check_pair as _pair
 from pystate.adapters import check_text as _text
 from pystate._backend import ops as _ops
 
@@ -95,6 +98,8 @@ class BridgeState(RemoteState):
         "_url", "_headers", "_timeout", "_conn", "_conn_lock",
         "_pending", "_reader", "worker_id",
     )
+
+    __signature__ = None  # State's shows the kv adapter's options; inspect reads __init__ here
 
     def __init__(
         self,
@@ -317,6 +322,23 @@ class BridgeState(RemoteState):
         """All values of ``scope``, in the remote side's order."""
         _text(scope, "scope")
         return self._call("state::list", {"scope": scope})
+
+    def __contains__(self, item: object) -> bool:
+        """``(scope, key) in st``, through ``state::get``: as with
+        :meth:`get`, a stored null reads as missing over the wire."""
+        scope, key = _pair(item)
+        return self._call("state::get", {"scope": scope, "key": key}) is not None
+
+    def keys(self, scope: str) -> builtins.list[str]:
+        """Not possible through a bridge: the engine's state API has no call
+        that lists keys. Raises UnsupportedError."""
+        _text(scope, "scope")
+        raise UnsupportedError("keys: the bridge adapter cannot list keys (the engine's state API has no such call)")
+
+    def items(self, scope: str, page: int = 1000) -> Iterator[tuple[str, Any]]:
+        """Not possible through a bridge, as :meth:`keys`. Raises UnsupportedError."""
+        _text(scope, "scope")
+        raise UnsupportedError("items: the bridge adapter cannot list keys (the engine's state API has no such call)")
 
     def list_groups(self) -> list[str]:
         """Sorted names of the remote side's scopes."""

@@ -23,10 +23,11 @@ True
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from pystate._backend import codec as _codec
@@ -39,6 +40,7 @@ from pystate.errors import (
     ValueTooLargeError,
 )
 from pystate.adapters.remote import RemoteState
+from pystate.adapters import check_pair as _pair
 from pystate.adapters import check_text as _text
 
 UpdateResult = _core.UpdateResult
@@ -133,6 +135,8 @@ class RedisState(RemoteState):
         "_subscriber",
         "_sub_stop",
     )
+
+    __signature__ = None  # State's shows the kv adapter's options; inspect reads __init__ here
 
     def __init__(
         self,
@@ -347,6 +351,30 @@ class RedisState(RemoteState):
         _text(scope, "scope")
         loads = _codec.loads
         return [loads(v) for v in self._call(self._redis.hvals, PREFIX + scope)]
+
+    def keys(self, scope: str) -> builtins.list[str]:
+        """The keys of ``scope``, in Redis's order (HKEYS), which is the
+        order :meth:`list` gives the values while the scope is not written."""
+        _text(scope, "scope")
+        return [k.decode("utf-8") for k in self._call(self._redis.hkeys, PREFIX + scope)]
+
+    def items(self, scope: str, page: int = 1000) -> Iterator[tuple[str, Any]]:
+        """Iterate ``(key, value)`` over ``scope`` with HSCAN, ``page`` at a
+        time (a key written meanwhile may be seen twice or not at all)."""
+        _text(scope, "scope")
+        loads = _codec.loads
+        cursor = 0
+        while True:
+            cursor, pairs = self._call(self._redis.hscan, PREFIX + scope, cursor, count=page)
+            for k, v in pairs.items():
+                yield k.decode("utf-8"), loads(v)
+            if not cursor:
+                return
+
+    def __contains__(self, item: object) -> bool:
+        """``(scope, key) in st``: HEXISTS (a stored null exists)."""
+        scope, key = _pair(item)
+        return bool(self._call(self._redis.hexists, PREFIX + scope, key))
 
     def list_groups(self) -> list[str]:
         """Sorted names of the scopes holding keys (SCAN, never KEYS)."""
