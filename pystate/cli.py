@@ -4,16 +4,20 @@ Form: ``pystate COMMAND [--data DIR | --config FILE] [--json] [ARGS]``.
 Values are JSON text in and out. Output is for people unless ``--json``
 asks for one JSON document (the engine's response shapes) for scripts.
 
-Exit codes:
+Exit codes (README.md, "Command line", has the same table):
 
 * 0 - done;
-* 1 - ``get`` of a key that is not there (``not found`` on stderr), or
+* 1 - not found: ``get`` or ``delete`` of a key that is not there,
+  ``compact`` of a scope that is not there (``not found`` on stderr); or
   ``check`` found something to fix;
-* 2 - a bad command line or bad input (invalid JSON, malformed ops);
+* 2 - a bad command line or bad input (invalid JSON, an integer beyond 64
+  bits, malformed ops); nothing is written;
 * 3 - the store cannot be opened or used (locked, damaged, unreachable,
-  a bad config file).
+  a bad config file, a config whose store is in memory);
+* 4 - ``update``: every op failed (each is named on stderr);
+* 130 - interrupted (Ctrl-C); ``load`` has taken back what it wrote.
 
-Errors are one line on stderr, never a traceback.
+Errors and warnings are one line each on stderr, never a traceback.
 
 >>> import subprocess, sys, tempfile              # doctest: +SKIP
 >>> d = tempfile.mkdtemp()                        # doctest: +SKIP
@@ -26,21 +30,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
-from typing import Any, Callable
+import threading
+import warnings
+from types import FrameType, TracebackType
+from typing import Any, Callable, Iterator, NoReturn
 
 import pystate
 from pystate._backend import codec as _codec
-from pystate.errors import InvalidValueError, PayloadError, StateError, ValueTooLargeError
+from pystate.errors import CorruptError, InvalidValueError, PayloadError, StateError, ValueTooLargeError
 
 dumps = _codec.dumps
-loads = _codec.loads
+# JSON text from outside (a VALUE, OPS, a dump line) is read by the API's
+# rules: an integer beyond 64 bits, NaN or an infinity is refused, never
+# turned into a float.
+loads_text = _codec.loads_text
 
-__all__ = ["main", "DEFAULT_DATA_DIR", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_STORE"]
+__all__ = ["main", "DEFAULT_DATA_DIR", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_STORE",
+           "EXIT_NO_OP_APPLIED", "EXIT_INTERRUPTED"]
 
 #: The store the commands use when neither --data nor --config is given.
 DEFAULT_DATA_DIR = "pystate-data"
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_STORE, EXIT_NO_OP_APPLIED = 0, 1, 2, 3, 4
+#: 128 + SIGINT, as a shell reports a program Ctrl-C stopped.
+EXIT_INTERRUPTED = 130
 _MISSING = object()
 
 
@@ -60,9 +75,12 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def _json_arg(text: str, what: str) -> Any:
+def _json_text(text: str | bytes, what: str) -> Any:
+    """`text` decoded by loads_text; a failure is a usage error naming `what`."""
     try:
-        return loads(text)
+        return loads_text(text)
+    except InvalidValueError as e:  # valid JSON, but not a value pystate stores
+        raise _Fail(f"{what}: {e}", EXIT_USAGE) from None
     except ValueError as e:
         raise _Fail(f"{what} is not valid JSON: {e}", EXIT_USAGE) from None
 
@@ -70,37 +88,57 @@ def _json_arg(text: str, what: str) -> Any:
 def _open(args: argparse.Namespace, *, access: str) -> pystate.State:
     """The store the command line names, opened for `access`: "read" (a
     file store is opened read-only: nothing on disk is created or changed,
-    damage is reported and left), "write" (an existing store) or "create"
-    (a store is made if there is none)."""
+    damage is reported and left), "write" (an existing store), "create"
+    (a store is made if there is none) or "serve" (as "create", and an
+    in-memory store is allowed: it lives as long as the server)."""
     try:
         if args.config is not None:
             from pystate.config import load_state_options
 
             options = load_state_options(args.config)
-            if access == "read" and options.get("adapter", "kv") == "kv" and options.get("path") is not None:
-                options["read_only"] = True
+            if options.get("adapter", "kv") == "kv":
+                if options.get("path") is None and access != "serve":
+                    raise _Fail(_in_memory_refusal(args, access), EXIT_STORE)
+                if access == "read":
+                    options["read_only"] = True
             return pystate.State(**options)
         path = args.data or DEFAULT_DATA_DIR
-        if access != "create" and not os.path.isdir(path):
+        if access not in ("create", "serve") and not os.path.isdir(path):
             raise _Fail(f"no store at {path} (give --data DIR or --config FILE)", EXIT_STORE)
         return pystate.State(path, read_only=access == "read")
+    except CorruptError:
+        raise  # main() adds how to fix it
     except StateError as e:
         raise _Fail(str(e), EXIT_STORE) from None
+
+
+def _in_memory_refusal(args: argparse.Namespace, access: str) -> str:
+    # A command is one process: an in-memory store starts empty and is gone
+    # when it exits, so a write would be lost and a read would see nothing,
+    # both while exiting 0. (serve is the exception: it is one long process.)
+    outcome = "would see an empty store" if access == "read" else "would be lost on exit"
+    return (f"{args.config} describes an in-memory kv store (store_method: in_memory, which is also the "
+            f"default without an iii-state entry or a store_method): nothing persists between commands, so "
+            f"`{args.command}` {outcome}; use a config with store_method: file_based, or --data DIR")
 
 
 # ---- the commands ------------------------------------------------------------------
 
 
+def _not_found(what: str) -> _Fail:
+    return _Fail(f"not found: {what}", EXIT_NOT_FOUND)
+
+
 def _cmd_get(st: pystate.State, args: argparse.Namespace) -> int:
     value = st.get(args.scope, args.key, _MISSING)
     if value is _MISSING:
-        raise _Fail(f"not found: {args.scope}/{args.key}", EXIT_NOT_FOUND)
+        raise _not_found(f"{args.scope}/{args.key}")
     _out(_text(value))
     return EXIT_OK
 
 
 def _cmd_set(st: pystate.State, args: argparse.Namespace) -> int:
-    value = _json_arg(args.value, "VALUE")
+    value = _json_text(args.value, "VALUE")
     old = st.set(args.scope, args.key, value)
     if args.json:
         _out(_text({"old_value": old, "new_value": value}))
@@ -108,6 +146,10 @@ def _cmd_set(st: pystate.State, args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(st: pystate.State, args: argparse.Namespace) -> int:
+    # Asked first: delete() gives None both for a missing key and for a
+    # stored null. (A file store is this process's alone while it is open.)
+    if st.get(args.scope, args.key, _MISSING) is _MISSING:
+        raise _not_found(f"{args.scope}/{args.key}")
     old = st.delete(args.scope, args.key)
     if args.json:
         _out(_text(old))
@@ -115,14 +157,18 @@ def _cmd_delete(st: pystate.State, args: argparse.Namespace) -> int:
 
 
 def _cmd_update(st: pystate.State, args: argparse.Namespace) -> int:
-    ops = _json_arg(args.ops, "OPS")
+    ops = _json_text(args.ops, "OPS")
     r = st.update(args.scope, args.key, ops)
     if args.json:
         _out(_text(r.to_response()))
-        return EXIT_OK
-    _out(_text(r.new_value))
-    for e in r.errors:
-        print(f"op {e['op_index']} skipped: {e['code']}: {e['message']}", file=sys.stderr)
+    else:
+        _out(_text(r.new_value))
+        for e in r.errors:
+            print(f"op {e['op_index']} skipped: {e['code']}: {e['message']}", file=sys.stderr)
+    if ops and len(r.errors) == len(ops):
+        # The result was stored all the same (a missing key became {}), as
+        # the engine does; what a script needs to know is that no op took.
+        raise _Fail(f"no op applied: all {len(ops)} failed", EXIT_NO_OP_APPLIED)
     return EXIT_OK
 
 
@@ -157,8 +203,11 @@ def _cmd_stats(st: pystate.State, args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(st: pystate.State, args: argparse.Namespace) -> int:
+    groups = st.list_groups()
+    if args.scope is not None and args.scope not in groups:
+        raise _not_found(f"scope {args.scope}")
     before = st.stats().get("log_bytes")
-    scopes = [args.scope] if args.scope is not None else st.list_groups()
+    scopes = [args.scope] if args.scope is not None else groups
     progress = _Progress("compact, scopes")
     for i, scope in enumerate(scopes, 1):  # scope by scope, to show progress
         st.compact(scope)
@@ -275,10 +324,7 @@ def _records(f: Any, what: str) -> Any:
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
-        try:
-            rec = loads(line)
-        except ValueError as e:
-            raise _Fail(f"{what} line {n}: not valid JSON: {e}", EXIT_USAGE) from None
+        rec = _json_text(line, f"{what} line {n}")
         if not isinstance(rec, dict) or not isinstance(rec.get("scope"), str) or \
                 not isinstance(rec.get("key"), str) or "value" not in rec:
             raise _Fail(f'{what} line {n}: expected {{"scope": str, "key": str, "value": ...}}', EXIT_USAGE)
@@ -286,41 +332,114 @@ def _records(f: Any, what: str) -> Any:
 
 
 def _cmd_load(st: pystate.State, args: argparse.Namespace) -> int:
+    """Every record of the input, or none: a bad line anywhere is found
+    before anything is written, and a failure or Ctrl-C while writing takes
+    back what was written (see _set_all)."""
     import shutil
     import tempfile
 
-    spool = None
-    if args.input == "-":
-        # Checked in full before anything is written, so stdin is kept
-        # (on disk, not in memory) for the second pass.
-        spool = tempfile.TemporaryFile()
-        shutil.copyfileobj(sys.stdin.buffer, spool)
-        spool.seek(0)
-        what = "stdin"
-    else:
-        what = args.input
     try:
-        f = spool if spool is not None else open(args.input, "rb")  # noqa: SIM115
-    except OSError as e:
-        raise _Fail(f"cannot read {args.input}: {e.strerror or e}", EXIT_USAGE) from None
-    with f:
-        total = os.fstat(f.fileno()).st_size
-        for _record in _records(f, what):
-            pass  # first pass: a bad line anywhere means nothing is written
-        f.seek(0)
-        progress = _Progress("load, records", total)
-        done = 0
-        for done, (_n, scope, key, value) in enumerate(_records(f, what), 1):
-            st.set(scope, key, value)
-            if done % 1000 == 0:
-                progress.update(done, f.tell())
-        st.flush()
-        progress.update(done, total, final=True)
+        spool = None
+        if args.input == "-":
+            # Checked in full before anything is written, so stdin is kept
+            # (on disk, not in memory) for the second pass.
+            spool = tempfile.TemporaryFile()
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.seek(0)
+            what = "stdin"
+        else:
+            what = args.input
+        try:
+            f = spool if spool is not None else open(args.input, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise _Fail(f"cannot read {args.input}: {e.strerror or e}", EXIT_USAGE) from None
+        with f:
+            total = os.fstat(f.fileno()).st_size
+            for _record in _records(f, what):
+                pass  # first pass: a bad line anywhere means nothing is written
+            f.seek(0)
+            done = _set_all(st, _records(f, what), _Progress("load, records", total), f)
+    except KeyboardInterrupt:  # before _set_all wrote anything (it holds Ctrl-C back while it writes)
+        raise _Fail("interrupted while reading the input: nothing was loaded", EXIT_INTERRUPTED) from None
     if args.json:
         _out(_text({"records": done}))
     else:
         _out(f"loaded {done:,} records")
     return EXIT_OK
+
+
+class _HeldInterrupt:
+    """Ctrl-C noted, not raised, while it is held: a KeyboardInterrupt
+    could land between a write and the note of it, which would then never
+    be taken back. The holder asks `seen` at points where it can stop."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._was: Any = None
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+
+    def __enter__(self) -> _HeldInterrupt:
+        # Only Python's own handler is replaced: an ignored SIGINT (a job
+        # started with nohup) stays ignored. Off the main thread no Ctrl-C
+        # arrives, and signal() may not be called.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._was = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._was is not None:
+            signal.signal(signal.SIGINT, self._was)
+
+
+def _set_all(st: pystate.State, records: Iterator[tuple[int, str, str, Any]], progress: _Progress, f: Any) -> int:
+    """Set every record, or none of them: a write that fails, or a Ctrl-C
+    before the last write is flushed, undoes the writes made so far (from a
+    journal of each key's value before, kept in memory: the store keeps its
+    values in memory anyway) and raises. Another process could only see the
+    records come and go on a store shared live (redis, bridge); a file
+    store is this process's alone while it is open. Returns the count."""
+    journal: list[tuple[str, str, Any]] = []
+    with _HeldInterrupt() as ctrl_c:
+        try:
+            for _n, scope, key, value in records:
+                if ctrl_c.seen:
+                    break
+                old = st.get(scope, key, _MISSING)
+                st.set(scope, key, value)
+                journal.append((scope, key, old))
+                if len(journal) % 1000 == 0:
+                    progress.update(len(journal), f.tell())
+            if not ctrl_c.seen:
+                st.flush()
+        except BaseException as e:
+            _undo(st, journal, f"failed after {len(journal):,} records ({e})")
+            raise
+        if ctrl_c.seen:
+            _undo(st, journal, f"interrupted after {len(journal):,} records")
+            raise _Fail(f"interrupted: nothing was loaded ({_plural(len(journal), 'record')} written, all taken "
+                        "back)", EXIT_INTERRUPTED)
+    progress.update(len(journal), os.fstat(f.fileno()).st_size, final=True)
+    return len(journal)
+
+
+def _undo(st: pystate.State, journal: list[tuple[str, str, Any]], why: str) -> None:
+    """Put back, newest first, what `journal` says each key held."""
+    undone = 0
+    try:
+        for scope, key, old in reversed(journal):
+            if old is _MISSING:
+                st.delete(scope, key)
+            else:
+                st.set(scope, key, old)
+            undone += 1
+        st.flush()
+    except (StateError, OSError) as e:
+        left = len(journal) - undone
+        raise _Fail(f"{why}; then taking them back failed with {_plural(left, 'record')} still in: {e}",
+                    EXIT_STORE) from None
 
 
 def _store_dir(args: argparse.Namespace) -> str:
@@ -432,7 +551,7 @@ _DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], in
 def _serve(args: argparse.Namespace) -> int:
     from pystate.server import DEFAULT_HOST, DEFAULT_PORT, run, token_from_env
 
-    st = _open(args, access="create")
+    st = _open(args, access="serve")
     what = f"{st.adapter} adapter"
     if st.adapter == "kv":
         what += f", file store at {st.path}" if st.path is not None else ", in memory"
@@ -465,19 +584,54 @@ def _bench(bench_args: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *bench_args])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the form of every other error: one line
+    (argparse prints its usage block first), exit 2. Subcommand parsers
+    are of this class too (add_subparsers makes them of the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {_one_line(message)}; see `{self.prog} --help` for usage\n")
+
+
+def _port(text: str) -> int:
+    # Checked here: a port out of range reaches socket.bind as OverflowError.
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: any free one), got {text!r}")
+    return port
+
+
+def _given(what: str) -> Callable[[str], str]:
+    """An argparse type refusing the empty string, which the commands would
+    otherwise take as "not given" (--data '' would open ./pystate-data,
+    --token '' would fall back to $III_TOKEN)."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty string")
+        return text
+
+    return check
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pystate",
         description="pystate: a durable JSON state store with the iii engine's state API.",
-        epilog="exit codes: 0 done, 1 not found (get) or damage found (check), 2 bad command line or input, "
-        "3 store unavailable",
+        epilog="exit codes: 0 done, 1 not found (get, delete, compact SCOPE) or damage found (check), "
+        "2 bad command line or input, 3 store unavailable, 4 no op of an update applied, 130 interrupted",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    store = argparse.ArgumentParser(add_help=False)
+    store = _Parser(add_help=False)
     where = store.add_mutually_exclusive_group()
-    where.add_argument("--data", metavar="DIR", help=f"file store directory (default: ./{DEFAULT_DATA_DIR})")
-    where.add_argument("--config", metavar="FILE", help="an iii engine config file (iii-config.yaml)")
+    where.add_argument("--data", metavar="DIR", type=_given("a directory"),
+                       help=f"file store directory (default: ./{DEFAULT_DATA_DIR})")
+    where.add_argument("--config", metavar="FILE", type=_given("a file"),
+                       help="an iii engine config file (iii-config.yaml)")
     store.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
 
     def add(name: str, help: str, *positionals: tuple[str, str]) -> argparse.ArgumentParser:
@@ -505,7 +659,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="store_true",
                    help="cut torn tails and salvage damaged logs (the damaged file is kept), saying what it did")
     p = add("dump", "write every record as JSON lines {scope, key, value}, streaming")
-    p.add_argument("-o", "--output", default=None, help="a file (default: stdout)")
+    p.add_argument("-o", "--output", default=None, type=_given("a file, or -"), help="a file (default: stdout)")
     add("load", "set every record of a dump (checked in full first: a bad line writes nothing)",
         ("input", "a dump file, or - for stdin"))
 
@@ -517,7 +671,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench")
 
     p = sub.add_parser("demo", help="write, update, list and read back; then reopen a file store")
-    p.add_argument("--path", help="directory of the file store part (default: a temporary one)")
+    p.add_argument("--path", type=_given("a directory"),
+                   help="directory of the file store part (default: a temporary one)")
 
     p = sub.add_parser(
         "serve", parents=[store],
@@ -525,48 +680,90 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a store over the iii worker protocol until SIGTERM or SIGINT; "
         "then stop accepting, finish in-flight calls, flush the store and exit 0.",
     )
-    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 49134, the engine's; 0: any free one)")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: $III_TOKEN)")
+    p.add_argument("--host", default=None, type=_given("an address (0.0.0.0: every interface)"),
+                   help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: 49134, the engine's; 0: any free one)")
+    p.add_argument("--token", default=None, type=_given("a token"),
+                   help="require 'Authorization: Bearer TOKEN' (default: $III_TOKEN)")
     return parser
+
+
+def _one_line(text: str) -> str:
+    # Some messages carry line breaks (a YAML error shows the line it is
+    # about); stderr gets one line per error or warning.
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _failure(e: _Fail | StateError | KeyboardInterrupt, args: argparse.Namespace | None) -> tuple[str, int]:
+    """The one line and the exit code for an exception that ends a command:
+    the one place that decides them. (Any other exception is a bug, and
+    keeps its traceback.)"""
+    if isinstance(e, _Fail):
+        return str(e), e.code
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(e, (PayloadError, InvalidValueError, ValueTooLargeError)):  # the input, not the store
+        return str(e), EXIT_USAGE
+    if isinstance(e, CorruptError):
+        return f"{e}; run `{_check_fix_command(args)}` to salvage every valid record (it keeps the damaged file)", \
+            EXIT_STORE
+    return str(e), EXIT_STORE
+
+
+def _check_fix_command(args: argparse.Namespace | None) -> str:
+    """`pystate check --fix` for the store `args` names."""
+    where = []
+    if args is not None and getattr(args, "config", None) is not None:
+        where = ["--config", args.config]
+    elif args is not None and getattr(args, "data", None) is not None:
+        where = ["--data", args.data]
+    return shlex.join(["pystate", "check", *where, "--fix"])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"] and not set(argv[1:]) & {"-h", "--help"}:
-        # Every argument after `bench` belongs to python -m bench.
-        try:
-            return _bench(argv[1:])
-        except _Fail as e:
-            print(f"pystate bench: {e}", file=sys.stderr)
-            return e.code
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "demo":
-            from pystate.demo import demo
+    command, args = (argv[:1] or ["pystate"])[0], None
 
-            return demo(args.path)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "check":
-            return _check(args)
-        if args.command == "bench":  # only without arguments; see above
-            return _bench(args.bench_args)
-        handler, access = _DATA_COMMANDS[args.command]
-        st = _open(args, access=access)
+    def warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        # Python's form is two lines, the second a line of pystate's source:
+        # a user of the command line needs the message (RecoveryWarning,
+        # ConfigWarning), once, on one line.
+        text = str(message).removeprefix("pystate: ")
+        print(f"pystate {command}: warning: {_one_line(text)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = warning_line
         try:
-            return handler(st, args)
-        finally:
-            st.close()
-    except _Fail as e:
-        print(f"pystate {args.command}: {e}", file=sys.stderr)
-        return e.code
-    except (PayloadError, InvalidValueError, ValueTooLargeError) as e:  # the input, not the store
-        print(f"pystate {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except StateError as e:
-        print(f"pystate {args.command}: {e}", file=sys.stderr)
-        return EXIT_STORE
-    except BrokenPipeError:  # `pystate list s | head`
-        return EXIT_OK
+            if argv[:1] == ["bench"] and not set(argv[1:]) & {"-h", "--help"}:
+                # Every argument after `bench` belongs to python -m bench.
+                return _bench(argv[1:])
+            args = _parser().parse_args(argv)
+            command = args.command
+            return _run(args)
+        except BrokenPipeError:  # `pystate list s | head`
+            return EXIT_OK
+        except (_Fail, StateError, KeyboardInterrupt) as e:
+            message, code = _failure(e, args)
+            print(f"pystate {command}: {_one_line(message)}", file=sys.stderr)
+            return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from pystate.demo import demo
+
+        return demo(args.path)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "bench":  # only without arguments; see main
+        return _bench(args.bench_args)
+    handler, access = _DATA_COMMANDS[args.command]
+    st = _open(args, access=access)
+    try:
+        return handler(st, args)
+    finally:
+        st.close()

@@ -537,3 +537,211 @@ def test_long_commands_show_progress_on_a_terminal_only(cli, command):
         os.close(leader)
     assert r.returncode == 0
     assert b" done" in seen and b"\r" in seen
+
+
+# ---- JSON from outside: no silent floats ------------------------------------------------
+
+# Each parses as a float (or not at all) where pystate stores exact integers.
+NOT_STORABLE = ["18446744073709551616", "-9223372036854775809", "NaN", "Infinity", "1e999"]
+
+
+@pytest.mark.parametrize("literal", NOT_STORABLE)
+@pytest.mark.parametrize("command", ["set", "update", "load"])
+def test_json_an_api_would_refuse_is_refused_by_every_command_and_writes_nothing(tmp_path, command, literal):
+    store = tmp_path / "d"
+    with pystate.State(store) as st:
+        st.set("n", "k", {"a": 1})
+    if command == "set":
+        args, stdin = ("set", "n", "k", f'{{"a":{literal}}}'), None
+    elif command == "update":
+        args, stdin = ("update", "n", "k", f'[{{"type":"set","path":"a","value":{literal}}}]'), None
+    else:
+        args = ("load", "-")
+        stdin = f'{{"scope":"n","key":"j","value":1}}\n{{"scope":"n","key":"k","value":{literal}}}\n'
+    r = pystate_cli(args[0], "--data", str(store), *args[1:], cwd=tmp_path, input=stdin)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    if literal.lstrip("-").isdigit():
+        assert "64-bit" in r.stderr and literal in r.stderr
+    if command == "load":
+        assert "line 2" in r.stderr
+    assert _contents(store) == {("n", "k"): {"a": 1}}
+
+
+# ---- a config whose store is in memory ----------------------------------------------------
+
+IN_MEMORY_CONFIGS = {
+    "empty": "",
+    "no state entry": "workers:\n  - name: iii-http\n",
+    "in_memory": "workers:\n  - name: iii-state\n    config:\n      adapter:\n        name: kv\n"
+                 "        config: {store_method: in_memory}\n",
+}
+
+
+@pytest.mark.parametrize("config", IN_MEMORY_CONFIGS)
+@pytest.mark.parametrize("command", [("set", "s", "k", "1"), ("get", "s", "k"), ("update", "s", "k", "[]"),
+                                     ("delete", "s", "k"), ("list", "s"), ("load", "-"), ("compact",)])
+def test_a_config_whose_store_is_in_memory_is_refused_saying_why(tmp_path, config, command):
+    cfg = tmp_path / "iii-config.yaml"
+    cfg.write_text(IN_MEMORY_CONFIGS[config])
+    r = pystate_cli(command[0], "--config", str(cfg), *command[1:], cwd=tmp_path,
+                    input='{"scope":"s","key":"k","value":1}\n')
+    assert r.returncode == 3, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert str(cfg) in r.stderr and "in-memory" in r.stderr and "nothing persists" in r.stderr
+    assert r.stdout == ""
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, what, timeout=30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def test_ctrl_c_during_a_large_load_takes_every_record_back(tmp_path):
+    import signal
+
+    store = tmp_path / "d"
+    with pystate.State(store) as st:
+        st.set("keep", "k", "before")
+        st.set("s", "k7", "overwritten, then put back")
+    before = set(os.listdir(store))
+    dump = tmp_path / "big.jsonl"
+    with open(dump, "w") as f:
+        for i in range(400_000):
+            f.write(f'{{"scope":"s","key":"k{i}","value":{i}}}\n')
+    p = subprocess.Popen([sys.executable, "-m", "pystate", "load", "--data", str(store), str(dump)],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The first pass only reads; the scope's log grows once writing starts.
+        log_s = [n for n in before if n.endswith(".log") and (store / n).stat().st_size > 0]
+        sizes = {n: (store / n).stat().st_size for n in log_s}
+        _wait_for(lambda: any((store / n).stat().st_size > sizes[n] for n in sizes) or p.poll() is not None,
+                  "the load to start writing")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "interrupted" in err and "nothing was loaded" in err and "taken back" in err
+    assert out == ""
+    assert _contents(store) == {("keep", "k"): "before", ("s", "k7"): "overwritten, then put back"}
+
+
+def test_ctrl_c_while_load_reads_stdin_is_one_line_and_exit_130(tmp_path):
+    import signal
+
+    store = tmp_path / "d"
+    p = subprocess.Popen([sys.executable, "-m", "pystate", "load", "--data", str(store), "-"], cwd=tmp_path,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write('{"scope":"s","key":"k","value":1}\n')
+        p.stdin.flush()
+        _wait_for(lambda: (store / "LOCK").exists() or p.poll() is not None, "the store to be opened")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "interrupted" in err
+    assert _contents(store) == {}
+
+
+# ---- bad options, warnings, damage -------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ("serve", "--port", "99999"), ("serve", "--port", "-1"), ("serve", "--port", "http"),
+    ("serve", "--host", ""), ("serve", "--token", ""), ("get", "--data", "", "s", "k"),
+    ("get", "--config", "", "s", "k"), ("dump", "-o", ""), ("demo", "--path", ""), ("get", "s"),
+])
+def test_a_bad_option_is_one_line_exit_2(tmp_path, args):
+    r = pystate_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"pystate {args[0]}: ")
+    assert os.listdir(tmp_path) == []  # no store made at ./pystate-data
+
+
+def test_a_recovery_warning_is_one_line(filled):
+    with open(_log_of(filled.store), "ab") as f:
+        f.write(b"half a record")
+    r = filled("get", "s", "k1")
+    assert r.returncode == 0
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("pystate get: warning: store ") and "torn tail" in line and "left as it is" in line
+
+
+def test_a_config_warning_is_one_line(tmp_path, monkeypatch, capsys):
+    # Unknown keys are errors now; ConfigWarning is still a category pystate
+    # has, and the CLI shows any warning in one line.
+    import warnings
+
+    import pystate.config
+    from pystate import cli
+
+    def options(path):
+        warnings.warn(f"{path}: something to know,\nover two lines", pystate.ConfigWarning, stacklevel=2)
+        return {"adapter": "kv", "path": str(tmp_path / "store")}
+
+    monkeypatch.setattr(pystate.config, "load_state_options", options)
+    assert cli.main(["set", "--config", "c.yaml", "s", "k", "1"]) == 0
+    assert capsys.readouterr().err == "pystate set: warning: c.yaml: something to know, over two lines\n"
+
+
+def test_a_damaged_store_says_to_run_check_fix(filled):
+    log = _log_of(filled.store)
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    log.write_bytes(bytes(data))
+    for cmd in (("get", "s", "k1"), ("set", "s", "k1", "1")):
+        r = filled(*cmd)
+        assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1
+        assert f"run `pystate check --data {filled.store} --fix`" in r.stderr
+    assert filled("check", "--fix").returncode == 0
+
+
+# ---- exit codes ----------------------------------------------------------------------------
+
+
+def test_delete_of_a_missing_key_exits_1_and_a_stored_null_is_there(cli):
+    cli("set", "s", "null", "null")
+    r = cli("delete", "s", "missing")
+    assert (r.returncode, r.stdout) == (1, "") and "not found: s/missing" in r.stderr
+    r = cli("delete", "s", "null", "--json")
+    assert (r.returncode, r.stdout) == (0, "null\n")
+
+
+def test_compact_of_a_missing_scope_exits_1(cli):
+    cli("set", "s", "k", "1")
+    r = cli("compact", "nosuch")
+    assert r.returncode == 1 and "not found: scope nosuch" in r.stderr
+    assert cli("compact", "s").returncode == 0
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_update_whose_every_op_failed_exits_4(cli, json_flag):
+    cli("set", "c", "k", '{"n": "x"}')
+    r = cli("update", "c", "k", '[{"type":"increment","path":"n","by":1},{"type":"append","path":"n","value":[]}]',
+            *json_flag)
+    assert r.returncode == 4 and "no op applied: all 2 failed" in r.stderr
+    out = json.loads(r.stdout)
+    assert (out["new_value"] if json_flag else out) == {"n": "x"}
+    assert cli("update", "c", "k", "[]").returncode == 0  # no op, none failed
+
+
+def test_readme_lists_every_exit_code():
+    from pystate import cli
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Command line"):readme.index("## Serving")]
+    codes = {getattr(cli, name) for name in cli.__all__ if name.startswith("EXIT_")}
+    rows = {int(line.split("|")[1].strip(" `")) for line in section.splitlines() if line.startswith("| `")}
+    assert rows == codes
