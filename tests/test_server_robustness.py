@@ -10,14 +10,19 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import socket
 import struct
+import sys
+import threading
 import time
 import uuid
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from conftest import PystateServer
 
 MAX = 64 * 2**20
 
@@ -133,7 +138,7 @@ def test_oversized_frame_closes_only_its_sender(pystate_server):
         else:
             pytest.fail("the oversized frame was accepted")
         answer = await invoke(bystander, "state::get", {"scope": "big", "key": "k"})
-        assert answer["result"] is None  # nothing written
+        assert "result" not in answer and "error" not in answer  # nothing written
         fresh = await open_ws(pystate_server.url)
         assert (await invoke(fresh, "state::list_groups", {}))["result"] == {"groups": []}
         await bystander.close()
@@ -222,10 +227,10 @@ def test_fifty_concurrent_clients_lose_nothing(pystate_server):
                 increments += 1
             elif kind == 3:
                 r = await invoke(ws, "state::get", {"scope": "load", "key": key})
-                assert r["result"] == mine.get(key), (i, j)
+                assert r.get("result") == mine.get(key), (i, j)  # no result field: missing
             else:
                 r = await invoke(ws, "state::delete", {"scope": "load", "key": key})
-                assert r["result"] == mine.pop(key, None), (i, j)
+                assert r.get("result") == mine.pop(key, None), (i, j)
         return mine, increments
 
     async def scenario():
@@ -300,3 +305,437 @@ def test_a_watcher_that_never_reads_does_not_hold_up_writers(pystate_server):
     run(writer(), timeout=60)
     stuck.close()
     assert pystate_server.proc.poll() is None
+
+
+# ---- floods from a client that never reads ----------------------------------------------
+
+# A server on a file store opened with sync="always": state calls go to a
+# thread pool (as with redis or a bridge), not inline.
+_SERVE_SYNC_ALWAYS = """
+import sys
+import pystate
+from pystate.server import run
+
+st = pystate.State(sys.argv[1], sync="always")
+run(st, port=0, on_ready=lambda s: print(f"pystate serve: listening on ws://{s.host}:{s.port}", flush=True))
+"""
+
+
+class _ScriptServer(PystateServer):
+    """A server started by a script of the test's, with PystateServer's
+    bounded start and stop."""
+
+    def __init__(self, script, args, cwd):
+        self.args, self.cwd = args, cwd
+        self.proc, self.url, self.port = None, "", 0
+        self.start([sys.executable, str(script), *args])
+
+
+@pytest.fixture
+def sync_always_server(tmp_path):
+    script = tmp_path / "serve_sync_always.py"
+    script.write_text(_SERVE_SYNC_ALWAYS)
+    server = _ScriptServer(script, [str(tmp_path / "data")], cwd=str(tmp_path))
+    yield server
+    assert server.stop() == 0, server.stderr
+
+
+class _Flood(threading.Thread):
+    """A client that sends ``frame`` ``count`` times and never reads a
+    byte: its receive buffer fills, then the server's send buffer for it.
+    It gives up early once the server has read nothing from it for
+    ``stall`` seconds (pushed back), and at ``seconds`` in any case."""
+
+    def __init__(self, port, frame, count=100_000, seconds=25.0, stall=5.0):
+        super().__init__(daemon=True)
+        self.sock = _handshake(port)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(0.5)
+        self.wire = _frame(frame)
+        self.count, self.seconds, self.stall = count, seconds, stall
+        self.sent = 0
+        self.pushed_back = False
+
+    def run(self):
+        batch = 100
+        chunk = memoryview(self.wire * batch)
+        now = time.monotonic()
+        deadline, progress = now + self.seconds, now
+        while self.sent < self.count and time.monotonic() < deadline:
+            off = 0
+            while off < len(chunk):
+                try:
+                    off += self.sock.send(chunk[off:])
+                    progress = time.monotonic()
+                except socket.timeout:
+                    if time.monotonic() - progress > self.stall:
+                        self.pushed_back = True
+                        self.sent += batch * off // len(chunk)
+                        return
+                except OSError:
+                    return
+            self.sent += batch
+
+
+def _served_meanwhile(url, flood, what):
+    """While ``flood`` runs, another client's calls are answered within a
+    few seconds each."""
+
+    async def scenario():
+        ws = await open_ws(url)
+        await invoke(ws, "state::set", {"scope": "other", "key": "k", "value": "v"}, timeout=10)
+        rounds = 0
+        while flood.is_alive() or rounds < 3:
+            t0 = time.monotonic()
+            r = await invoke(ws, "state::get", {"scope": "other", "key": "k"}, timeout=10)
+            assert r["result"] == "v", r
+            assert time.monotonic() - t0 < 5, f"a get took {time.monotonic() - t0:.1f} s during the {what} flood"
+            rounds += 1
+            await asyncio.sleep(0.2)
+        await ws.close()
+
+    run(scenario(), timeout=90)
+
+
+def _warm_up(url):
+    async def scenario():
+        ws = await open_ws(url)
+        for i in range(200):
+            await invoke(ws, "state::set", {"scope": "warm", "key": f"k{i % 10}", "value": i})
+        await ws.close()
+
+    run(scenario())
+
+
+def test_a_state_call_flood_from_a_client_that_never_reads_is_bounded(sync_always_server):
+    server = sync_always_server
+    _warm_up(server.url)
+    before = rss_kib(server.proc.pid)
+    frame = json.dumps({"type": "invokefunction", "invocation_id": "f", "function_id": "state::set",
+                        "data": {"scope": "flood", "key": "k", "value": {"n": 1, "pad": "p" * 64}}}).encode()
+    flood = _Flood(server.port, frame)
+    flood.start()
+    _served_meanwhile(server.url, flood, "state::set")
+    flood.join(30)
+    grown_mib = (rss_kib(server.proc.pid) - before) / 1024
+    print(f"state::set flood: {flood.sent} frames sent, pushed back: {flood.pushed_back}, "
+          f"RSS {before / 1024:.1f} MiB -> {before / 1024 + grown_mib:.1f} MiB")
+    assert grown_mib < 20, f"the server grew by {grown_mib:.0f} MiB under {flood.sent} frames it cannot answer"
+    flood.sock.close()
+    _warm_up(server.url)
+    assert server.proc.poll() is None
+
+
+def _echo_owner(url, fid, ready, stop):
+    """A second worker: registers ``fid`` and answers every call to it."""
+
+    async def main():
+        ws = await open_ws(url)
+        await ws.send(json.dumps({"type": "registerfunction", "id": fid}))
+        await invoke(ws, "state::list_groups", {})  # registered once this is answered
+        ready.set()
+        while not stop.is_set():
+            try:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+            except TimeoutError:
+                continue
+            except ConnectionClosed:
+                return
+            if msg.get("type") == "invokefunction" and msg.get("invocation_id"):
+                await ws.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
+                                          "function_id": fid, "result": msg.get("data")}))
+        await ws.close()
+
+    asyncio.run(main())
+
+
+def test_a_routed_call_flood_from_a_client_that_never_reads_is_bounded(pystate_server):
+    server = pystate_server
+    ready, stop = threading.Event(), threading.Event()
+    owner = threading.Thread(target=_echo_owner, args=(server.url, "flood::echo", ready, stop), daemon=True)
+    owner.start()
+    assert ready.wait(10)
+    _warm_up(server.url)
+    before = rss_kib(server.proc.pid)
+    frame = json.dumps({"type": "invokefunction", "invocation_id": "r", "function_id": "flood::echo",
+                        "data": {"n": 1, "pad": "p" * 64}}).encode()
+    flood = _Flood(server.port, frame)
+    flood.start()
+    try:
+        _served_meanwhile(server.url, flood, "routed call")
+        flood.join(30)
+        grown_mib = (rss_kib(server.proc.pid) - before) / 1024
+        print(f"routed flood: {flood.sent} frames sent, pushed back: {flood.pushed_back}, "
+              f"RSS {before / 1024:.1f} MiB -> {before / 1024 + grown_mib:.1f} MiB")
+        assert grown_mib < 20, f"the server grew by {grown_mib:.0f} MiB under {flood.sent} calls it cannot answer"
+    finally:
+        flood.sock.close()
+        stop.set()
+        owner.join(10)
+    _warm_up(server.url)
+    assert server.proc.poll() is None
+
+
+# ---- fields of the wrong type, JSON the API refuses ------------------------------------
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": ["invokefunction"]},
+    {"type": {"kind": "ping"}},
+    {"type": "invokefunction", "invocation_id": ["a"], "function_id": "state::get", "data": {"scope": "s", "key": "k"}},
+    {"type": "invokefunction", "invocation_id": "a", "function_id": {"id": "state::get"}},
+    {"type": "invocationresult", "invocation_id": {"a": 1}, "result": 1},
+    {"type": "reattach", "previous_worker_id": ["w"], "reattach_token": "t"},
+    {"type": "reattach", "previous_worker_id": {"w": 1}},
+    {"type": "registerfunction", "id": ["f"]},
+    {"type": "unregisterfunction", "id": {"f": 1}},
+    {"type": "registertrigger", "id": "t", "trigger_type": ["state"], "function_id": "f"},
+    {"type": "unregistertrigger", "id": ["t"]},
+])
+def test_a_field_of_the_wrong_type_is_ignored_and_closes_no_connection(pystate_server, frame):
+    async def scenario():
+        ws = await open_ws(pystate_server.url)
+        await ws.send(json.dumps(frame))
+        answer = await invoke(ws, "state::set", {"scope": "m", "key": "k", "value": 1})
+        assert answer["result"] == {"old_value": None, "new_value": 1}
+        await ws.close()
+        assert ws.close_code == 1000  # closed by us, not 1011 by the server
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 2**70])
+@pytest.mark.parametrize("fid, data", [
+    ("state::set", lambda v: {"scope": "big", "key": "k", "value": {"n": v}}),
+    ("state::update", lambda v: {"scope": "big", "key": "k", "ops": [{"type": "set", "path": "n", "value": v}]}),
+])
+def test_an_integer_beyond_64_bits_on_the_wire_is_refused_and_writes_nothing(pystate_server, fid, data, value):
+    async def scenario():
+        ws = await open_ws(pystate_server.url)
+        answer = await invoke(ws, fid, data(value))
+        assert answer["error"]["code"] == "invalid_value", answer
+        assert "64" in answer["error"]["message"] or "integer" in answer["error"]["message"]
+        assert (await invoke(ws, "state::list_groups", {}))["result"] == {"groups": []}
+        await ws.close()
+
+    run(scenario())
+
+
+# ---- the engine's answers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fid", ["state::get", "state::delete"])
+def test_a_missing_key_is_answered_without_a_result_field(pystate_server, fid):
+    async def scenario():
+        ws = await open_ws(pystate_server.url)
+        answer = await invoke(ws, fid, {"scope": "none", "key": "k"})
+        assert "result" not in answer and "error" not in answer, answer
+        await invoke(ws, "state::set", {"scope": "s", "key": "null", "value": None})
+        # A stored null is a None result too: the engine skips it the same way.
+        assert "result" not in await invoke(ws, "state::get", {"scope": "s", "key": "null"})
+        await ws.close()
+
+    run(scenario())
+
+
+def test_an_unreachable_redis_is_answered_with_the_engines_codes(tmp_path):
+    from conftest import RedisServer
+
+    redis = RedisServer()
+    cfg = tmp_path / "iii-config.yaml"
+    cfg.write_text(
+        "workers:\n  - name: iii-state\n    config:\n      adapter:\n        name: redis\n"
+        f"        config: {{redis_url: '{redis.url}'}}\n"
+    )
+    server = PystateServer(["--config", str(cfg)], cwd=str(tmp_path))
+    calls = [
+        ("state::set", {"scope": "s", "key": "k", "value": 1}, "SET_ERROR", "Failed to set value"),
+        ("state::get", {"scope": "s", "key": "k"}, "GET_ERROR", "Failed to get value"),
+        ("state::delete", {"scope": "s", "key": "k"}, "GET_ERROR", "Failed to get value before delete"),
+        ("state::update", {"scope": "s", "key": "k", "ops": []}, "UPDATE_ERROR", "Failed to update value"),
+        ("state::list", {"scope": "s"}, "LIST_ERROR", "Failed to list values"),
+        ("state::list_groups", {}, "LIST_GROUPS_ERROR", "Failed to list groups"),
+    ]
+
+    async def scenario():
+        ws = await open_ws(server.url)
+        assert "error" not in await invoke(ws, "state::set", {"scope": "s", "key": "k", "value": 0})
+        redis.stop()
+        for fid, data, code, words in calls:
+            answer = await invoke(ws, fid, data, timeout=30)
+            assert answer["error"]["code"] == code, (fid, answer)
+            assert answer["error"]["message"].startswith(words + ": "), (fid, answer)
+        await ws.close()
+
+    try:
+        run(scenario(), timeout=240)
+    finally:
+        server.stop()
+        redis.stop()
+        shutil.rmtree(redis.dir, ignore_errors=True)
+
+
+# ---- credentials -----------------------------------------------------------------------
+
+
+def test_two_authorization_headers_are_refused_with_401(tmp_path):
+    server = PystateServer(["--data", str(tmp_path / "d"), "--token", "sesame"], cwd=str(tmp_path))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            key = base64.b64encode(os.urandom(16)).decode()
+            s.sendall(
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                "Authorization: Bearer sesame\r\nAuthorization: Bearer sesame\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 401"), head
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.stderr, server.stderr
+
+
+# ---- ownership of triggers -------------------------------------------------------------
+
+
+class _RawWorker:
+    """A worker on the bare protocol: it registers ``fid`` and answers each
+    call of it, keeping what it was called with in ``events``."""
+
+    def __init__(self, url, ws, hello):
+        self.url, self.ws, self.id, self.token = url, ws, hello["worker_id"], hello["reattach_token"]
+        self.events = []
+        self.frames = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, url, fid=None, first=()):
+        ws = await connect(url, max_size=MAX, compression=None, open_timeout=10)
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        for frame in first:  # before anything else, as the SDK sends reattach
+            await ws.send(json.dumps(frame))
+        if fid is not None:
+            await ws.send(json.dumps({"type": "registerfunction", "id": fid}))
+        return cls(url, ws, hello)
+
+    async def _read(self):
+        async for raw in self.ws:
+            msg = json.loads(raw)
+            if msg.get("type") == "invokefunction":
+                self.events.append(msg["data"])
+                await self.ws.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
+                                               "function_id": msg["function_id"], "result": None}))
+            else:
+                self.frames.append(msg)
+
+    async def send(self, frame):
+        await self.ws.send(json.dumps(frame))
+
+    async def call(self, fid, data):
+        """A state call from a connection of its own (answers to this one
+        are read by _read)."""
+        ws = await open_ws(self.url)
+        try:
+            return await invoke(ws, fid, data)
+        finally:
+            await ws.close()
+
+    async def close(self):
+        await self.ws.close()
+        self._reader.cancel()
+
+
+def _trigger(tid, fid, scope):
+    return {"type": "registertrigger", "id": tid, "trigger_type": "state", "function_id": fid,
+            "config": {"scope": scope}}
+
+
+async def _settle(worker, scope, key, value):
+    """Write (scope, key) and wait until ``worker`` has its event."""
+    before = len(worker.events)
+    await worker.call("state::set", {"scope": scope, "key": key, "value": value})
+    for _ in range(200):
+        if len(worker.events) > before:
+            return worker.events[-1]
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no event for {scope}/{key}")
+
+
+async def _none_for(worker, scope, key, seconds=0.6):
+    before = len(worker.events)
+    await worker.call("state::set", {"scope": scope, "key": key, "value": 0})
+    await asyncio.sleep(seconds)
+    return worker.events[before:]
+
+
+def test_another_worker_cannot_unregister_a_trigger(pystate_server):
+
+    async def scenario():
+        owner = await _RawWorker.connect(pystate_server.url, "own::h")
+        await owner.send(_trigger("t-owned", "own::h", "watched"))
+        assert (await _settle(owner, "watched", "a", 1))["key"] == "a"
+        thief = await _RawWorker.connect(pystate_server.url)
+        await thief.send({"type": "unregistertrigger", "id": "t-owned", "trigger_type": "state"})
+        await thief.call("state::list_groups", {})  # its frames are read in order: the unregister is done
+        assert (await _settle(owner, "watched", "b", 2))["key"] == "b"
+        await thief.close()
+        await owner.close()
+
+    run(scenario())
+
+
+def test_another_worker_cannot_take_over_a_trigger_id(pystate_server):
+
+    async def scenario():
+        owner = await _RawWorker.connect(pystate_server.url, "own::h")
+        await owner.send(_trigger("t-owned", "own::h", "watched"))
+        await _settle(owner, "watched", "a", 1)
+        thief = await _RawWorker.connect(pystate_server.url, "thief::h")
+        await thief.send(_trigger("t-owned", "thief::h", "watched"))
+        for _ in range(200):
+            if thief.frames:
+                break
+            await asyncio.sleep(0.025)
+        (refusal,) = thief.frames
+        assert refusal["type"] == "triggerregistrationresult" and refusal["id"] == "t-owned"
+        assert refusal["error"]["code"] == "trigger_registration_failed"
+        assert (await _settle(owner, "watched", "b", 2))["key"] == "b"
+        assert thief.events == []
+        await thief.close()
+        await owner.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("right_token", [True, False])
+def test_a_reattaching_worker_takes_its_own_triggers_back(pystate_server, right_token):
+    """iii-sdk reconnects with `reattach` (the old worker id and its token)
+    and replays its triggers with the same ids, maybe before the server
+    noticed the old socket is dead. With the right token the replay is
+    its; with a wrong one it is refused and the old connection keeps it."""
+
+    async def scenario():
+        old = await _RawWorker.connect(pystate_server.url, "mine::h")
+        await old.send(_trigger("t-mine", "mine::h", "watched"))
+        await _settle(old, "watched", "a", 1)
+        token = old.token if right_token else "not-the-token"
+        new = await _RawWorker.connect(pystate_server.url, "mine::h", first=[
+            {"type": "reattach", "previous_worker_id": old.id, "reattach_token": token}])
+        await new.send(_trigger("t-mine", "mine::h", "watched"))
+        await new.call("state::list_groups", {})
+        if right_token:
+            assert (await _settle(new, "watched", "b", 2))["key"] == "b"
+            assert old.ws.close_code is not None or not old.ws.state.name == "OPEN"
+        else:
+            assert (await _settle(old, "watched", "b", 2))["key"] == "b"
+            assert await _none_for(new, "watched", "c") == []
+            assert any(f.get("type") == "triggerregistrationresult" and f.get("error") for f in new.frames)
+        await new.close()
+        await old.close()
+
+    run(scenario())
