@@ -182,6 +182,16 @@ def _cmd_list(st: pystate.State, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys(st: pystate.State, args: argparse.Namespace) -> int:
+    keys = st.keys(args.scope)
+    if args.json:
+        _out(_text(keys))
+    else:
+        for k in keys:
+            _out(k)
+    return EXIT_OK
+
+
 def _cmd_groups(st: pystate.State, args: argparse.Namespace) -> int:
     groups = st.list_groups()
     if args.json:
@@ -540,6 +550,7 @@ _DATA_COMMANDS: dict[str, tuple[Callable[[pystate.State, argparse.Namespace], in
     "delete": (_cmd_delete, "write"),
     "update": (_cmd_update, "create"),
     "list": (_cmd_list, "read"),
+    "keys": (_cmd_keys, "read"),
     "groups": (_cmd_groups, "read"),
     "stats": (_cmd_stats, "read"),
     "compact": (_cmd_compact, "write"),
@@ -624,6 +635,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 done, 1 not found (get, delete, compact SCOPE) or damage found (check), "
         "2 bad command line or input, 3 store unavailable, 4 no op of an update applied, 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"pystate {pystate.__version__}")
+    # The store options are the commands' own (`pystate get --data DIR ...`);
+    # given before the command they are taken too (see _hoisted).
+    before = parser.add_mutually_exclusive_group()
+    before.add_argument("--data", dest="data_before", metavar="DIR", type=_given("a directory"),
+                        help="as the command's --data")
+    before.add_argument("--config", dest="config_before", metavar="FILE", type=_given("a file"),
+                        help="as the command's --config")
+    parser.add_argument("--json", dest="json_before", action="store_true", help="as the command's --json")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     store = _Parser(add_help=False)
@@ -650,6 +670,7 @@ def _parser() -> argparse.ArgumentParser:
     add("update", "apply OPS (a JSON list of update ops) to SCOPE KEY, atomically", scope, key,
         ("ops", 'e.g. \'[{"type": "increment", "path": "n", "by": 1}]\''))
     add("list", "print every value of SCOPE (one JSON value per line)", scope)
+    add("keys", "print the keys of SCOPE, one per line, in the order list gives the values", scope)
     add("groups", "print the scope names, sorted")
     add("stats", "print the store's counters")
     add("compact", "rewrite the logs (of SCOPE, or of all scopes) to hold only live records",
@@ -739,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             if argv[:1] == ["bench"] and not set(argv[1:]) & {"-h", "--help"}:
                 # Every argument after `bench` belongs to python -m bench.
                 return _bench(argv[1:])
-            args = _parser().parse_args(argv)
+            parser = _parser()
+            args = _hoisted(parser, parser.parse_args(argv))
             command = args.command
             return _run(args)
         except BrokenPipeError:  # `pystate list s | head`
@@ -748,6 +770,26 @@ def main(argv: list[str] | None = None) -> int:
             message, code = _failure(e, args)
             print(f"pystate {command}: {_one_line(message)}", file=sys.stderr)
             return code
+
+
+def _hoisted(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the store options given before the command moved to
+    where the command reads them; refused (exit 2) where the command takes
+    none, or where it was given on both sides."""
+    for name in ("data", "config", "json"):
+        value = getattr(args, f"{name}_before")
+        delattr(args, f"{name}_before")
+        if not value:
+            continue
+        if not hasattr(args, name):
+            parser.error(f"--{name} has no meaning for `{args.command}`")
+        if getattr(args, name):
+            parser.error(f"--{name} given twice, before and after `{args.command}`")
+        other = {"data": "config", "config": "data"}.get(name)
+        if other is not None and getattr(args, other, None) is not None:
+            parser.error(f"--{name} and --{other} name two stores: give one")
+        setattr(args, name, value)
+    return args
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -745,3 +745,41 @@ def test_readme_lists_every_exit_code():
     codes = {getattr(cli, name) for name in cli.__all__ if name.startswith("EXIT_")}
     rows = {int(line.split("|")[1].strip(" `")) for line in section.splitlines() if line.startswith("| `")}
     assert rows == codes
+
+
+# ---- keys, --version, store options before the command ---------------------------------
+
+
+def test_keys_prints_a_scopes_keys_in_the_order_of_list(cli):
+    for key, value in [("b", "1"), ("a", "2"), ("line\tkey", "null")]:
+        cli("set", "s", key, value)
+    cli("set", "other", "x", "0")
+    r = cli("keys", "s")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["b", "a", "line\tkey"]
+    assert json.loads(cli("keys", "s", "--json").stdout) == ["b", "a", "line\tkey"]
+    assert cli("keys", "none").stdout == ""
+
+
+def test_version_prints_the_version_and_exits_0(tmp_path):
+    r = pystate_cli("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"pystate {pystate.__version__}"
+    assert not (tmp_path / "pystate-data").exists()
+
+
+def test_store_options_may_come_before_the_command(tmp_path):
+    store = str(tmp_path / "store")
+    assert pystate_cli("--data", store, "set", "s", "k", '{"n": 1}', cwd=tmp_path).returncode == 0
+    r = pystate_cli("--data", store, "--json", "get", "s", "k", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"n": 1}
+    assert not (tmp_path / "pystate-data").exists()  # not the default store
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--data", "d", "demo"], "--data has no meaning for `demo`"),
+    (["--data", "d", "get", "--data", "d", "s", "k"], "--data given twice"),
+    (["--data", "d", "get", "--config", "c.yaml", "s", "k"], "name two stores"),
+])
+def test_a_store_option_before_the_command_that_cannot_apply_is_refused(tmp_path, args, says):
+    r = pystate_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert sorted(os.listdir(tmp_path)) == []

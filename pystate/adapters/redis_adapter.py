@@ -171,7 +171,7 @@ class RedisState(RemoteState):
         try:
             import redis
         except ImportError:  # pragma: no cover - redis-py is a declared dependency
-            raise ConfigError("the redis adapter needs redis-py: pip install 'pystate[redis]'") from None
+            raise ConfigError("the redis adapter needs redis-py: pip install 'pystate-store[redis]'") from None
         self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
         self._url = url
         try:
