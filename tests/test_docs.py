@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +86,47 @@ def test_readme_async_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), {})
     # The handler runs when the loop next gets control: at flush_events.
     assert capsys.readouterr().out.splitlines() == ["{'name': 'Ada'}", "state:created u1"]
+
+
+# ---- every Python block of the documentation ------------------------------------------
+
+_ROOT = Path(__file__).parent.parent
+_DOCS = [_ROOT / "README.md", *sorted((_ROOT / "docs").glob("*.md"))]
+# Where a block talks to a service, the test starts a real one and puts its
+# address where the block has the usual one.
+_REDIS_URL = "redis://localhost:6379/0"
+_SERVE_URLS = ("ws://127.0.0.1:49134", "ws://10.0.0.5:49134")
+
+
+def _python_blocks():
+    for doc in _DOCS:
+        text = doc.read_text()
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            line = text.count("\n", 0, m.start()) + 1
+            yield pytest.param(m.group(1), id=f"{doc.relative_to(_ROOT)}:{line}")
+
+
+@pytest.mark.parametrize("block", list(_python_blocks()))
+def test_every_python_block_of_the_docs_runs_as_written(block, tmp_path, request):
+    """A block runs on its own, in a new process and an empty directory: its
+    imports are there, it has no placeholder, it ends. A block that cannot
+    (a fragment of a larger program) says so on its first line."""
+    if block.startswith("# fragment"):
+        return
+    if _REDIS_URL in block:
+        redis = request.getfixturevalue("redis_server")
+        redis.flush()
+        block = block.replace(_REDIS_URL, redis.url)
+    if any(url in block for url in _SERVE_URLS):
+        server = request.getfixturevalue("pystate_server")
+        for url in _SERVE_URLS:
+            block = block.replace(url, server.url)
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    if "iii-config.yaml" in block:
+        shutil.copy(_ROOT / "pystate" / "iii-config.example.yaml", cwd / "iii-config.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATE_")}
+    done = subprocess.run([sys.executable, "-c", block], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
