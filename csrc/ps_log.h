@@ -1,68 +1,14 @@
 /*
  * ps_log.h - the on-disk log of one scope: format, append, recovery scan.
  *
- * A log file is a header followed by records, all little-endian, packed
- * (format version 2):
- *
- *   header   block (32) | copy of block (32) | end u64 | scope name (name_len)
- *   block    magic "PSLOG\r\n\x1a" (8) | version u16 | flags u16 |
- *            name_len u32 | salt u64 | name_check u32 | check u32
- *   record   check u32 | len u32 | seq u64 | kind u8 | flags u8 | tag u16 |
- *            payload (len bytes): klen as LEB128 varint | key | value
- *
- * Checks are the low 32 bits of XXH3-64. A block's `check` covers the 28
- * bytes before it (seed 0), so the block, name_len and salt included, is
- * known good on its own, before the name is even read; `name_check`
- * covers the name, seeded with the salt. The block is written twice, so
- * one damaged copy (a flipped bit, a torn sector) does not make the log
- * unreadable: opening refuses it as damaged, and repair salvages it from
- * the other copy.
- *
- * `salt` is 64 random bits drawn when the file is written. A record's
- * check covers every byte after it, seeded with the salt; its `tag` is 16
- * bits of the salted hash of len, seq, kind and flags alone, so that a
- * search through damaged bytes rejects a candidate without hashing the
- * payload it claims. Keys and values
- * are arbitrary bytes, so they can hold the image of a complete record;
- * without the salt nobody can compute a check this log would accept, so
- * recovery, which searches damaged logs for records, never takes user data
- * for one. Data of another log (an older generation of this one included)
- * does not verify either.
- *
- * `end` is an offset in its low 48 bits with 16 bits of its salted hash
- * above them (a damaged hint reads as unknown). Logs of sync modes interval and never grow
- * in preallocated, zero-filled steps (see ps_disk.c), so after a crash a
- * log may end in zeros that were never written; there `end` is the offset
- * where the last record appended so far ends, kept up to date by every
- * append (a store into the mapped header: no system call), and zeros from
- * a point at or past it are that space. Zeros (or anything else) before
- * it are records that are gone, and are reported as cut, never passed
- * over. A sync=always log holds no preallocated space, and says so with
- * end = PS_LOG_NO_PREALLOC, written once, before its first record is
- * acknowledged: then anything after the last whole record, zeros
- * included, is records lost, and no append has to rewrite the header
- * (which would cost every fdatasync a second block).
- *
- * A record's seq is 1 for the first record of the file and grows by one
- * per record, so a record out of place is as invalid as a bad checksum.
- * kind is PS_REC_PUT (key and value) or PS_REC_DEL (key, no value); 0 is
- * never valid, so zero-filled space reads as damage. Flags are 0.
- *
- * The header carries the scope's real name, so file names can be anything
- * safe (ps_disk.c derives them from a hash) and never need decoding.
- *
- * A log file only ever appears under its name complete: its header is
- * written to a temporary file, made durable, then renamed into place, so
- * a log whose header does not parse is damage, never a log still being
- * created.
- *
- * A record is appended whole before the store changes: copied into the
- * mapped, preallocated end of the file (space that posix_fallocate has
- * already secured, so the copy cannot fail), or with sync=always written
- * with pwrite, where one that fails or comes up short is cut back off
- * with ftruncate (ps_file_append). So a live process never leaves a
- * partial record behind; only a crash of the machine can, and recovery
- * treats it as a torn tail.
+ * The format (header blocks, salted records, the end hint, how a log
+ * comes to exist under its name) is described in one place,
+ * docs/format.md; the numbers below are its numbers. Why it is so, in
+ * short: every check is seeded with a salt drawn per file, so no key or
+ * value can pass for a record of this log; the header block is written
+ * twice and checked on its own, so a damaged header is told from a log
+ * never written; and the end hint tells zeros that were never written
+ * (preallocation) from records that are gone.
  */
 #ifndef PS_LOG_H
 #define PS_LOG_H

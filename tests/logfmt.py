@@ -1,5 +1,5 @@
-"""An independent reader and writer of pystate's log format (README,
-"Log format"), for tests that damage logs on purpose and need to know
+"""An independent reader and writer of pystate's log format
+(docs/format.md), for tests that damage logs on purpose and need to know
 where records start and end, or that write logs by hand. Written from the
 documented format, with the xxhash package: if the C core drifts from its
 documentation, these tests fail.

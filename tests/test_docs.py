@@ -130,3 +130,28 @@ def test_every_python_block_of_the_docs_runs_as_written(block, tmp_path, request
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def _anchor(heading):
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", [*_DOCS, _ROOT / "bench" / "RESULTS.md"], ids=lambda p: str(p.relative_to(_ROOT)))
+def test_every_link_of_the_docs_leads_somewhere(doc):
+    text = doc.read_text()
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        if target.startswith("#"):
+            assert target[1:] in anchors, f"{doc.name}: no heading for {target}"
+        else:
+            assert (doc.parent / target.split("#")[0]).exists(), f"{doc.name}: {target} does not exist"
+
+
+def test_readme_has_a_table_of_contents_naming_every_section():
+    text = (_ROOT / "README.md").read_text()
+    toc = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    for heading in re.findall(r"^##+ (.*)$", text, re.M):
+        if heading != "Contents":
+            assert f"](#{_anchor(heading)})" in toc, heading
