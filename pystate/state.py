@@ -573,6 +573,7 @@ class State(_core.Store):
                 self._events.submit_call(user_fn, payload)
                 return None
             return self._functions.call(function_id, payload)
+        assert fn is not None  # a builtin: require() raised for anything else
         result = fn(self, payload)
         return None if void else result
 

@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import builtins
 import os
 import struct
 import threading
@@ -483,9 +484,8 @@ class Store:
             raise ClosedError("the store is closed")
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
     # ---- the six functions ----------------------------------------------
 
@@ -692,7 +692,7 @@ class Store:
         finally:
             lib.psg_bufs_free(arrays)
 
-    def list_groups(self) -> list:
+    def list_groups(self) -> builtins.list[str]:
         """Names of the scopes that hold at least one key, sorted."""
         out = _new("psg_buf *")
         count = _new("size_t *")

@@ -340,7 +340,7 @@ class BridgeState(RemoteState):
         _text(scope, "scope")
         raise UnsupportedError("items: the bridge adapter cannot list keys (the engine's state API has no such call)")
 
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         """Sorted names of the remote side's scopes."""
         return self._call("state::list_groups", {})["groups"]
 

@@ -172,7 +172,7 @@ class RedisState(RemoteState):
             import redis
         except ImportError:  # pragma: no cover - redis-py is a declared dependency
             raise ConfigError("the redis adapter needs redis-py: pip install 'pystate-store[redis]'") from None
-        self._redis_errors = (redis.ConnectionError, redis.TimeoutError)
+        self._redis_errors: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
         self._url = url
         try:
             self._redis = redis.Redis.from_url(
@@ -189,7 +189,7 @@ class RedisState(RemoteState):
                 from redis.cluster import RedisCluster
 
                 self._redis.close()
-                self._redis = RedisCluster.from_url(
+                self._redis = RedisCluster.from_url(  # type: ignore[assignment]  # the same commands
                     url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
                 )
                 self._redis_errors = self._redis_errors + (redis.exceptions.ClusterError,)
@@ -376,7 +376,7 @@ class RedisState(RemoteState):
         scope, key = _pair(item)
         return bool(self._call(self._redis.hexists, PREFIX + scope, key))
 
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         """Sorted names of the scopes holding keys (SCAN, never KEYS)."""
         names = set()
         cut = len(PREFIX)
@@ -384,7 +384,7 @@ class RedisState(RemoteState):
             names.add(raw[cut:].decode("utf-8", "surrogateescape"))
         return sorted(names)
 
-    def _scan_all(self) -> list[bytes]:
+    def _scan_all(self) -> builtins.list[bytes]:
         # On a cluster, redis-py's scan_iter walks every primary in turn.
         return list(self._redis.scan_iter(match=PREFIX + "*", count=1000, _type="hash"))
 

@@ -96,6 +96,5 @@ class RemoteState(State):
             raise ClosedError("the store is closed")
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
