@@ -30,5 +30,12 @@ void ps_hasher_init(ps_hasher *h, uint64_t seed)
         seed = ps_random_u64();
     /* generateSecret spreads every bit of the seed over the whole secret,
      * which a raw 64-bit value copied into the buffer would not do. */
+#if XXH_VERSION_NUMBER >= 801
     XXH3_generateSecret(h->secret, sizeof h->secret, &seed, sizeof seed);
+#else
+    /* xxHash 0.8.0 (still some distributions' header) always writes
+     * XXH3_SECRET_DEFAULT_SIZE bytes and takes no size. */
+    _Static_assert(PS_HASH_SECRET_SIZE == XXH3_SECRET_DEFAULT_SIZE, "secret size");
+    XXH3_generateSecret(h->secret, &seed, sizeof seed);
+#endif
 }

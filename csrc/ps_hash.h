@@ -4,9 +4,10 @@
  * Tables hash attacker-controlled strings (keys and scope names arrive from
  * the network), so the hash takes a secret that an attacker does not know:
  * without it, nobody can pick keys that all land in one probe chain and make
- * every lookup linear. We use XXH3 from the system's libxxhash with a
- * 192-byte secret derived from 64 random bits (XXH3_generateSecret), the
- * mode xxHash documents for this purpose.
+ * every lookup linear. We use XXH3 with a 192-byte secret derived from 64
+ * random bits (XXH3_generateSecret), the mode xxHash documents for this
+ * purpose. xxHash is compiled in from its header (CMakeLists.txt defines
+ * XXH_INLINE_ALL for the core and all that builds on it), never linked.
  */
 #ifndef PS_HASH_H
 #define PS_HASH_H
