@@ -23,15 +23,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# The workload module is read from this checkout's file, not imported from
+# the pystate being measured: the other build may predate it.
+WORKLOAD = HERE.parent / "pystate" / "bench" / "workload.py"
+
 PASS = """
-import gc, os, sys, time
-sys.path.insert(0, {bench!r})
+import gc, importlib.util, os, sys, time
 other = os.environ.get("PYSTATE_AB_OTHER")
 if other:
     # An editable install answers imports before sys.path is searched.
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
     sys.path.insert(0, other)
-from workload import make_keys, make_value
+spec = importlib.util.spec_from_file_location("workload", {workload!r})
+workload = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workload)
+make_keys, make_value = workload.make_keys, workload.make_value
 import pystate
 keys = make_keys({n})
 values = [make_value(i) for i in range({n})]
@@ -56,7 +62,7 @@ def one_pass(pythonpath: str | None, n: int) -> tuple[str, float]:
     if pythonpath:
         env["PYSTATE_AB_OTHER"] = pythonpath
     out = subprocess.run(
-        [sys.executable, "-c", PASS.format(bench=str(HERE), n=n)],
+        [sys.executable, "-c", PASS.format(workload=str(WORKLOAD), n=n)],
         env=env,
         capture_output=True,
         text=True,

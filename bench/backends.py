@@ -21,9 +21,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from workload import SCOPES, UPDATE_OPS, make_keys, make_value  # noqa: E402
+from pystate.bench.workload import SCOPES, UPDATE_OPS, make_keys, make_value
 
 OPS = ("insert", "overwrite", "get hit", "get miss", "update", "list", "delete")
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from workload import KEYS, make_keys, make_value
+from pystate.bench.workload import KEYS, make_keys, make_value
 
 N = int(os.environ.get("PYSTATE_BENCH_KEYS", KEYS))
 

@@ -14,9 +14,6 @@ import gc
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 
 
 def rss_bytes() -> int:
@@ -25,9 +22,8 @@ def rss_bytes() -> int:
 
 
 def measure(impl: str, n: int) -> dict:
-    sys.path.insert(0, str(HERE))
     import pystate
-    from workload import DictFloor, make_value
+    from pystate.bench.workload import DictFloor, make_value
 
     st = pystate.State() if impl == "pystate" else DictFloor()
     gc.collect()

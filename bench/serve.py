@@ -32,12 +32,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import orjson
 
-import orjson  # noqa: E402
-from redis_server import start_redis  # noqa: E402
-from workload import make_value  # noqa: E402
+from pystate.bench.redis_server import start_redis
+from pystate.bench.workload import make_value
 
 OPS = ("set", "get", "update")
 # Thousands of updates hit each client's key: an increment keeps the value

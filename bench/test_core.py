@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pairing
 import pystate
-from workload import SCOPES, UPDATE_OPS, DictFloor
+from pystate.bench.workload import SCOPES, UPDATE_OPS, DictFloor
 
 ROUNDS = 15
 

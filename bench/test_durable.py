@@ -25,9 +25,9 @@ import threading
 import pytest
 
 import pystate
-from durable_impls import Lmdb, PyLog, Sqlite
+from pystate.bench.durable_impls import Lmdb, PyLog, Sqlite
 import pairing
-from workload import UPDATE_OPS, make_value
+from pystate.bench.workload import UPDATE_OPS, make_value
 
 ROUNDS = 5
 

@@ -25,9 +25,9 @@ import pytest
 import redis
 
 import pairing
-from redis_server import start_redis
+from pystate.bench.redis_server import start_redis
 import pystate
-from workload import UPDATE_OPS, apply_update_ops
+from pystate.bench.workload import UPDATE_OPS, apply_update_ops
 
 ROUNDS = 7
 N = int(os.environ.get("PYSTATE_BENCH_REDIS_KEYS", 20_000))

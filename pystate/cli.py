@@ -586,13 +586,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(bench_args: list[str]) -> int:
-    # The benchmarks compare against packages pystate does not depend on,
-    # so they live in the source tree (bench/), not in the installed package.
-    if not os.path.isfile(os.path.join("bench", "compare.py")):
-        raise _Fail("run it from a pystate source checkout (it runs `python -m bench` there)", EXIT_USAGE)
-    import subprocess
+    # The runner is part of the installed package (pystate/bench/); the
+    # alternatives it measures come with the bench extra, and one that is
+    # missing is skipped with a line saying how to install it.
+    from pystate.bench import main as bench_main
 
-    return subprocess.call([sys.executable, "-m", "bench", *bench_args])
+    return bench_main(bench_args, prog="pystate bench")
+
+
+class _BenchHelp(argparse.Action):
+    """`pystate bench --help`: the help of the benchmark's own options."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> NoReturn:
+        from pystate.bench import parser as bench_parser
+
+        bench_parser("pystate bench").print_help()
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -685,11 +698,11 @@ def _parser() -> argparse.ArgumentParser:
         ("input", "a dump file, or - for stdin"))
 
     p = sub.add_parser(
-        "bench", help="compare pystate with the alternatives (runs `python -m bench` of a source checkout)",
-        description="Runs `python -m bench` from the pystate source checkout in the working directory; "
-        "its arguments follow (--keys, --out, --json, --only, --scaling).",
+        "bench", add_help=False,
+        help="compare pystate with the alternatives (those of the bench extra that are installed)",
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench")
+    p.add_argument("-h", "--help", action=_BenchHelp, help="show the benchmark's options and exit")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's options")
 
     p = sub.add_parser("demo", help="write, update, list and read back; then reopen a file store")
     p.add_argument("--path", type=_given("a directory"),

@@ -9,13 +9,19 @@ run. ``sync="always"`` pays an fdatasync per write, so its writes are timed
 on the first 2,000 keys only (marked ``*``). Each row says what an
 acknowledged write survives.
 
-    python -m bench [--keys 200000] [--out bench/results/compare.png] [--json out.json]
-    python -m bench --scaling [--out bench/results/scaling.png]
+    pystate bench [--keys 200000 | --quick] [--out DIR | --out FILE.png] [--json FILE]
+    pystate bench --scaling [--out DIR | --out FILE.png]
+
+(``python -m pystate.bench``, and ``python -m bench`` in a source checkout,
+are the same.) An alternative whose module is not installed is skipped with
+a line saying how to install it; redis is measured when ``redis-server`` is
+on PATH (this run starts its own, on a free loopback port).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import shutil
 import statistics
@@ -25,8 +31,9 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from durable_impls import DiskCache, Lmdb, PyLog, Rocks, Sqlite
-from workload import SCOPES, UPDATE_OPS, DictFloor, make_keys, make_value
+from pystate.bench import INSTALL
+from pystate.bench.durable_impls import DiskCache, Lmdb, PyLog, Rocks, Sqlite
+from pystate.bench.workload import KEYS, SCOPES, UPDATE_OPS, DictFloor, apply_update_ops, make_keys, make_value
 
 OPS = ("insert", "overwrite", "get hit", "get miss", "update", "list", "delete")
 SLOW_SAMPLE = 2_000
@@ -63,8 +70,6 @@ class _Redis:
         return None if old is None else self._loads(old)
 
     def update(self, scope, key, ops):
-        from workload import apply_update_ops
-
         old, new = apply_update_ops(self.r.hget("state:" + scope, key))
         self.r.hset("state:" + scope, key, self._dumps(new))
         return (old, new, [])
@@ -80,8 +85,6 @@ def _pystate(binding: str, **kw: Any) -> Callable[[str], Any]:
     # A binding's Store ("pystate._core": Cython, "pystate._cffi.core": cffi),
     # whatever PYSTATE_BACKEND chose for this process, so both are measured
     # in the same run. (State adds only trigger plumbing, idle here.)
-    import importlib
-
     store = importlib.import_module(binding).Store
     return lambda d: store(d, **kw) if kw.get("sync") else store()
 
@@ -107,6 +110,26 @@ STORES: dict[str, tuple[Callable[[str], Any], bool, str]] = {
     "rocksdict": (Rocks, True, "a killed process (WAL not synced)"),
     "redis-py + redis-server": (None, False, "a killed client; nothing if the server stops (no persistence)"),  # type: ignore[dict-item]
 }
+FLOOR, REDIS = "dict + orjson (floor)", "redis-py + redis-server"
+
+#: The module each alternative needs beyond pystate's own dependencies: the
+#: bench extra brings them; one that is missing skips its row.
+NEEDS = {"lmdb (sync=False)": "lmdb", "diskcache": "diskcache", "rocksdict": "rocksdict", REDIS: "redis"}
+
+
+def missing(name: str) -> str | None:
+    """Why the store `name` cannot run here (a module it needs is not
+    installed), or None."""
+    module = NEEDS.get(name)
+    if module is None:
+        return None
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == module:
+            return f"{module} is not installed ({INSTALL})"
+        return f"{module} cannot be imported: {e} ({INSTALL})"
+    return None
 
 
 def _timed(calls: Callable[[int], Any], n: int) -> list[int]:
@@ -143,9 +166,8 @@ def _disk_bytes(path: str) -> int:
 
 def run_store(name: str, keys: list, values: list, values2: list, tmp: str, redis_url: str | None) -> dict:
     make, durable, survives = STORES[name]
-    if make is None:
-        if redis_url is None:
-            return {"skipped": "redis-server not found"}
+    if make is None:  # redis: compare() started its server
+        assert redis_url is not None
         make = lambda d: _Redis(redis_url)  # noqa: E731
     d = os.path.join(tmp, "".join(c if c.isalnum() else "-" for c in name))
     n = len(keys)
@@ -189,16 +211,27 @@ def compare(n_keys: int, only: list[str] | None = None) -> dict:
     keys = make_keys(n_keys, SCOPES)
     values = [make_value(i) for i in range(n_keys)]
     values2 = [make_value(i + 1) for i in range(n_keys)]
+    selected = [name for name in STORES
+                if not only or name == FLOOR or any(o.lower() in name.lower() for o in only)]
+    skipped = {name: why for name, why in ((name, missing(name)) for name in selected) if why}
     tmp = tempfile.mkdtemp(prefix="pystate-compare-")
     redis_proc, redis_url = None, None
-    if shutil.which("redis-server"):
-        from redis_server import start_redis
-
-        redis_proc, redis_url = start_redis(tmp)
     results: dict[str, Any] = {}
     try:
-        for name in STORES:
-            if only and name != "dict + orjson (floor)" and not any(o.lower() in name.lower() for o in only):
+        if REDIS in selected and REDIS not in skipped:
+            if shutil.which("redis-server") is None:
+                skipped[REDIS] = "redis-server is not on PATH (Debian: apt-get install redis-server)"
+            else:
+                from pystate.bench.redis_server import start_redis
+
+                try:
+                    redis_proc, redis_url = start_redis(tmp)
+                except Exception as e:  # noqa: BLE001 - the row is skipped, saying why
+                    skipped[REDIS] = f"redis-server did not start: {e}"
+        for name in selected:
+            if name in skipped:
+                print(f"  {name}: skipped: {skipped[name]}", file=sys.stderr, flush=True)
+                results[name] = {"skipped": skipped[name]}
                 continue
             print(f"  {name} ...", file=sys.stderr, flush=True)
             results[name] = run_store(name, keys, values, values2, tmp, redis_url)
@@ -207,7 +240,7 @@ def compare(n_keys: int, only: list[str] | None = None) -> dict:
             redis_proc.kill()
             redis_proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    floor = results["dict + orjson (floor)"]
+    floor = results[FLOOR]
     for r in results.values():
         if "skipped" not in r:
             r["ratio"] = {op: r[op]["mean_us"] / floor[op]["mean_us"] for op in OPS}
@@ -216,8 +249,10 @@ def compare(n_keys: int, only: list[str] | None = None) -> dict:
 
 def print_table(report: dict) -> None:
     stores = report["stores"]
+    sampled = any(isinstance(r.get(op), dict) and r[op]["sampled"] for r in stores.values() for op in OPS)
     print(f"\n{report['keys']:,} keys over {report['scopes']} scopes; mean time per call as a ratio to "
-          f"the dict + orjson floor (same run); * = writes timed on the first {SLOW_SAMPLE:,} keys\n")
+          f"the dict + orjson floor (same run)"
+          + (f"; * = writes timed on the first {SLOW_SAMPLE:,} keys\n" if sampled else "\n"))
     head = f"{'store':30}" + "".join(f"{op:>11}" for op in OPS) + f"{'reopen ms':>11}{'disk MiB':>10}"
     print(head)
     print("-" * len(head))
@@ -307,8 +342,8 @@ def scaling(sizes: tuple[int, ...] = SCALING_SIZES) -> list[dict]:
     for n in sizes:
         for impl in ("dict_floor", "pystate"):
             r = subprocess.run(
-                [sys.executable, "-m", "bench", "--scaling-child", impl, str(n)],
-                capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                [sys.executable, "-m", "pystate.bench", "--scaling-child", impl, str(n)],
+                capture_output=True, text=True, check=True,
             )
             rows.append(json.loads(r.stdout))
             x = rows[-1]

@@ -18,7 +18,7 @@ import sqlite3
 
 import orjson
 
-from workload import DictFloor, apply_update_ops
+from pystate.bench.workload import DictFloor, apply_update_ops
 
 _loads, _dumps = orjson.loads, orjson.dumps
 
