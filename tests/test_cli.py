@@ -505,11 +505,6 @@ def test_bench_runs_the_comparison_and_reports_ratios_to_the_floor(tmp_path):
     assert not any("lmdb" in name for name in stores)  # --only
 
 
-def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path):
-    r = pystate_cli("bench", cwd=tmp_path)
-    assert r.returncode == 2 and "source checkout" in r.stderr
-
-
 @pytest.mark.parametrize("command", [("dump",), ("compact",)])
 def test_long_commands_show_progress_on_a_terminal_only(cli, command):
     import os
