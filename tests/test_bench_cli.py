@@ -76,8 +76,9 @@ def installed_venv() -> Path:
         r = subprocess.run(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
              # The build directory of its own: not the checkout's build/,
-             # which the development install uses.
-             "-C", f"build-dir={venv / 'build'}", f"{ROOT}[bench]"],
+             # which the development install uses. (Not -C: that is pip
+             # 23.1+, and Debian 12's venv has pip 23.0.)
+             f"--config-settings=build-dir={venv / 'build'}", f"{ROOT}[bench]"],
             capture_output=True, text=True, timeout=1200, cwd=str(base),
         )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
