@@ -341,7 +341,7 @@ static int write_marker(int dirfd, const char *path, int made, char *msg, size_t
 int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *msg, size_t cap)
 {
     out->dirfd = out->lockfd = -1;
-    out->created = 0;
+    out->created = out->alone = 0;
     int made = 0;
     if (!read_only) {
         if (mkdir(path, 0777) == 0)
@@ -371,9 +371,13 @@ int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *m
             fresh = rc == 0;
         }
     }
-    int lockfd = -1;
+    int lockfd = -1, alone = 0;
     if (rc == 0) {
-        lockfd = ps_dir_open_file(dirfd, PS_DIR_LOCK, read_only ? O_RDONLY : O_RDWR | O_CREAT);
+        /* A reader opens the lock read-write where it may, to wait on the
+         * slot locks in it; it writes nothing there. */
+        lockfd = ps_dir_open_file(dirfd, PS_DIR_LOCK, read_only ? O_RDWR : O_RDWR | O_CREAT);
+        if (lockfd < 0 && read_only && (errno == EACCES || errno == EROFS || errno == EPERM))
+            lockfd = ps_dir_open_file(dirfd, PS_DIR_LOCK, O_RDONLY);
         if (lockfd < 0 && !(read_only && errno == ENOENT)) {
             rc = errno;
             if (rc == ELOOP || rc == EINVAL || rc == EISDIR)
@@ -381,13 +385,30 @@ int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *m
                     "creates one and does not follow links; remove it", path, PS_DIR_LOCK);
             else
                 say(msg, cap, "cannot open %s/%s: %s", path, PS_DIR_LOCK, strerror(rc));
-        } else if (lockfd >= 0 && flock(lockfd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        } else if (lockfd >= 0 && flock(lockfd, LOCK_SH | LOCK_NB) != 0) {
+            /* Every version takes this flock: earlier ones exclusively, so
+             * a store one of them holds is refused, and it refuses ours. */
             rc = errno;
             if (rc == EWOULDBLOCK) {
-                say(msg, cap, "store directory %s is in use by another process", path);
+                say(msg, cap, "store directory %s is in use by a process of an earlier pystate "
+                    "version, which does not share it", path);
                 rc = PS_LOCKED;
             } else {
                 say(msg, cap, "cannot lock store directory %s: %s", path, strerror(rc));
+            }
+        } else if (lockfd >= 0) {
+            alone = ps_dir_try_alone(lockfd) == 1; /* (never, through a read-only descriptor) */
+            if (!alone) {
+                /* Waits while a process that had the directory to itself
+                 * recovers it; then shares it. */
+                struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+                while (fcntl(lockfd, F_OFD_SETLKW, &fl) != 0) {
+                    if (errno != EINTR) {
+                        rc = errno;
+                        say(msg, cap, "cannot lock store directory %s: %s", path, strerror(rc));
+                        break;
+                    }
+                }
             }
         }
     }
@@ -410,5 +431,74 @@ int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *m
         msg[0] = 0;
     out->dirfd = dirfd;
     out->lockfd = lockfd;
+    out->alone = alone;
     return PS_OK;
+}
+
+int ps_dir_try_alone(int lockfd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    if (fcntl(lockfd, F_OFD_SETLK, &fl) == 0)
+        return 1;
+    return errno == EAGAIN || errno == EACCES ? 0 : -errno;
+}
+
+int ps_dir_share(int lockfd)
+{
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    return fcntl(lockfd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
+/* Byte 2 of LOCK serialises writers checking sync modes; byte 8 + mode
+ * is held (shared) by every writer in that mode. */
+#define JOIN_BYTE 2
+#define MODE_BYTE 8
+
+static int ofd_lock(int fd, short type, off_t at, int wait)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = at, .l_len = 1};
+    while (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) != 0) {
+        if (errno != EINTR)
+            return errno;
+    }
+    return 0;
+}
+
+int ps_dir_join_mode(int lockfd, int mode, int *other)
+{
+    int rc = ofd_lock(lockfd, F_WRLCK, JOIN_BYTE, 1);
+    if (rc)
+        return rc;
+    for (int m = 0; m <= 2 && rc == 0; m++) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = MODE_BYTE + m, .l_len = 1};
+        if (m == mode)
+            continue;
+        if (fcntl(lockfd, F_OFD_GETLK, &fl) != 0)
+            rc = errno;
+        else if (fl.l_type != F_UNLCK) {
+            *other = m;
+            rc = PS_LOCKED;
+        }
+    }
+    if (rc == 0)
+        rc = ofd_lock(lockfd, F_RDLCK, MODE_BYTE + mode, 0);
+    (void)ofd_lock(lockfd, F_UNLCK, JOIN_BYTE, 0);
+    return rc;
+}
+
+int ps_dir_reattach(int dirfd, int *lockfd, int mode)
+{
+    int fd = ps_dir_open_file(dirfd, PS_DIR_LOCK, fcntl(*lockfd, F_GETFL) & O_ACCMODE);
+    if (fd < 0)
+        return errno;
+    int rc = flock(fd, LOCK_SH | LOCK_NB) != 0 ? errno : ofd_lock(fd, F_RDLCK, 0, 0);
+    if (!rc && mode >= 0)
+        rc = ofd_lock(fd, F_RDLCK, MODE_BYTE + mode, 0);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    close(*lockfd);
+    *lockfd = fd;
+    return 0;
 }

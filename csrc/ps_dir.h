@@ -67,10 +67,14 @@ typedef struct ps_dir_claim_out {
     int dirfd;
     int lockfd; /* -1: read-only open of a store without a LOCK file */
     int created; /* the store was created by this call */
+    int alone;   /* no other process has the directory open: the lock is
+                    held exclusively until ps_dir_share */
 } ps_dir_claim_out;
 
 /* Open the store directory `path`, make sure it is a store and lock it:
- * exclusively, or shared when read_only. Unless read_only, a missing
+ * exclusively when no other process has it open and not read_only
+ * (out->alone), else shared (waiting while one that had it alone recovers
+ * it). Unless read_only, a missing
  * directory (its parent must exist) or an empty one becomes a new store.
  * Returns PS_OK, PS_NOTSTORE (a directory that is neither a store nor
  * empty, or read_only and no store), PS_LOCKED, PS_BADVERSION (a store
@@ -78,5 +82,30 @@ typedef struct ps_dir_claim_out {
  * failure nothing was created and *out holds no descriptor. msg receives
  * a one-line explanation (cap bytes). */
 int ps_dir_claim(const char *path, int read_only, ps_dir_claim_out *out, char *msg, size_t cap);
+
+/* Take the directory to ourselves if no other process has it open (the
+ * lock on LOCK's first byte, exclusive). Returns 1 (taken), 0 (others
+ * have it) or -errno. An open file description's lock: the kernel drops
+ * it with the last descriptor of that description, a dead process's
+ * included. */
+int ps_dir_try_alone(int lockfd);
+
+/* A writer in sync mode `mode` joins the directory's writers: refused
+ * with PS_LOCKED (*other: theirs) while a live writer uses another mode,
+ * as preallocated logs and exactly sized ones must not be mixed in one
+ * file. Held until lockfd's description is closed. Returns 0 or an
+ * errno. */
+int ps_dir_join_mode(int lockfd, int mode, int *other);
+
+/* Turn an exclusive hold into a shared one, in one step (no moment
+ * without the lock). Returns 0 or an errno. */
+int ps_dir_share(int lockfd);
+
+/* In a child made by fork(): the lock descriptor is its parent's open
+ * file description, whose lock is the parent's. Open LOCK again, share
+ * the directory through the new descriptor and close the inherited one.
+ * mode: the writer's sync mode (held again, see ps_dir_join_mode), or -1
+ * for a reader. Returns 0 or an errno (*lockfd is then unchanged). */
+int ps_dir_reattach(int dirfd, int *lockfd, int mode);
 
 #endif /* PS_DIR_H */

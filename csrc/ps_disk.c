@@ -71,6 +71,7 @@
 
 #include "ps_dir.h"
 #include "ps_log.h"
+#include "ps_shm.h"
 #include "ps_store_impl.h"
 
 #define NAME_MAX_LEN PS_DIR_NAME_MAX
@@ -103,6 +104,10 @@ struct ps_logf {
     int want_compact;        /* queued for the maintenance thread */
     unsigned char *scope_name; /* for headers of rewritten logs */
     size_t scope_len;
+    /* shared (see "Several processes"): the scope's slot, NULL until
+     * first needed, and the slot state that the table reflects */
+    ps_shm_slot *slot;
+    uint64_t seen;
     /* LRU of open descriptors, most recent first, under st->mu */
     ps_logf *prev, *next;
 };
@@ -136,6 +141,11 @@ struct ps_disk {
     int thread_running;
     int stopping;        /* under sync_mu */
     int compact_pending; /* under sync_mu: some log wants compacting */
+    /* several processes */
+    ps_shm shm;          /* LOCK mapped; shm.map NULL: this store shares nothing */
+    int may_trim;        /* alone: preallocated space may be cut (nobody else maps it) */
+    unsigned char *known;/* a bit per slot: a scope of ours holds it */
+    int joined;          /* opened while others had it: nothing was recovered */
 };
 
 /* ---- small helpers -------------------------------------------------------------- */
@@ -264,15 +274,17 @@ static void lru_push(ps_disk *d, ps_logf *l)
         d->lru_tail = l;
 }
 
-static void log_unmap(ps_logf *l)
+static void log_unmap(ps_disk *d, ps_logf *l)
 {
     if (!l->map)
         return;
     munmap(l->map, l->map_cap);
     l->map = NULL;
     /* Give back the preallocated tail: a closed log ends at its last
-     * record. (If this fails the zeros stay, and are skipped at open.) */
-    if (l->map_cap > l->size)
+     * record. (If this fails the zeros stay, and are skipped at open.)
+     * Only with the directory to ourselves: another process may have the
+     * file mapped, and a store past the end of a file is a SIGBUS. */
+    if (l->map_cap > l->size && d->may_trim)
         while (ftruncate(l->fd, (off_t)l->size) != 0 && errno == EINTR)
             ;
     l->map_cap = 0;
@@ -282,7 +294,7 @@ static void log_close_fd(ps_disk *d, ps_logf *l)
 {
     if (l->fd < 0)
         return;
-    log_unmap(l);
+    log_unmap(d, l);
     lru_unlink(d, l);
     close(l->fd);
     l->fd = -1;
@@ -424,6 +436,9 @@ static void log_free(ps_store *st, ps_logf *l)
     ps_mem_free(&st->mem, l, sizeof *l);
 }
 
+static void begin_file_change(ps_logf *l);
+static void end_file_change(ps_logf *l);
+
 /* ---- creating a scope's log ----------------------------------------------------- */
 
 /* A log first appears under a temporary name, holding its header, which
@@ -454,6 +469,9 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     if (rc == 0)
         rc = datasync(fd);
     int renamed = 0;
+    unsigned twin = 0;
+    if (rc == 0 && sc->log)
+        begin_file_change(sc->log);
     for (unsigned n = 0; rc == 0 && !renamed; n++) {
         if (n == 0)
             snprintf(name, sizeof name, "%s", base);
@@ -461,6 +479,7 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
             snprintf(name, sizeof name, "%016llx-%u.log", h, n);
         rc = ps_dir_rename_noreplace(d->dirfd, tmp, name);
         renamed = rc == 0;
+        twin = n;
         if (rc == EEXIST)
             rc = 0; /* a hash twin (or someone else's file) has that name: next */
     }
@@ -477,6 +496,8 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
         close(fd);
         /* Whichever name the file has now, it is ours and holds no record. */
         (void)unlinkat(d->dirfd, renamed ? name : tmp, 0);
+        if (sc->log)
+            end_file_change(sc->log); /* still no log */
         return rc ? rc : ENOMEM;
     }
     snprintf(l->name, sizeof l->name, "%s", name);
@@ -497,8 +518,434 @@ static int create_log(ps_store *st, ps_scope *sc, const void *scope, size_t slen
     l->broken = 0;
     pthread_mutex_unlock(&d->sync_mu);
     sc->log = l;
+    if (l->slot)
+        l->slot->twin = twin;
+    end_file_change(l);
     trim_scratch(st);
     return 0;
+}
+
+/* ---- several processes: following logs others append to ------------------------- */
+
+/* Each process keeps its own tables and follows the logs: a scope's slot
+ * (ps_shm.h) says where its log ends and which file it is, and whenever
+ * that differs from what the table reflects (l->seen), the records in
+ * between are read and applied, or, when the file changed, the scope is
+ * read afresh. Reads do this without any cross-process lock (published
+ * bytes never change); writes hold the slot's lock, so they append at
+ * the true end and compare against the latest value. */
+
+static int replay_record(void *ctx, const ps_rec *r);
+
+typedef struct replay {
+    ps_store *st;
+    ps_scope *sc;
+} replay;
+
+static void mark_known(ps_disk *d, const ps_shm_slot *slot)
+{
+    uint32_t i = ps_shm_slot_index(&d->shm, slot);
+    d->known[i / 8] |= (unsigned char)(1u << (i % 8));
+}
+
+static int is_known(const ps_disk *d, const ps_shm_slot *slot)
+{
+    uint32_t i = ps_shm_slot_index(&d->shm, slot);
+    return (d->known[i / 8] >> (i % 8)) & 1;
+}
+
+static void slot_name(char *out, const ps_shm_slot *slot)
+{
+    if (slot->twin)
+        snprintf(out, NAME_MAX_LEN, "%016llx-%u.log", (unsigned long long)slot->fhash, slot->twin);
+    else
+        snprintf(out, NAME_MAX_LEN, "%016llx.log", (unsigned long long)slot->fhash);
+}
+
+/* Forget a scope's keys (its file was replaced or removed). */
+static void reset_scope(ps_store *st, ps_scope *sc)
+{
+    ps_table_free(&sc->table, &st->mem);
+    ps_table_init(&sc->table);
+    ps_logf *l = sc->log;
+    log_close_fd(st->disk, l);
+    l->present = 0;
+    l->size = l->hsize = l->live = 0;
+    l->next_seq = 1;
+    atomic_store(&l->appended, 0);
+    ps_disk *d = st->disk;
+    pthread_mutex_lock(&d->sync_mu);
+    l->gen++;
+    l->durable_gen = l->gen;
+    l->durable = 0;
+    l->broken = 0;
+    pthread_cond_broadcast(&d->sync_cv);
+    pthread_mutex_unlock(&d->sync_mu);
+}
+
+/* Read n bytes at off of l's file into scratch. */
+static int read_at(ps_store *st, ps_logf *l, uint64_t off, size_t n)
+{
+    int rc = ensure_scratch(st, n ? n : 1);
+    if (rc == 0)
+        rc = log_fd(st->disk, l); /* (another log may have taken its descriptor) */
+    if (rc)
+        return rc;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(l->fd, st->disk->scratch + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? errno : PS_CORRUPT; /* published bytes are missing */
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* Open the file the slot names (state w) as sc's log, header checked. */
+static int reopen(ps_store *st, ps_scope *sc, uint64_t w)
+{
+    ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
+    reset_scope(st, sc);
+    if (ps_shm_end(w) == 0)
+        return 0; /* the scope has no log */
+    slot_name(l->name, l->slot);
+    int rc = log_fd(d, l);
+    if (rc)
+        return rc == ENOENT ? EAGAIN : rc;
+    /* The name was read between two loads of the same state: a file put
+     * under it since would have changed the state first. */
+    if (atomic_load_explicit(&l->slot->state, memory_order_acquire) != w) {
+        log_close_fd(d, l);
+        return EAGAIN;
+    }
+    size_t hsize = ps_log_header_size(l->scope_len);
+    if (ps_shm_end(w) < hsize || (rc = read_at(st, l, 0, hsize)) != 0)
+        return rc ? rc : PS_CORRUPT;
+    ps_loghdr h;
+    if (ps_log_header_parse(d->scratch, hsize, &h) != PS_OK || h.nlen != l->scope_len ||
+        memcmp(h.name, l->scope_name, h.nlen) != 0) {
+        log_close_fd(d, l);
+        return PS_CORRUPT;
+    }
+    uint64_t hint;
+    l->no_prealloc = ps_log_end_hint(d->scratch, h.salt, &hint) && hint == PS_LOG_NO_PREALLOC;
+    trim_scratch(st);
+    l->salt = h.salt;
+    l->present = 1;
+    l->hsize = l->size = hsize;
+    l->next_seq = 1;
+    return 0;
+}
+
+/* Apply the records of l's file from l->size to end. */
+static int read_records(ps_store *st, ps_scope *sc, uint64_t end)
+{
+    ps_logf *l = sc->log;
+    size_t n = (size_t)(end - l->size);
+    int rc = read_at(st, l, l->size, n);
+    if (rc)
+        return rc;
+    const unsigned char *p = st->disk->scratch;
+    replay rp = {st, sc};
+    size_t off = 0;
+    ps_rec r;
+    while (off < n) {
+        if (!ps_rec_parse(p + off, n - off, l->salt, &r) || r.seq != l->next_seq) {
+            rc = PS_CORRUPT;
+            break;
+        }
+        if ((rc = replay_record(&rp, &r)) != 0)
+            break;
+        off += r.size;
+        l->size += r.size;
+        l->next_seq++;
+    }
+    atomic_store_explicit(&l->appended, l->size, memory_order_release);
+    trim_scratch(st);
+    return rc;
+}
+
+/* A process died in the middle of changing the slot's file (its state is
+ * odd): find what is under the scope's name now and publish it. Called
+ * holding the slot's lock. */
+static int repair_slot(ps_store *st, ps_scope *sc)
+{
+    ps_shm_slot *slot = sc->log->slot;
+    uint64_t w = atomic_load(&slot->state), gen = ps_shm_gen(w);
+    if (!(gen & 1))
+        return 0;
+    ps_disk *d = st->disk;
+    ps_logf *l = sc->log;
+    reset_scope(st, sc);
+    slot_name(l->name, slot);
+    uint64_t end = 0;
+    int rc = log_fd(d, l);
+    if (rc == 0) {
+        struct stat sb;
+        if (fstat(l->fd, &sb) != 0)
+            return errno;
+        size_t size = (size_t)sb.st_size;
+        if ((rc = read_at(st, l, 0, size)) != 0)
+            return rc;
+        ps_loghdr h;
+        if (ps_log_header_parse(d->scratch, size, &h) != PS_OK)
+            return PS_CORRUPT;
+        ps_scan scan;
+        ps_log_scan(d->scratch, size, h.size, 1, h.salt, NULL, NULL, &scan);
+        end = scan.end;
+        log_close_fd(d, l);
+    } else if (rc != ENOENT) {
+        return rc;
+    }
+    atomic_store_explicit(&slot->state, ps_shm_word(gen + 1, end), memory_order_release);
+    return 0;
+}
+
+/* Lock sc's slot, repairing it if its last holder died. */
+static int slot_lock(ps_store *st, ps_scope *sc)
+{
+    int rc = ps_shm_lock(sc->log->slot);
+    if (rc == 1) {
+        rc = repair_slot(st, sc);
+        ps_shm_mark_consistent(sc->log->slot);
+        if (rc) {
+            ps_shm_unlock(sc->log->slot);
+            return rc;
+        }
+    }
+    return rc;
+}
+
+/* Bring sc up to date with its log. st->mu held; `locked`: the slot's
+ * lock too. */
+static int follow(ps_store *st, ps_scope *sc, int locked)
+{
+    ps_logf *l = sc->log;
+    if (!l || !l->slot)
+        return 0;
+    for (unsigned spins = 0;; spins++) {
+        uint64_t w = atomic_load_explicit(&l->slot->state, memory_order_acquire);
+        if (w == l->seen)
+            return 0;
+        uint64_t gen = ps_shm_gen(w), end = ps_shm_end(w);
+        int rc = 0;
+        if (gen & 1) {
+            /* A file is being changed: wait for it (or, if its changer
+             * died, repair it) by taking the lock. */
+            if (locked)
+                return EIO;
+            if (st->disk->shm.writable) {
+                if ((rc = slot_lock(st, sc)) != 0)
+                    return rc;
+                ps_shm_unlock(l->slot);
+            } else if (spins > 5000) {
+                return EAGAIN;
+            } else {
+                usleep(1000);
+            }
+            continue;
+        }
+        if (gen != ps_shm_gen(l->seen) || end < l->size || !l->present)
+            rc = reopen(st, sc, w);
+        if (rc == EAGAIN)
+            continue;
+        if (rc == 0 && l->present)
+            rc = read_records(st, sc, end);
+        if (rc)
+            return rc;
+        l->seen = w;
+        return 0;
+    }
+}
+
+/* Publish what this process appended to sc's log. Slot lock held. */
+static void publish(ps_scope *sc)
+{
+    ps_logf *l = sc->log;
+    uint64_t w = ps_shm_word(ps_shm_gen(l->seen), l->present ? l->size : 0);
+    if (w != l->seen) {
+        atomic_store_explicit(&l->slot->state, w, memory_order_release);
+        l->seen = w;
+    }
+}
+
+/* Mark the slot's file as changing (before a create, rename or remove). */
+static void begin_file_change(ps_logf *l)
+{
+    if (!l->slot)
+        return;
+    l->seen = ps_shm_word(ps_shm_gen(l->seen) + 1, ps_shm_end(l->seen));
+    atomic_store_explicit(&l->slot->state, l->seen, memory_order_release);
+}
+
+/* ... and done: the file is l's now (or none, when !l->present). */
+static void end_file_change(ps_logf *l)
+{
+    if (!l->slot)
+        return;
+    l->seen = ps_shm_word(ps_shm_gen(l->seen) + 1, l->present ? l->size : 0);
+    atomic_store_explicit(&l->slot->state, l->seen, memory_order_release);
+}
+
+/* A scope this process has not seen, looked for in the slots: added
+ * (at *w, which it moves) and read when it has a log. NULL: none. */
+static ps_scope *adopt(ps_store *st, ps_shm_slot *slot, const void *name, size_t nlen,
+                       ps_where *w, int *err)
+{
+    ps_disk *d = st->disk;
+    char fname[NAME_MAX_LEN];
+    slot_name(fname, slot);
+    ps_scope *sc = ps_scope_add(st, w, name, nlen);
+    ps_logf *l = sc ? log_new(st, fname, name, nlen) : NULL;
+    if (!l) {
+        if (sc) {
+            (void)ps_scope_find(st, name, nlen, w);
+            ps_table_remove(&st->scopes, &st->mem, &st->hasher, w);
+            ps_scope_free(st, sc);
+        }
+        *err = ENOMEM;
+        return NULL;
+    }
+    sc->log = l;
+    l->slot = slot;
+    l->seen = 0;
+    mark_known(d, slot);
+    *err = follow(st, sc, 0);
+    return sc;
+}
+
+ps_scope *ps_disk_discover(ps_store *st, const void *name, size_t nlen, ps_where *w, int *err)
+{
+    ps_disk *d = st->disk;
+    *err = 0;
+    if (!d->shm.map)
+        return NULL;
+    ps_shm_slot *slot = ps_shm_find(&d->shm, name, nlen);
+    if (!slot || atomic_load_explicit(&slot->state, memory_order_acquire) == 0)
+        return NULL; /* never had a log */
+    ps_scope *sc = adopt(st, slot, name, nlen, w, err);
+    if (sc)
+        (void)ps_scope_find(st, name, nlen, w);
+    return sc;
+}
+
+/* The scope name in the header of the log a slot names, into scratch. */
+static int slot_scope_name(ps_store *st, ps_shm_slot *slot, const unsigned char **name, size_t *nlen)
+{
+    ps_disk *d = st->disk;
+    char fname[NAME_MAX_LEN];
+    slot_name(fname, slot);
+    int fd = open_in_store(d, NULL, fname, O_RDONLY);
+    if (fd < 0)
+        return errno;
+    unsigned char fixed[PS_LOG_FIXED_HEADER];
+    ps_loghdr h;
+    int rc = pread(fd, fixed, sizeof fixed, 0) == (ssize_t)sizeof fixed ? 0 : PS_CORRUPT;
+    if (!rc && ps_log_header_parse(fixed, sizeof fixed, &h) == PS_CORRUPT && h.block_ok) {
+        rc = ensure_scratch(st, h.size);
+        if (!rc && pread(fd, d->scratch, h.size, 0) != (ssize_t)h.size)
+            rc = PS_CORRUPT;
+        if (!rc && ps_log_header_parse(d->scratch, h.size, &h) != PS_OK)
+            rc = PS_CORRUPT;
+    } else if (!rc) {
+        rc = PS_CORRUPT;
+    }
+    close(fd);
+    if (!rc && !ps_shm_owns(&d->shm, slot, h.name, h.nlen))
+        rc = EAGAIN; /* another file under that name now */
+    if (!rc) {
+        *name = h.name;
+        *nlen = h.nlen;
+    }
+    return rc;
+}
+
+int ps_disk_follow_all(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (!d || !d->shm.map)
+        return 0;
+    int rc = 0;
+    /* Scopes others made. */
+    uint32_t n = ps_shm_slots(&d->shm);
+    for (uint32_t i = 0; i < n && rc == 0; i++) {
+        ps_shm_slot *slot = ps_shm_slot_at(&d->shm, i);
+        if (!slot || is_known(d, slot) ||
+            ps_shm_end(atomic_load_explicit(&slot->state, memory_order_acquire)) == 0)
+            continue;
+        const unsigned char *name;
+        size_t nlen;
+        int e = slot_scope_name(st, slot, &name, &nlen);
+        if (e == ENOENT || e == EAGAIN)
+            continue; /* removed or replaced meanwhile: a later look finds it */
+        if (e) {
+            rc = e;
+            break;
+        }
+        /* The name is in scratch, which adopting reuses. */
+        unsigned char *copy = ps_mem_alloc(&st->mem, nlen ? nlen : 1);
+        if (!copy) {
+            rc = ENOMEM;
+            break;
+        }
+        memcpy(copy, name, nlen);
+        ps_where w;
+        if (!ps_scope_find(st, copy, nlen, &w))
+            (void)adopt(st, slot, copy, nlen, &w, &rc);
+        ps_mem_free(&st->mem, copy, nlen ? nlen : 1);
+    }
+    /* And the news of every scope. */
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries && rc == 0; i++)
+        if (s->entries[i])
+            rc = follow(st, ps_scope_of(s->entries[i]), 0);
+    return rc;
+}
+
+int ps_disk_follow(ps_store *st, ps_scope *sc)
+{
+    return follow(st, sc, 0);
+}
+
+int ps_disk_write_begin(ps_store *st, ps_scope *sc, const void *scope, size_t slen)
+{
+    ps_disk *d = st->disk;
+    if (!d->shm.map)
+        return 0;
+    ps_logf *l = sc->log;
+    if (!l) {
+        char fname[NAME_MAX_LEN];
+        snprintf(fname, sizeof fname, "%016llx.log", (unsigned long long)XXH3_64bits(scope, slen));
+        if (!(l = log_new(st, fname, scope, slen)))
+            return ENOMEM;
+        sc->log = l;
+    }
+    if (!l->slot) {
+        int err = 0;
+        l->slot = ps_shm_claim(&d->shm, scope, slen, XXH3_64bits(scope, slen), &err);
+        if (!l->slot)
+            return err;
+        l->seen = 0;
+        mark_known(d, l->slot);
+    }
+    int rc = slot_lock(st, sc);
+    if (rc)
+        return rc;
+    rc = follow(st, sc, 1);
+    if (rc)
+        ps_shm_unlock(l->slot);
+    return rc;
+}
+
+void ps_disk_write_end(ps_store *st, ps_scope *sc)
+{
+    if (!st->disk->shm.map)
+        return;
+    publish(sc);
+    ps_shm_unlock(sc->log->slot);
 }
 
 /* ---- the write path ------------------------------------------------------------- */
@@ -745,7 +1192,7 @@ static int copy_tail(ps_store *st, ps_logf *l, uint64_t from, int fd, uint64_t s
         return 0;
     unsigned char *src = NULL, *buf = NULL, *out = NULL;
     int rc = 0;
-    if (l->map) {
+    if (l->map && l->size <= l->map_cap) {
         src = l->map + from;
     } else {
         /* sync=always logs are written, not mapped: read the tail back. */
@@ -798,11 +1245,16 @@ static int remove_log(ps_store *st, ps_logf *l)
 {
     ps_disk *d = st->disk;
     log_close_fd(d, l);
-    if (unlinkat(d->dirfd, l->name, 0) != 0 && errno != ENOENT)
-        return errno;
+    begin_file_change(l);
+    if (unlinkat(d->dirfd, l->name, 0) != 0 && errno != ENOENT) {
+        int e = errno;
+        end_file_change(l); /* (the same file: others read it afresh) */
+        return e;
+    }
     l->present = 0;
     l->size = l->hsize = l->live = 0;
     atomic_store(&l->appended, 0);
+    end_file_change(l);
     pthread_mutex_lock(&d->sync_mu);
     l->gen++;
     l->durable_gen = l->gen;
@@ -829,16 +1281,28 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     ps_logf *l = sc->log;
     if (l)
         l->want_compact = 0; /* a later write queues it again if still wanted */
-    if (!l || !l->present || l->compacting) {
+    int shared = l && l->slot && d->shm.map;
+    int rc0 = shared ? slot_lock(st, sc) : 0;
+    if (rc0 == 0 && shared && (rc0 = follow(st, sc, 1)) != 0)
+        ps_shm_unlock(l->slot);
+    if (rc0 || !l || !l->present || l->compacting) {
+        if (shared && !rc0)
+            ps_shm_unlock(l->slot);
         pthread_mutex_unlock(&st->mu);
-        return 0;
+        return rc0;
     }
     if (sc->table.n_live == 0) {
         /* Nothing to keep: the log goes, which is what its deletes meant. */
         int rc = remove_log(st, l);
+        if (shared)
+            ps_shm_unlock(l->slot);
         pthread_mutex_unlock(&st->mu);
         return rc;
     }
+    /* Others may write while the snapshot is written: what they append
+     * is copied over at the end, under the lock again. */
+    if (shared)
+        ps_shm_unlock(l->slot);
     char tmp[NAME_MAX_LEN];
     uint64_t salt = ps_random_u64(); /* a new file, a new salt */
     int fd = -1;
@@ -888,6 +1352,13 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     l->compacting = 0;
     ps_mem_free(&st->mem, copy, copy_len);
     ps_mem_free(&st->mem, wbuf, WRITE_BUFFER);
+    int slocked = 0;
+    if (!rc && shared) {
+        rc = slot_lock(st, sc);
+        slocked = rc == 0;
+        if (!rc)
+            rc = follow(st, sc, 1);
+    }
     if (!rc && (l->gen != gen || !l->present))
         rc = EAGAIN; /* the log was replaced meanwhile: this copy is stale */
     uint64_t synced_size = size;
@@ -904,11 +1375,18 @@ static int compact_scope(ps_store *st, ps_scope *sc)
             synced_size = size;
         }
     }
-    if (!rc && renameat(d->dirfd, tmp, d->dirfd, l->name) != 0)
-        rc = errno;
+    if (!rc) {
+        begin_file_change(l);
+        if (renameat(d->dirfd, tmp, d->dirfd, l->name) != 0) {
+            rc = errno;
+            end_file_change(l); /* the old file stays: others read it afresh */
+        }
+    }
     if (rc) {
         close(fd);
         unlinkat(d->dirfd, tmp, 0);
+        if (slocked)
+            ps_shm_unlock(l->slot);
         pthread_mutex_unlock(&st->mu);
         return rc == EAGAIN ? 0 : rc;
     }
@@ -944,6 +1422,9 @@ static int compact_scope(ps_store *st, ps_scope *sc)
     pthread_cond_broadcast(&d->sync_cv);
     pthread_mutex_unlock(&d->sync_mu);
     atomic_store(&l->appended, size);
+    end_file_change(l);
+    if (slocked)
+        ps_shm_unlock(l->slot);
     d->compactions++;
     pthread_mutex_unlock(&st->mu);
     return dir_rc;
@@ -1188,11 +1669,6 @@ static void note(opener *o, const char *fmt, ...)
     vsnprintf(o->first_fix, sizeof o->first_fix, fmt, ap);
     va_end(ap);
 }
-
-typedef struct replay {
-    ps_store *st;
-    ps_scope *sc;
-} replay;
 
 /* Apply one record to a scope's table, keeping the log's accounting. */
 static int replay_record(void *ctx, const ps_rec *r)
@@ -1717,6 +2193,9 @@ static void disk_free(ps_store *st)
     ps_disk *d = st->disk;
     if (!d)
         return;
+    ps_shm_detach(&d->shm);
+    if (d->known)
+        ps_mem_free(&st->mem, d->known, PS_SHM_SLOTS / 8 + 1);
     if (d->lockfd >= 0)
         close(d->lockfd); /* releases the flock */
     if (d->dirfd >= 0)
@@ -1727,6 +2206,61 @@ static void disk_free(ps_store *st)
     pthread_mutex_destroy(&d->sync_mu);
     ps_mem_free(&st->mem, d, sizeof *d);
     st->disk = NULL;
+}
+
+static int start_thread(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (d->read_only)
+        return 0;
+    if (pthread_create(&d->thread, NULL, maintenance_thread, st) != 0)
+        return EAGAIN;
+    d->thread_running = 1;
+    return 0;
+}
+
+/* Alone, recovery done: set the LOCK file up for this session (a writer)
+ * or follow the one set up (a reader), then let others in. */
+static int start_sharing(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    int rc;
+    if (!d->read_only) {
+        if ((rc = ps_shm_create(&d->shm, d->lockfd)) != 0)
+            return rc;
+    } else {
+        rc = ps_shm_attach(&d->shm, d->lockfd, 1);
+        if (rc == ENOENT)
+            return ps_dir_share(d->lockfd); /* nobody shares it: read as it is */
+        if (rc)
+            return rc;
+    }
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        ps_logf *l = it ? ps_scope_of(it)->log : NULL;
+        if (!l || !l->present)
+            continue;
+        const void *name = ps_item_key(it);
+        size_t nlen = ps_item_klen(it);
+        if (d->read_only) {
+            /* The slots say what the last writers published; a scope read
+             * differently (records past that) is read again when used. */
+            l->slot = ps_shm_find(&d->shm, name, nlen);
+            uint64_t w = l->slot ? atomic_load(&l->slot->state) : 0;
+            l->seen = !(ps_shm_gen(w) & 1) && ps_shm_end(w) == l->size ? w : 0;
+        } else {
+            l->slot = ps_shm_claim(&d->shm, name, nlen, XXH3_64bits(name, nlen), &rc);
+            if (!l->slot)
+                return rc;
+            l->slot->twin = l->name[16] == '-' ? (uint32_t)strtoul(l->name + 17, NULL, 10) : 0;
+            l->seen = ps_shm_word(2, l->size);
+            atomic_store(&l->slot->state, l->seen);
+        }
+        if (l->slot)
+            mark_known(d, l->slot);
+    }
+    return ps_dir_share(d->lockfd);
 }
 
 int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
@@ -1772,6 +2306,53 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
     }
     d->dirfd = claim.dirfd;
     d->lockfd = claim.lockfd;
+    if (claim.lockfd >= 0) {
+        d->known = ps_mem_alloc(&st->mem, PS_SHM_SLOTS / 8 + 1);
+        if (!d->known) {
+            disk_free(st);
+            return ENOMEM;
+        }
+        memset(d->known, 0, PS_SHM_SLOTS / 8 + 1);
+    }
+    if (!d->read_only && claim.lockfd >= 0) {
+        int other = 0;
+        rc = ps_dir_join_mode(claim.lockfd, d->sync_mode, &other);
+        if (rc == PS_LOCKED) {
+            static const char *modes[] = {"interval", "never", "always"};
+            report(rep, "store directory %s is open in another process with sync=%s; every process "
+                   "writing to a store must use the same sync mode", d->path,
+                   other >= 0 && other <= 2 ? modes[other] : "?");
+        }
+        if (rc) {
+            disk_free(st);
+            return rc;
+        }
+    }
+    if (!claim.alone && claim.lockfd >= 0) {
+        /* Others have the directory: join them. Nothing is read now; each
+         * scope is read when first used (from its slot), and nothing is
+         * recovered: the first of them did that, and a torn record a
+         * killed writer left lies past its log's published end. */
+        rc = ps_shm_attach(&d->shm, d->lockfd, (fcntl(d->lockfd, F_GETFL) & O_ACCMODE) == O_RDWR);
+        if (rc == 0)
+            rc = start_thread(st);
+        if (rc == 0) {
+            d->joined = 1;
+            d->recovery = *rep;
+            return 0;
+        }
+        if (rc == ENOENT && !d->read_only) {
+            report(rep, "store directory %s is open in another process that does not share it (a "
+                   "read-only open of a store no writer of this pystate version has opened yet); "
+                   "close that one first", d->path);
+            rc = PS_LOCKED;
+        }
+        if (rc != ENOENT) {
+            disk_free(st);
+            return rc;
+        }
+        rc = 0; /* a reader of a store nobody shares: it reads what is there, as it is */
+    }
 
     opener *op = ps_mem_alloc(&st->mem, sizeof *op);
     if (!op) {
@@ -1809,15 +2390,14 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
     ps_mem_free(&st->mem, op, sizeof *op);
     if (rc == 0)
         drop_empty_scopes(st);
+    if (rc == 0 && claim.alone)
+        rc = start_sharing(st);
     if (rc == 0 && !d->read_only) {
         /* Everything read from disk counts as durable. */
         pthread_mutex_lock(&d->sync_mu);
         d->dir_dirty = 0;
         pthread_mutex_unlock(&d->sync_mu);
-        if (pthread_create(&d->thread, NULL, maintenance_thread, st) != 0)
-            rc = EAGAIN;
-        else
-            d->thread_running = 1;
+        rc = start_thread(st);
     }
     if (rc) {
         if (!rep->message[0])
@@ -1843,6 +2423,9 @@ int ps_disk_close(ps_store *st)
         d->thread_running = 0;
     }
     int rc = d->sync_mode == PS_SYNC_NEVER || d->read_only ? 0 : sync_all(st);
+    /* The last one out gives back preallocated space (nobody maps it). */
+    if (!d->read_only && d->lockfd >= 0 && ps_dir_try_alone(d->lockfd) == 1)
+        d->may_trim = 1;
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++) {
         const unsigned char *it = s->entries[i];
@@ -2090,8 +2673,10 @@ int ps_check(ps_store *st, ps_report *rep)
     memset(rep, 0, sizeof *rep);
     int rc = 0;
     pthread_mutex_lock(&st->mu);
+    if (st->disk)
+        rc = ps_disk_follow_all(st);
     ps_table *s = &st->scopes;
-    if (ps_table_check(s, &st->hasher) != 0) {
+    if (rc == 0 && ps_table_check(s, &st->hasher) != 0) {
         report(rep, "the scope index is inconsistent");
         rc = PS_CORRUPT;
     }
@@ -2106,9 +2691,65 @@ int ps_check(ps_store *st, ps_report *rep)
             report(rep, "the index of scope '%s' is inconsistent", shown);
             rc = PS_CORRUPT;
         } else if (st->disk) {
-            rc = check_log(st, sc, ps_item_key(it), ps_item_klen(it), rep);
+            /* Holding the slot's lock, nobody appends while it is read. */
+            int held = 0;
+            if (sc->log && sc->log->slot && st->disk->shm.writable) {
+                rc = slot_lock(st, sc);
+                held = rc == 0;
+                if (held)
+                    rc = follow(st, sc, 1);
+            }
+            if (rc == 0)
+                rc = check_log(st, sc, ps_item_key(it), ps_item_klen(it), rep);
+            if (held)
+                ps_shm_unlock(sc->log->slot);
         }
     }
     pthread_mutex_unlock(&st->mu);
     return rc;
+}
+
+/* ---- fork ---------------------------------------------------------------------------- */
+
+void ps_disk_after_fork(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    pthread_mutex_init(&d->sync_mu, NULL);
+    pthread_cond_init(&d->sync_cv, NULL);
+    /* The parent's thread did not come along; a sync it was running is
+     * not ours to wait for. */
+    d->thread_running = 0;
+    d->stopping = 0;
+    ps_table *s = &st->scopes;
+    for (uint32_t i = 0; i < s->n_entries; i++) {
+        const unsigned char *it = s->entries[i];
+        ps_logf *l = it ? ps_scope_of(it)->log : NULL;
+        if (l)
+            l->syncing = 0;
+    }
+    if (d->lockfd >= 0 && ps_dir_reattach(d->dirfd, &d->lockfd, d->read_only ? -1 : d->sync_mode) == 0)
+        d->shm.fd = d->lockfd;
+}
+
+void ps_disk_resume(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    if (d && !d->read_only && !d->thread_running && !d->stopping &&
+        pthread_create(&d->thread, NULL, maintenance_thread, st) == 0)
+        d->thread_running = 1;
+}
+
+void ps_disk_lock_sync(ps_store *st)
+{
+    pthread_mutex_lock(&st->disk->sync_mu);
+}
+
+void ps_disk_unlock_sync(ps_store *st)
+{
+    pthread_mutex_unlock(&st->disk->sync_mu);
+}
+
+int ps_disk_joined(ps_store *st)
+{
+    return st->disk && st->disk->joined;
 }

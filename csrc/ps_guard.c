@@ -123,6 +123,11 @@ int psg_close(psg *g)
     return rc;
 }
 
+void psg_after_fork(psg *g)
+{
+    atomic_store(&g->busy, 0);
+}
+
 void psg_free(psg *g)
 {
     if (!g)

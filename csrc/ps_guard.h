@@ -62,6 +62,10 @@ int psg_open(psg **out, const ps_options *opts, ps_report *report);
  * Returns ps_store_close's code, or PSG_CLOSED when already closed. */
 int psg_close(psg *g);
 
+/* In a child made by fork(), which has one thread: forget the calls
+ * other threads of the parent had in flight (they are not coming back). */
+void psg_after_fork(psg *g);
+
 /* Close if still open, then free the handle. No call may be in flight or
  * follow. NULL is accepted. */
 void psg_free(psg *g);

@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,9 +30,90 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
+/* ---- fork ----------------------------------------------------------------
+ *
+ * A child made by fork() has one thread, a copy of every store, and
+ * whatever locks other threads of the parent held at that instant,
+ * forever held. So around fork every open store is locked (nobody is in
+ * the middle of a call, nor holding a slot lock between processes), the
+ * parent carries on, and the child makes its locks anew, takes the
+ * directory's lock through a file description of its own and, on its
+ * first call, starts its own maintenance thread. From then on it is one
+ * more process sharing the directory. */
+
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static ps_store *open_stores;
+static _Atomic unsigned long ps_forks;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void before_fork(void)
+{
+    pthread_mutex_lock(&open_mu);
+    for (ps_store *st = open_stores; st; st = st->next_open) {
+        pthread_mutex_lock(&st->mu);
+        if (st->disk)
+            ps_disk_lock_sync(st);
+    }
+}
+
+static void parent_after_fork(void)
+{
+    for (ps_store *st = open_stores; st; st = st->next_open) {
+        if (st->disk)
+            ps_disk_unlock_sync(st);
+        pthread_mutex_unlock(&st->mu);
+    }
+    pthread_mutex_unlock(&open_mu);
+}
+
+static void child_after_fork(void)
+{
+    pthread_mutex_init(&open_mu, NULL);
+    for (ps_store *st = open_stores; st; st = st->next_open) {
+        pthread_mutex_init(&st->mu, NULL);
+        if (st->disk)
+            ps_disk_after_fork(st);
+    }
+    atomic_fetch_add(&ps_forks, 1);
+}
+
+static void install_atfork(void)
+{
+    pthread_atfork(before_fork, parent_after_fork, child_after_fork);
+}
+
+static void register_open(ps_store *st)
+{
+    pthread_once(&atfork_once, install_atfork);
+    pthread_mutex_lock(&open_mu);
+    st->forks = atomic_load(&ps_forks);
+    st->prev_open = NULL;
+    st->next_open = open_stores;
+    if (open_stores)
+        open_stores->prev_open = st;
+    open_stores = st;
+    pthread_mutex_unlock(&open_mu);
+}
+
+static void unregister_open(ps_store *st)
+{
+    pthread_mutex_lock(&open_mu);
+    if (st->prev_open)
+        st->prev_open->next_open = st->next_open;
+    else
+        open_stores = st->next_open;
+    if (st->next_open)
+        st->next_open->prev_open = st->prev_open;
+    pthread_mutex_unlock(&open_mu);
+}
+
 static inline void lock(ps_store *st)
 {
     pthread_mutex_lock(&st->mu);
+    if (__builtin_expect(st->forks != atomic_load_explicit(&ps_forks, memory_order_relaxed), 0)) {
+        st->forks = atomic_load(&ps_forks);
+        ps_disk_resume(st);
+    }
 }
 
 static inline void unlock(ps_store *st)
@@ -85,6 +167,21 @@ static void drop_if_empty(ps_store *st, ps_scope *sc, const ps_where *w)
     ps_scope_free(st, sc);
 }
 
+/* The scope for a read, up to date with what other processes wrote (a
+ * scope this process has not seen yet is looked for among theirs). */
+static ps_scope *scope_for_read(ps_store *st, const char *scope, size_t slen, ps_where *w, int *rc)
+{
+    ps_scope *sc = ps_scope_find(st, scope, slen, w);
+    *rc = 0;
+    if (!st->disk)
+        return sc;
+    if (sc)
+        *rc = ps_disk_follow(st, sc);
+    else
+        sc = ps_disk_discover(st, scope, slen, w, rc);
+    return sc;
+}
+
 static int deliver(const ps_sink *sink, const void *p, size_t n)
 {
     void *buf = sink->alloc(sink->ctx, n);
@@ -122,6 +219,7 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
             return rc;
         }
     }
+    register_open(st);
     *out = st;
     return PS_OK;
 }
@@ -138,7 +236,11 @@ int ps_store_inspect(const ps_options *opts, ps_report *report)
     ro.read_only = 1;
     ps_store *st = NULL;
     int rc = ps_store_open(&st, &ro, report);
-    if (rc == PS_OK)
+    /* Others have the store open, so it was not recovered, nor need be:
+     * what can be checked is that every log reads as they published it. */
+    if (rc == PS_OK && ps_disk_joined(st))
+        rc = ps_check(st, report);
+    if (rc == PS_OK || st)
         ps_store_close(st);
     return rc;
 }
@@ -147,6 +249,7 @@ int ps_store_close(ps_store *st)
 {
     if (!st)
         return PS_OK;
+    unregister_open(st);
     int rc = st->disk ? ps_disk_close(st) : PS_OK;
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++)
@@ -164,15 +267,19 @@ int ps_store_close(ps_store *st)
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const ps_sink *value)
 {
-    int rc = PS_NOTFOUND;
+    int rc;
     ps_where w;
     lock(st);
-    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
-    if (sc) {
+    ps_scope *sc = scope_for_read(st, scope, slen, &w, &rc);
+    if (sc && rc == 0) {
         const unsigned char *it =
             ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &w);
         if (it)
             rc = value ? deliver(value, ps_item_value(it), ps_item_vlen(it)) : PS_OK;
+        else
+            rc = PS_NOTFOUND;
+    } else if (rc == 0) {
+        rc = PS_NOTFOUND;
     }
     unlock(st);
     return rc;
@@ -201,7 +308,11 @@ int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch, const ps
     int rc = 0;
     ps_where w;
     lock(st);
-    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    ps_scope *sc = scope_for_read(st, scope, slen, &w, &rc);
+    if (rc) {
+        unlock(st);
+        return rc;
+    }
     const ps_table *t = sc ? &sc->table : NULL;
     /* Values are JSON texts, so "[" v1 "," v2 ... "]" is a JSON array the
      * caller decodes in one call. Several moderate arrays rather than one
@@ -255,7 +366,11 @@ int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,
     ps_where w;
     *count = 0;
     lock(st);
-    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    ps_scope *sc = scope_for_read(st, scope, slen, &w, &rc);
+    if (rc) {
+        unlock(st);
+        return rc;
+    }
     const ps_table *t = sc ? &sc->table : NULL;
     uint32_t end = t ? t->n_entries : 0;
     uint32_t i = *pos < end ? *pos : end, j = i;
@@ -305,7 +420,11 @@ int ps_keys(ps_store *st, const char *scope, size_t slen, const ps_sink *out, si
     ps_where w;
     *count = 0;
     lock(st);
-    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    ps_scope *sc = scope_for_read(st, scope, slen, &w, &rc);
+    if (rc) {
+        unlock(st);
+        return rc;
+    }
     const ps_table *t = sc ? &sc->table : NULL;
     uint32_t end = t ? t->n_entries : 0;
     size_t size = 0, n = 0;
@@ -348,8 +467,12 @@ static int cmp_names(const void *a, const void *b)
 
 int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
 {
-    int rc = 0;
     lock(st);
+    int rc = st->disk ? ps_disk_follow_all(st) : 0;
+    if (rc) {
+        unlock(st);
+        return rc;
+    }
     ps_table *s = &st->scopes;
     size_t k = 0, total = 0;
     name_ref *names = NULL;
@@ -426,6 +549,10 @@ static ps_scope *scope_for_write(ps_store *st, const char *scope, size_t slen, p
 {
     ps_scope *sc = ps_scope_find(st, scope, slen, sw);
     *created = 0;
+    if (!sc && st->disk) {
+        int err = 0;
+        sc = ps_disk_discover(st, scope, slen, sw, &err);
+    }
     if (!sc) {
         sc = ps_scope_add(st, sw, scope, slen);
         if (sc) {
@@ -452,11 +579,17 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t
         unlock(st);
         return ENOMEM;
     }
+    if (st->disk && (rc = ps_disk_write_begin(st, sc, scope, slen)) != 0) {
+        unlock(st);
+        return rc;
+    }
     const unsigned char *it =
         ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
     rc = (it && old) ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
     if (rc == 0)
         rc = put_locked(st, sc, scope, slen, it, &kw, key, klen, value, vlen, &c);
+    if (st->disk)
+        ps_disk_write_end(st, sc);
     if (rc && created)
         drop_if_empty(st, sc, &sw);
     unlock(st);
@@ -478,10 +611,17 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
     lock(st);
-    ps_scope *sc = ps_scope_find(st, scope, slen, &sw);
-    const unsigned char *it = NULL;
-    if (sc)
-        it = ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    ps_scope *sc = scope_for_write(st, scope, slen, &sw, &created);
+    if (!sc) {
+        unlock(st);
+        return ENOMEM;
+    }
+    if (st->disk && (rc = ps_disk_write_begin(st, sc, scope, slen)) != 0) {
+        unlock(st);
+        return rc;
+    }
+    const unsigned char *it =
+        ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
     if (!it) {
         rc = expect ? PS_CONFLICT : 0;
     } else if (!expect || ps_item_vlen(it) != elen ||
@@ -490,15 +630,10 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     } else {
         rc = 0;
     }
-    if (rc == 0 && !sc) {
-        sc = scope_for_write(st, scope, slen, &sw, &created);
-        if (!sc)
-            rc = ENOMEM;
-        else
-            (void)ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
-    }
     if (rc == 0)
         rc = put_locked(st, sc, scope, slen, it, &kw, key, klen, value, vlen, &c);
+    if (st->disk)
+        ps_disk_write_end(st, sc);
     if (rc && created)
         drop_if_empty(st, sc, &sw);
     unlock(st);
@@ -512,14 +647,23 @@ int ps_del(ps_store *st, const char *scope, size_t slen, const char *key, size_t
 {
     if (st->read_only)
         return PS_READONLY;
-    int rc = PS_NOTFOUND;
+    int rc = 0;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
     lock(st);
     ps_scope *sc = ps_scope_find(st, scope, slen, &sw);
-    if (sc) {
+    if (!sc && st->disk)
+        sc = ps_disk_discover(st, scope, slen, &sw, &rc);
+    if (sc && st->disk && (rc = ps_disk_write_begin(st, sc, scope, slen)) != 0) {
+        unlock(st);
+        return rc;
+    }
+    if (rc == 0 && !sc)
+        rc = PS_NOTFOUND;
+    if (sc && rc == 0) {
         const unsigned char *it =
             ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+        rc = PS_NOTFOUND;
         if (it) {
             rc = old ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
             if (rc == 0 && st->disk) {
@@ -535,6 +679,8 @@ int ps_del(ps_store *st, const char *scope, size_t slen, const char *key, size_t
                 drop_if_empty(st, sc, &sw);
             }
         }
+        if (st->disk)
+            ps_disk_write_end(st, sc);
     }
     unlock(st);
     if (rc == 0)
@@ -548,6 +694,8 @@ void ps_stats_get(ps_store *st, ps_stats *out)
 {
     memset(out, 0, sizeof *out);
     lock(st);
+    if (st->disk)
+        (void)ps_disk_follow_all(st); /* (counters: what could be read) */
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++) {
         if (!s->entries[i])

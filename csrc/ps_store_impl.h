@@ -30,6 +30,9 @@ struct ps_store {
     ps_table scopes; /* scope name -> (ps_scope *) */
     ps_disk *disk;   /* NULL for an in-memory store */
     int read_only;   /* writes refused with PS_READONLY */
+    /* every open store is on one list, for fork (ps_store.c) */
+    ps_store *prev_open, *next_open;
+    unsigned long forks; /* ps_forks when this store last resumed */
 };
 
 /* The scope stored as an item's value in st->scopes. */
@@ -87,6 +90,37 @@ void ps_disk_maybe_compact(ps_store *st, ps_scope *sc, const void *scope, size_t
 /* Called WITHOUT st->mu: wait until the record of c is durable, as the
  * sync mode demands. Returns 0 or the errno of a failed sync. */
 int ps_disk_commit_wait(ps_store *st, ps_commit *c);
+
+/* ---- several processes (no-ops for a store that shares nothing) ---- */
+
+/* Bring sc up to date with what other processes wrote to its log.
+ * Returns 0, PS_CORRUPT or an errno. */
+int ps_disk_follow(ps_store *st, ps_scope *sc);
+
+/* Learn of every scope other processes made, and follow each. */
+int ps_disk_follow_all(ps_store *st);
+
+/* A scope this process does not know, made by another: added to the
+ * registry at *w (which stays valid) and read. NULL: there is none (or
+ * *err says why it could not be read). */
+ps_scope *ps_disk_discover(ps_store *st, const void *name, size_t nlen, ps_where *w, int *err);
+
+/* Around a change of sc: take its cross-process lock and follow its log
+ * (begin; nothing held on failure), then publish what was appended and
+ * let go (end). */
+int ps_disk_write_begin(ps_store *st, ps_scope *sc, const void *scope, size_t slen);
+void ps_disk_write_end(ps_store *st, ps_scope *sc);
+
+/* In a child after fork(), with st->mu and sync_mu made anew: take the
+ * directory's lock through a description of its own and forget the
+ * parent's thread. ps_disk_resume then starts the child's own, when the
+ * child first uses the store. */
+void ps_disk_after_fork(ps_store *st);
+void ps_disk_resume(ps_store *st);
+void ps_disk_lock_sync(ps_store *st);
+/* Was the store opened while other processes had it (nothing recovered)? */
+int ps_disk_joined(ps_store *st);
+void ps_disk_unlock_sync(ps_store *st);
 
 /* Add the file-based counters to *out. Takes st->mu itself. */
 void ps_disk_stats(ps_store *st, ps_stats *out);

@@ -129,7 +129,8 @@ typedef struct ps_options {
     uint32_t max_open_files;
     /* Non-zero: open an existing store to read it. Nothing on disk is
      * created or changed (a torn tail is reported, not cut; nothing is
-     * removed), the lock is shared, writes and compactions return
+     * removed; the LOCK file's shared memory is where it waits for
+     * writers, see "Processes"), writes and compactions return
      * PS_READONLY, and a sync has nothing to do. */
     int read_only;
     /* Compact a log once its dead bytes exceed both twice its live bytes

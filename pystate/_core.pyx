@@ -538,6 +538,19 @@ cdef class Store:
             _lock(self._stripes[i])
             PyThread_release_lock(self._stripes[i])
 
+    def _after_fork_in_child(self):
+        # The parent's other threads are gone, with the stripes they held
+        # and the calls they were in: fresh locks (the old ones, perhaps
+        # held forever, are left as they are), nobody inside.
+        cdef int i
+        cdef PyThread_type_lock lk
+        for i in range(N_STRIPES):
+            lk = PyThread_allocate_lock()
+            if lk == NULL:
+                raise MemoryError("cannot allocate the store's locks")
+            self._stripes[i] = lk
+        self._busy = 0
+
     def close(self) -> None:
         """Make every write durable (file-based), then free the store. Later
         calls raise ClosedError; closing twice is fine."""

@@ -86,6 +86,20 @@ class EventDispatcher:
         self.delivered = 0
         self.dropped = 0
 
+    def after_fork_in_child(self) -> None:
+        """In a child made by fork(): the parent's dispatcher thread did not
+        come along, and the events it had queued are the parent's to deliver
+        (delivered here too, they would run twice). The child starts its own
+        thread for its own writes."""
+        self.pending.clear()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread = None
+        self._idle = True
+        self._busy = False
+        self._writers_waiting = 0
+        self._inflight.clear()
+        self._inflight_total = 0
+
     # ---- the writer's side ------------------------------------------------
 
     def emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import uuid
 import weakref
 import inspect
@@ -172,6 +173,20 @@ class Subscription:
         return f"<pystate subscription {self.trigger.function_id!r}>"
 
 
+# Every open State, for os.fork(): a child must not inherit locks held by
+# threads it does not have (see State._after_fork_in_child).
+_OPEN_STATES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for st in list(_OPEN_STATES):
+        st._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class State(_core.Store):
     """An embedded iii-state store: JSON values addressed by (scope, key).
 
@@ -311,6 +326,18 @@ class State(_core.Store):
         # A store dropped without close() still runs what it queued, and
         # stops its threads; the finalizer holds the dispatcher, not the store.
         weakref.finalize(self, self._events.close)
+        _OPEN_STATES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A child of fork() goes on with the stores its parent opened (the C
+        core re-attaches a file store to its directory); what the parent's
+        other threads held here is made anew."""
+        after = getattr(super(), "_after_fork_in_child", None)
+        if after is not None:
+            after()
+        self._events.after_fork_in_child()
+        self._triggers._lock = threading.Lock()
+        self._functions._lock = threading.Lock()
 
     def _rewire(self) -> None:
         """Point the compiled write path at the current triggers."""

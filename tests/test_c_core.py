@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-C_TESTS = ["test_table", "test_store", "test_disk", "test_dir", "test_guard", "test_json"]
+C_TESTS = ["test_table", "test_store", "test_disk", "test_dir", "test_guard", "test_json", "test_processes"]
 
 
 def _which(tool: str) -> str | None:

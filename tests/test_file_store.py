@@ -132,29 +132,36 @@ def test_path_that_is_a_file_is_an_os_error(tmp_path):
     assert e.value.errno == errno.EEXIST or e.value.errno == errno.ENOTDIR
 
 
-# ---- one writer ---------------------------------------------------------------------
+# ---- several writers ------------------------------------------------------------------
 
 
-def test_second_open_in_this_process_is_locked_out(fst):
-    with pytest.raises(pystate.LockedError) as e:
-        pystate.State(fst.path)
-    assert fst.path in e.value.message
-    assert e.value.code == "locked"
+def test_a_second_open_in_this_process_shares_the_store(fst):
+    other = pystate.State(fst.path, sync="never")
+    fst.set("s", "k", 1)
+    assert other.get("s", "k") == 1
+    other.close()
 
 
-def test_second_process_is_locked_out_at_once(fst):
+def test_a_second_process_opens_at_once_and_reads_what_was_written(fst):
+    fst.set("s", "k", {"v": 1})
     code = f"""
-import pystate, sys, time
+import pystate, time
 t = time.monotonic()
-try:
-    pystate.State({fst.path!r})
-except pystate.LockedError as e:
-    print("locked", round(time.monotonic() - t, 3), e.message)
+st = pystate.State({fst.path!r}, sync="never")
+print(st.get("s", "k")["v"], round(time.monotonic() - t, 3))
+st.set("s", "k", {{"v": 2}})
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.startswith("locked"), r.stderr
+    assert r.stdout.split()[0] == "1", r.stderr
     assert float(r.stdout.split()[1]) < 1.0
-    assert fst.path in r.stdout
+    assert fst.get("s", "k") == {"v": 2}
+
+
+def test_a_writer_in_another_sync_mode_is_locked_out_naming_the_store(fst):
+    with pytest.raises(pystate.LockedError) as e:
+        pystate.State(fst.path, sync="always")
+    assert fst.path in e.value.message and "sync=never" in e.value.message
+    assert e.value.code == "locked"
 
 
 def test_lock_is_released_on_close(path):

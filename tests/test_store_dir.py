@@ -203,17 +203,17 @@ def test_a_read_only_open_reports_damage_and_changes_nothing(path):
     assert snapshot(path) == before
 
 
-def test_readers_share_a_store_and_keep_writers_out(path):
+def test_readers_and_writers_share_a_store(path):
     fill(path, 1)
     a = pystate.State(path, read_only=True)
     b = pystate.State(path, read_only=True)
-    with pytest.raises(pystate.LockedError):
-        pystate.State(path)
+    w = pystate.State(path)
+    w.set("s", "k0", {"i": 10})
+    assert a.get("s", "k0") == b.get("s", "k0") == {"i": 10}
+    with pytest.raises(pystate.ReadOnlyError):
+        a.set("s", "k0", 1)
     a.close()
     b.close()
-    w = pystate.State(path)
-    with pytest.raises(pystate.LockedError):
-        pystate.State(path, read_only=True)
     w.close()
 
 

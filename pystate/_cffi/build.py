@@ -96,6 +96,7 @@ int ps_store_inspect(const ps_options *opts, ps_report *report);
 int psg_open(psg **out, const ps_options *opts, ps_report *report);
 int psg_close(psg *g);
 void psg_free(psg *g);
+void psg_after_fork(psg *g);
 void psg_buf_free(psg_buf *b);
 void psg_bufs_free(psg_bufs *b);
 int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen,

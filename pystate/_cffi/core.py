@@ -438,6 +438,14 @@ class Store:
         """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
         return None if self._c_limit < 0 else self._c_limit
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's other threads are gone, with the locks they held and
+        # the calls they were in.
+        self._c_stripes = [threading.Lock() for _ in range(N_STRIPES)]
+        self._c_turns = [threading.Lock() for _ in range(N_STRIPES)]
+        if self._c_g is not _CLOSED:
+            lib.psg_after_fork(self._c_g)
+
     @property
     def closed(self) -> bool:
         """True after ``close()``."""
