@@ -55,13 +55,17 @@ def parser(prog: str = "python -m pystate.bench") -> argparse.ArgumentParser:
     ap.add_argument("--json", default=None, metavar="FILE", help="write every figure here")
     ap.add_argument("--scaling", action="store_true", help="per-op time and memory from 10,000 to 2,000,000 keys")
     ap.add_argument("--sizes", default=None, help="with --scaling: comma-separated key counts")
+    ap.add_argument("--processes", action="store_true",
+                    help="several processes on one store: 4 processes' aggregate ops/s against lmdb, "
+                    "sqlite3 and diskcache; a new process joining a store another holds open; the "
+                    "memory each process holds")
     ap.add_argument("--scaling-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     return ap
 
 
 def _outputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(chart path, JSON path) that the arguments ask for."""
-    name = "scaling" if args.scaling else "compare"
+    name = "scaling" if args.scaling else "processes" if args.processes else "compare"
     chart, report = args.out, args.json
     if chart is not None and (chart.endswith(("/", os.sep)) or os.path.isdir(chart)):
         chart, report = os.path.join(chart, f"{name}.png"), report or os.path.join(chart, f"{name}.json")
@@ -111,7 +115,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m pystate.bench") -
         print(f"chart skipped: matplotlib is not installed ({INSTALL})", file=sys.stderr, flush=True)
         chart = None
     report: Any
-    if args.scaling:
+    if args.processes:
+        from pystate.bench import processes
+
+        report = processes.run(args.quick, args.only.split(",") if args.only else None)
+        processes.print_report(report)
+        print()
+        if chart is not None:
+            processes.plot(report, chart)
+    elif args.scaling:
         if args.sizes:
             sizes = tuple(int(s) for s in args.sizes.split(","))
         else:

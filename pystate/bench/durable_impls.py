@@ -5,7 +5,7 @@ process after every acknowledged write (none of them fsyncs per write):
 - PyLog: the obvious pure-Python design, a dict in memory plus an append
   log of one JSON line per operation, flushed (not synced) per write.
 - Lmdb: lmdb with sync=False, one write transaction per operation.
-- Sqlite: sqlite3 in WAL mode with synchronous=NORMAL, one transaction
+- Sqlite: sqlite3 in WAL mode with synchronous=NORMAL, one (immediate) transaction
   per operation.
 - DiskCache: diskcache, one Cache (SQLite underneath) per scope.
 - Rocks: rocksdict (RocksDB), keys prefixed by their scope, WAL not synced.
@@ -121,7 +121,8 @@ class Lmdb:
 class Sqlite:
     def __init__(self, path: str):
         os.makedirs(path, exist_ok=True)
-        self.db = sqlite3.connect(os.path.join(path, "kv.sqlite"), isolation_level=None)
+        # A writer waits for another process's write instead of failing.
+        self.db = sqlite3.connect(os.path.join(path, "kv.sqlite"), isolation_level=None, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -131,7 +132,7 @@ class Sqlite:
 
     def set(self, scope, key, value):
         c = self.db
-        c.execute("BEGIN")
+        c.execute("BEGIN IMMEDIATE")
         row = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()
         c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (scope, key, _dumps(value)))
         c.execute("COMMIT")
@@ -143,7 +144,7 @@ class Sqlite:
 
     def delete(self, scope, key):
         c = self.db
-        c.execute("BEGIN")
+        c.execute("BEGIN IMMEDIATE")
         row = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()
         c.execute("DELETE FROM kv WHERE scope=? AND key=?", (scope, key))
         c.execute("COMMIT")
@@ -154,7 +155,7 @@ class Sqlite:
 
     def update(self, scope, key, ops):
         c = self.db
-        c.execute("BEGIN")
+        c.execute("BEGIN IMMEDIATE")
         raw = c.execute("SELECT value FROM kv WHERE scope=? AND key=?", (scope, key)).fetchone()[0]
         old, new = apply_update_ops(raw)
         c.execute("UPDATE kv SET value=? WHERE scope=? AND key=?", (_dumps(new), scope, key))
