@@ -19,7 +19,7 @@ const char *ps_strerror(int rc)
     case PS_CORRUPT:
         return "a log file is damaged before its end";
     case PS_LOCKED:
-        return "the store directory is in use by another process";
+        return "the store directory is written by a process in another sync mode, or held by an earlier version";
     case PS_BADVERSION:
         return "a log file or store was written in an unknown format version";
     case PS_NOTSTORE:

@@ -33,6 +33,20 @@
  * any other call on the same store. A sink's alloc function is called with
  * the store locked: it must not call back into the store.
  *
+ * Processes
+ * ---------
+ * Any number of processes may open one store directory at once (on one
+ * machine). Each keeps its own tables and, before every call that reads
+ * or writes a scope, applies what others appended to its log since; a
+ * write holds the scope's cross-process lock, so a call sees every write
+ * that returned anywhere before it began, and ps_put_if compares against
+ * the latest value. The first process to open a directory nobody else
+ * has open recovers it; the others read each scope when first used. A
+ * process may die at any moment (the kernel releases what it held; the
+ * next one repairs what it left half done). A child of fork() goes on
+ * using its parent's open stores. Writers must agree on the sync mode.
+ * The LOCK file is what they share (docs/format.md).
+ *
  * Durability
  * ----------
  * A file-based store writes every change to the scope's log before it
@@ -68,7 +82,8 @@ enum ps_rc {
     PS_CONFLICT = -30799, /* ps_put_if: the current value is not the expected one */
     PS_TOOBIG = -30798,   /* a scope, key or value is longer than PS_MAX_LEN */
     PS_CORRUPT = -30797,  /* a log is damaged before its end (see ps_store_open) */
-    PS_LOCKED = -30796,   /* another process has the store directory open */
+    PS_LOCKED = -30796,   /* the directory is written by a process in another sync mode,
+                             or held by an earlier version that does not share */
     PS_BADVERSION = -30795, /* a log or store was written in an unknown format version */
     PS_NOTSTORE = -30794, /* the directory is not a pystate store (and not empty) */
     PS_READONLY = -30793, /* a write to a store opened read-only */
@@ -203,7 +218,8 @@ typedef struct ps_stats {
  * changes either way: what would be cut is only counted. report, when not
  * NULL, receives what was found and a message naming the file and offset
  * (of the failure, or else of the first thing fixed).
- * Returns PS_OK, ENOMEM, PS_LOCKED (another process has the directory),
+ * Returns PS_OK, ENOMEM, PS_LOCKED (another process writes to the directory in
+ * another sync mode, or an earlier version has it),
  * PS_NOTSTORE (a non-empty directory that is not a store), PS_CORRUPT
  * (also: a link where a log should be), PS_BADVERSION, or an errno from
  * the file system (ELOOP: the marker or lock is a link). On failure *out
@@ -219,7 +235,8 @@ int ps_store_close(ps_store *st);
  * would, and change nothing on disk (a read-only open, then close):
  * *report says what opening would fix (torn_tails and bytes_cut,
  * stray_files, and with opts->repair the logs it would salvage in
- * `repaired`). Takes the directory's lock, shared, for the duration.
+ * `repaired`). While other processes have the store open it recovers
+ * nothing: it checks every log against what they published (ps_check).
  * Returns PS_OK, PS_CORRUPT (damage that refuses to open without
  * opts->repair; the report names file and offset), PS_LOCKED,
  * PS_NOTSTORE, EINVAL (no path) or another errno. */

@@ -127,13 +127,10 @@ _OPEN = textwrap.dedent(
     """
     import sys, time, json, resource
     kind, path = sys.argv[1], sys.argv[2]
-    t = time.perf_counter()
-    if kind == "pylog":
-        from pystate.bench.durable_impls import PyLog
-        st = PyLog(path)
-    else:
-        import pystate
-        st = pystate.State(path)
+    import pystate
+    from pystate.bench.durable_impls import PyLog
+    t = time.perf_counter()  # (imports done: what is timed is the open)
+    st = PyLog(path) if kind == "pylog" else pystate.State(path)
     v = st.get("scope-7", "key-00000007")
     dt = time.perf_counter() - t
     assert v is not None
@@ -150,16 +147,20 @@ _RSS = textwrap.dedent(
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
     kind, path = sys.argv[1], sys.argv[2]
+    import pystate
+    from pystate.bench.durable_impls import PyLog
+    before = rss()
     if kind == "pystate":
-        import pystate
-        before = rss()
         st = pystate.State(path)
         for s in st.list_groups():  # every scope in this process's memory
             st.get(s, "key-00000000")
-    else:
-        from pystate.bench.durable_impls import PyLog
+    else:  # the floor: the same keys and values in a dict + orjson
+        from pystate.bench.workload import DictFloor, make_keys, make_value
+        keys = make_keys(int(path))
         before = rss()
-        st = PyLog(path)
+        st = DictFloor()
+        for i, (scope, key) in enumerate(keys):
+            st.set(scope, key, make_value(i))
     print(json.dumps({"bytes": rss() - before}))
     """
 )
@@ -206,16 +207,11 @@ def join(tmp: str, n_keys: int) -> dict:
 
 def memory(tmp: str, n_keys: int) -> dict:
     """RSS one more process takes to hold every scope of an n_keys store
-    (another process holding it open), and the dict + orjson floor's
-    (the Python append log replayed: a dict of orjson bytes)."""
-    store, log = os.path.join(tmp, "mem-store"), os.path.join(tmp, "mem-log")
-    for p in (store, log):
-        shutil.rmtree(p, ignore_errors=True)
+    (another process holding it open), and the dict + orjson floor's for
+    the same keys and values."""
+    store = os.path.join(tmp, "mem-store")
+    shutil.rmtree(store, ignore_errors=True)
     _fill(PYSTATE, store, n_keys)
-    pl = PyLog(log)
-    for i, (scope, key) in enumerate(make_keys(n_keys)):
-        pl.set(scope, key, make_value(i))
-    pl.close()
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, store], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -225,9 +221,8 @@ def memory(tmp: str, n_keys: int) -> dict:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=120)
-    floor = _child(_RSS, "pylog", log)["bytes"]
-    for p in (store, log):
-        shutil.rmtree(p, ignore_errors=True)
+    floor = _child(_RSS, "floor", str(n_keys))["bytes"]
+    shutil.rmtree(store, ignore_errors=True)
     return {"keys": n_keys, "pystate_rss_mib": mine / 2**20, "floor_rss_mib": floor / 2**20,
             "ratio": mine / floor}
 
