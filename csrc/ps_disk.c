@@ -146,6 +146,11 @@ struct ps_disk {
     int may_trim;        /* alone: preallocated space may be cut (nobody else maps it) */
     unsigned char *known;/* a bit per slot: a scope of ours holds it */
     int joined;          /* opened while others had it: nothing was recovered */
+    /* ps_events: other processes' changes, kept once asked for (under st->mu) */
+    int events_on;
+    int events_quiet; /* reading what is there when events were first asked for */
+    unsigned char *ev;
+    size_t ev_len, ev_cap, ev_count;
 };
 
 /* ---- small helpers -------------------------------------------------------------- */
@@ -640,8 +645,101 @@ static int reopen(ps_store *st, ps_scope *sc, uint64_t w)
     return 0;
 }
 
-/* Apply the records of l's file from l->size to end. */
-static int read_records(ps_store *st, ps_scope *sc, uint64_t end)
+/* ---- other processes' changes, as events (ps_events) ---- */
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Keep one change: kind (PS_REC_PUT or PS_REC_DEL), the old value (NULL:
+ * none) and the new one (NULL for a delete). */
+static int keep_event(ps_store *st, const ps_logf *l, int kind, const void *key, size_t klen,
+                      const void *old, size_t olen, const void *now, size_t nlen)
+{
+    ps_disk *d = st->disk;
+    size_t need = 1 + 4 + l->scope_len + 4 + klen + 4 + olen + 4 + nlen;
+    if (d->ev_len + need > d->ev_cap) {
+        size_t cap = d->ev_cap ? d->ev_cap : 4096;
+        while (cap < d->ev_len + need)
+            cap *= 2;
+        unsigned char *p = ps_mem_realloc(&st->mem, d->ev, d->ev_cap, cap);
+        if (!p)
+            return ENOMEM;
+        d->ev = p;
+        d->ev_cap = cap;
+    }
+    unsigned char *p = d->ev + d->ev_len;
+    *p++ = (unsigned char)kind;
+    put_u32(p, (uint32_t)l->scope_len);
+    memcpy(p + 4, l->scope_name, l->scope_len);
+    p += 4 + l->scope_len;
+    put_u32(p, (uint32_t)klen);
+    memcpy(p + 4, key, klen);
+    p += 4 + klen;
+    /* (lengths + 1, so that 0 says "none") */
+    put_u32(p, old ? (uint32_t)olen + 1 : 0);
+    if (old && olen)
+        memcpy(p + 4, old, olen);
+    p += 4 + olen;
+    put_u32(p, now ? (uint32_t)nlen + 1 : 0);
+    if (now && nlen)
+        memcpy(p + 4, now, nlen);
+    d->ev_len += need;
+    d->ev_count++;
+    return 0;
+}
+
+/* The change a record read from another process makes, before it is applied. */
+static int event_of(ps_store *st, ps_scope *sc, const ps_rec *r)
+{
+    ps_where w;
+    const unsigned char *it =
+        ps_table_find(&sc->table, r->key, r->klen, ps_hash(&st->hasher, r->key, r->klen), &w);
+    if (r->kind == PS_REC_DEL && !it)
+        return 0;
+    return keep_event(st, sc->log, r->kind, r->key, r->klen, it ? ps_item_value(it) : NULL,
+                      it ? ps_item_vlen(it) : 0, r->kind == PS_REC_PUT ? r->value : NULL, r->vlen);
+}
+
+/* A scope read afresh (its file replaced by another process's compaction,
+ * or removed): the changes from `old`, what the table held, to now. The
+ * records in between are gone, so each key changed gives one event. */
+static int events_of_diff(ps_store *st, ps_scope *sc, const ps_table *old)
+{
+    const ps_table *t = &sc->table;
+    int rc = 0;
+    for (uint32_t i = 0; i < t->n_entries && rc == 0; i++) {
+        const unsigned char *it = t->entries[i];
+        if (!it)
+            continue;
+        ps_where w;
+        const unsigned char *was = ps_table_find(old, ps_item_key(it), ps_item_klen(it),
+                                                 ps_hash(&st->hasher, ps_item_key(it), ps_item_klen(it)), &w);
+        if (was && ps_item_vlen(was) == ps_item_vlen(it) &&
+            memcmp(ps_item_value(was), ps_item_value(it), ps_item_vlen(it)) == 0)
+            continue;
+        rc = keep_event(st, sc->log, PS_REC_PUT, ps_item_key(it), ps_item_klen(it),
+                        was ? ps_item_value(was) : NULL, was ? ps_item_vlen(was) : 0,
+                        ps_item_value(it), ps_item_vlen(it));
+    }
+    for (uint32_t i = 0; i < old->n_entries && rc == 0; i++) {
+        const unsigned char *was = old->entries[i];
+        if (!was)
+            continue;
+        ps_where w;
+        if (!ps_table_find(t, ps_item_key(was), ps_item_klen(was),
+                           ps_hash(&st->hasher, ps_item_key(was), ps_item_klen(was)), &w))
+            rc = keep_event(st, sc->log, PS_REC_DEL, ps_item_key(was), ps_item_klen(was),
+                            ps_item_value(was), ps_item_vlen(was), NULL, 0);
+    }
+    return rc;
+}
+
+/* Apply the records of l's file from l->size to end (keeping each as an
+ * event when `emit`). */
+static int read_records(ps_store *st, ps_scope *sc, uint64_t end, int emit)
 {
     ps_logf *l = sc->log;
     size_t n = (size_t)(end - l->size);
@@ -657,6 +755,8 @@ static int read_records(ps_store *st, ps_scope *sc, uint64_t end)
             rc = PS_CORRUPT;
             break;
         }
+        if (emit && (rc = event_of(st, sc, &r)) != 0)
+            break;
         if ((rc = replay_record(&rp, &r)) != 0)
             break;
         off += r.size;
@@ -726,39 +826,62 @@ static int follow(ps_store *st, ps_scope *sc, int locked)
     ps_logf *l = sc->log;
     if (!l || !l->slot)
         return 0;
+    /* With events kept, a scope read afresh is compared with what it held. */
+    ps_table old;
+    int diff = 0, rc = 0;
     for (unsigned spins = 0;; spins++) {
         uint64_t w = atomic_load_explicit(&l->slot->state, memory_order_acquire);
         if (w == l->seen)
-            return 0;
+            break;
         uint64_t gen = ps_shm_gen(w), end = ps_shm_end(w);
-        int rc = 0;
         if (gen & 1) {
             /* A file is being changed: wait for it (or, if its changer
              * died, repair it) by taking the lock. */
-            if (locked)
-                return EIO;
+            if (locked) {
+                rc = EIO;
+                break;
+            }
             if (st->disk->shm.writable) {
                 if ((rc = slot_lock(st, sc)) != 0)
-                    return rc;
+                    break;
                 ps_shm_unlock(l->slot);
             } else if (spins > 5000) {
-                return EAGAIN;
+                rc = EAGAIN;
+                break;
             } else {
                 usleep(1000);
             }
             continue;
         }
-        if (gen != ps_shm_gen(l->seen) || end < l->size || !l->present)
+        if (gen != ps_shm_gen(l->seen) || end < l->size || !l->present) {
+            if (st->disk->events_on && l->present && !diff) {
+                old = sc->table; /* reset_scope frees the (fresh) table instead */
+                ps_table_init(&sc->table);
+                diff = 1;
+            }
             rc = reopen(st, sc, w);
-        if (rc == EAGAIN)
+        }
+        if (rc == EAGAIN) {
+            rc = 0;
             continue;
+        }
+        /* Records of a scope this process knew already are changes; a
+         * scope read for the first time is what was there (unless it is
+         * one made since events were asked for, which follow_all reads
+         * then). */
         if (rc == 0 && l->present)
-            rc = read_records(st, sc, end);
+            rc = read_records(st, sc, end, st->disk->events_on && !st->disk->events_quiet && !diff);
         if (rc)
-            return rc;
+            break;
         l->seen = w;
-        return 0;
+        break;
     }
+    if (diff) {
+        if (rc == 0 && !st->disk->events_quiet)
+            rc = events_of_diff(st, sc, &old);
+        ps_table_free(&old, &st->mem);
+    }
+    return rc;
 }
 
 /* Publish what this process appended to sc's log. Slot lock held. */
@@ -844,7 +967,10 @@ static int slot_scope_name(ps_store *st, ps_shm_slot *slot, const unsigned char 
     unsigned char fixed[PS_LOG_FIXED_HEADER];
     ps_loghdr h;
     int rc = pread(fd, fixed, sizeof fixed, 0) == (ssize_t)sizeof fixed ? 0 : PS_CORRUPT;
-    if (!rc && ps_log_header_parse(fixed, sizeof fixed, &h) == PS_CORRUPT && h.block_ok) {
+    int parsed = rc ? PS_CORRUPT : ps_log_header_parse(fixed, sizeof fixed, &h);
+    if (!rc && parsed == PS_OK) {
+        /* an empty scope name: the fixed part is the whole header */
+    } else if (!rc && parsed == PS_CORRUPT && h.block_ok) {
         rc = ensure_scratch(st, h.size);
         if (!rc && pread(fd, d->scratch, h.size, 0) != (ssize_t)h.size)
             rc = PS_CORRUPT;
@@ -2194,6 +2320,7 @@ static void disk_free(ps_store *st)
     if (!d)
         return;
     ps_shm_detach(&d->shm);
+    ps_mem_free(&st->mem, d->ev, d->ev_cap);
     if (d->known)
         ps_mem_free(&st->mem, d->known, PS_SHM_SLOTS / 8 + 1);
     if (d->lockfd >= 0)
@@ -2752,4 +2879,39 @@ void ps_disk_unlock_sync(ps_store *st)
 int ps_disk_joined(ps_store *st)
 {
     return st->disk && st->disk->joined;
+}
+
+int ps_events(ps_store *st, const ps_sink *out, size_t *count)
+{
+    *count = 0;
+    ps_disk *d = st->disk;
+    pthread_mutex_lock(&st->mu);
+    int rc = 0;
+    if (d && !d->events_on) {
+        /* From now on: what is there now is read quietly, changes kept. */
+        d->events_on = d->events_quiet = 1;
+        rc = ps_disk_follow_all(st);
+        d->events_quiet = 0;
+    } else if (d) {
+        rc = ps_disk_follow_all(st);
+    }
+    size_t n = d ? d->ev_len : 0;
+    unsigned char *buf = rc == 0 ? out->alloc(out->ctx, n) : NULL;
+    if (rc == 0 && !buf)
+        rc = ENOMEM;
+    if (rc == 0) {
+        if (n)
+            memcpy(buf, d->ev, n);
+        *count = d ? d->ev_count : 0;
+        if (d) {
+            d->ev_len = d->ev_count = 0;
+            if (d->ev_cap > (1u << 20)) { /* give back what a burst grew */
+                ps_mem_free(&st->mem, d->ev, d->ev_cap);
+                d->ev = NULL;
+                d->ev_cap = 0;
+            }
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    return rc;
 }

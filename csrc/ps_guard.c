@@ -221,6 +221,12 @@ int psg_groups(psg *g, psg_buf *out, size_t *count)
     GUARDED(g, ps_groups(g->st, &sink, count));
 }
 
+int psg_events(psg *g, psg_buf *out, size_t *count)
+{
+    ps_sink sink = {buf_alloc, empty(out)};
+    GUARDED(g, ps_events(g->st, &sink, count));
+}
+
 int psg_scope_stats(psg *g, psg_buf *out, size_t *count)
 {
     ps_sink sink = {buf_alloc, empty(out)};

@@ -91,6 +91,7 @@ int psg_items(psg *g, const char *scope, size_t slen, uint32_t *pos, size_t max,
               psg_buf *out, size_t *count);
 int psg_keys(psg *g, const char *scope, size_t slen, psg_buf *out, size_t *count);
 int psg_groups(psg *g, psg_buf *out, size_t *count);
+int psg_events(psg *g, psg_buf *out, size_t *count);
 int psg_scope_stats(psg *g, psg_buf *out, size_t *count);
 int psg_stats(psg *g, ps_stats *out);
 int psg_recovery(psg *g, ps_report *out);

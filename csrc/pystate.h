@@ -347,6 +347,21 @@ void ps_recovery_get(ps_store *st, ps_report *out);
  * ENOMEM. */
 int ps_scope_stats(ps_store *st, const ps_sink *out, size_t *count);
 
+/* ---- other processes' changes ---------------------------------------------- */
+
+/* Deliver, through `out` (one call, made even for none), the changes other
+ * processes sharing this file-based store made since the previous call,
+ * in the order each scope's log holds them, and make the store keep them
+ * from now on (the first call delivers none: it starts keeping). Each is
+ * packed as [u8 kind: 1 put, 2 delete][u32 scope length][scope][u32 key
+ * length][key][u32 old length + 1, or 0: no old value][old][u32 new length
+ * + 1, or 0: none][new], lengths little-endian; *count receives the number
+ * of changes. When another process's compaction replaced a log, its keys'
+ * changes since the last look come as one change each. In memory, or
+ * unshared: none. Returns PS_OK, ENOMEM (the changes are kept for the next
+ * call), PS_CORRUPT or an errno. */
+int ps_events(ps_store *st, const ps_sink *out, size_t *count);
+
 /* ---- JSON text -------------------------------------------------------------- */
 
 /* Check that every integer literal in the JSON text [text, text + len)

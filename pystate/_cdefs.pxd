@@ -94,6 +94,7 @@ cdef extern from "pystate.h" nogil:
     int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
                 const ps_sink *out)
     int ps_groups(ps_store *st, const ps_sink *out, size_t *count)
+    int ps_events(ps_store *st, const ps_sink *out, size_t *count)
     int ps_keys(ps_store *st, const char *scope, size_t slen, const ps_sink *out,
                 size_t *count)
     int ps_items(ps_store *st, const char *scope, size_t slen, uint32_t *pos,

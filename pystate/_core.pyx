@@ -896,6 +896,19 @@ cdef class Store:
             raise error_for_rc(rc, RC_CODES, "list_groups")
         return _unpack_names(data, count)
 
+    def _changes(self):
+        # Other processes' changes since the last call, packed (pystate.h,
+        # ps_events), and how many; the first call starts keeping them.
+        cdef _Out out
+        _out_init(&out)
+        cdef size_t count = 0
+        self._open()
+        cdef int rc = ps_events(self._st, &out.sink, &count)
+        data = _take(&out)
+        if rc:
+            raise error_for_rc(rc, RC_CODES, "share_events")
+        return data, count
+
     def items_page(self, scope, uint32_t pos=0, size_t limit=1000):
         """One page of ``scope``'s keys and raw JSON values, in key order:
         ``(pairs, next_pos)`` with ``pairs`` a list of ``(key, bytes)``;

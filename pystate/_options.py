@@ -48,6 +48,7 @@ class KvOptions(_DispatchOptions, total=False):
     save_interval_ms: int
     repair: bool
     read_only: bool
+    share_events: bool
 
 
 class RedisOptions(_DispatchOptions, total=False):

@@ -10,7 +10,9 @@ shapes, so code written against iii-state runs unchanged.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import struct
 import threading
 import uuid
 import weakref
@@ -24,6 +26,7 @@ from pystate.errors import (
     ClosedError,
     ConfigError,
     PayloadError,
+    StateError,
     UnsupportedActionError,
 )
 from pystate.functions import FunctionRef, FunctionRegistry
@@ -173,6 +176,11 @@ class Subscription:
         return f"<pystate subscription {self.trigger.function_id!r}>"
 
 
+log = logging.getLogger("pystate")
+#: How often a share_events store looks for other processes' writes.
+SHARE_EVENTS_POLL_S = 0.005
+_U32 = struct.Struct("<I")
+
 # Every open State, for os.fork(): a child must not inherit locks held by
 # threads it does not have (see State._after_fork_in_child).
 _OPEN_STATES: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -234,9 +242,13 @@ class State(_core.Store):
             ``"block"`` (default) waits for room before writing;
             ``"raise"`` raises :class:`pystate.EventQueueFullError` and
             writes nothing. Events are never dropped.
+        share_events: True: triggers also fire for writes other processes
+            make to the same directory (README, "Several processes, one
+            store"); a thread looks every 5 ms. File stores only.
 
     Raises:
-        LockedError: another process has the directory open.
+        LockedError: another process writes to the directory in another
+            sync mode.
         CorruptError: a log is damaged before its end (names file and
             offset); nothing on disk was changed.
         NotAStoreError: ``path`` is a directory that holds files but is not
@@ -244,7 +256,8 @@ class State(_core.Store):
             was touched.
     """
 
-    __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "__weakref__")
+    __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "_share_stop", "_share_thread", "_share_lock",
+                 "__weakref__")
 
     def __new__(cls, *args: Any, adapter: str = "kv", **kwargs: Any) -> State:
         # State(adapter="redis", ...) is a State whose storage is a Redis
@@ -278,12 +291,19 @@ class State(_core.Store):
         triggers_enabled: bool = True,
         max_pending_events: int = 10_000,
         event_queue_full: QueuePolicy = "block",
+        share_events: bool = False,
         **_testing: Any,
     ) -> None:
         if adapter != "kv":
             raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
         check_testing_options(_testing)
         self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        if type(share_events) is not bool:
+            raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
+        if share_events and path is None:
+            raise ConfigError(
+                "share_events applies to file-based stores (an in-memory store is one process's): give a path"
+            )
         if path is not None and read_only is not True:
             # The C core creates the directory itself; its parents too, here
             # (a reader creates nothing).
@@ -299,6 +319,71 @@ class State(_core.Store):
             **_testing,
         )
         self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
+        if share_events:
+            self._changes()  # from now on the C core keeps other processes' changes
+            self._start_sharing()
+
+    # ---- other processes' writes as events (share_events=True) ----------
+
+    def _start_sharing(self) -> None:
+        stop = threading.Event()
+        me = weakref.ref(self)
+
+        def run() -> None:
+            # Weakly: a store dropped without close() is not kept alive.
+            while not stop.wait(SHARE_EVENTS_POLL_S):
+                st = me()
+                if st is None:
+                    return
+                try:
+                    st._deliver_changes()
+                except ClosedError:
+                    return
+                except StateError as e:  # a damaged log, a full disk: said, then tried again
+                    log.warning("share_events: %s", e)
+                del st
+
+        self._share_stop = stop
+        if getattr(self, "_share_lock", None) is None:
+            self._share_lock = threading.Lock()
+        self._share_thread = threading.Thread(target=run, name="pystate-share-events", daemon=True)
+        self._share_thread.start()
+
+    def _stop_sharing(self) -> None:
+        stop = getattr(self, "_share_stop", None)
+        if stop is not None:
+            stop.set()
+            if self._share_thread is not threading.current_thread():
+                self._share_thread.join()
+
+    def _deliver_changes(self) -> None:
+        """Queue the events of what other processes wrote since the last look,
+        in the order their logs hold them."""
+        with self._share_lock:
+            self._deliver_changes_locked()
+
+    def _deliver_changes_locked(self) -> None:
+        data, count = self._changes()
+        if not count or not self._triggers_enabled:
+            return
+        emit, unpack, p = self._events.emit, _U32.unpack_from, 0
+        for _ in range(count):
+            kind = data[p]
+            p += 1
+            (n,) = unpack(data, p)
+            scope = data[p + 4:p + 4 + n].decode()
+            p += 4 + n
+            (n,) = unpack(data, p)
+            key = data[p + 4:p + 4 + n].decode()
+            p += 4 + n
+            (n,) = unpack(data, p)
+            old = data[p + 4:p + 3 + n] if n else None
+            p += 4 + max(n - 1, 0)
+            (n,) = unpack(data, p)
+            new = data[p + 4:p + 3 + n] if n else None
+            p += 4 + max(n - 1, 0)
+            event = "state:deleted" if kind == 2 else "state:created" if old is None else "state:updated"
+            emit(event, scope, key, old, new)
 
     @staticmethod
     def _check_dispatch_options(triggers_enabled: Any, max_pending_events: Any, event_queue_full: Any) -> None:
@@ -338,13 +423,30 @@ class State(_core.Store):
         self._events.after_fork_in_child()
         self._triggers._lock = threading.Lock()
         self._functions._lock = threading.Lock()
+        if getattr(self, "_share_stop", None) is not None and not self._share_stop.is_set():
+            self._share_lock = threading.Lock()
+            self._start_sharing()  # the parent's poller did not come along
+            self._rewire()  # (its write path held the parent's lock)
 
     def _rewire(self) -> None:
         """Point the compiled write path at the current triggers."""
         idx, ev = self._triggers, self._events
+        emit = ev.emit
+        if getattr(self, "_share_stop", None) is not None:
+            # Another process's change that this write followed (the C core
+            # applies them before a write) is queued before this write's own.
+            me, lock, queue = weakref.ref(self), self._share_lock, ev.emit
+
+            def emit(event_type: str, scope: str, key: str, old: Any, new: Any) -> None:
+                st = me()
+                with lock:
+                    if st is not None:
+                        st._deliver_changes_locked()
+                    queue(event_type, scope, key, old, new)
+
         if self._triggers_enabled and idx.count:
             self._set_watch(
-                ev.emit,
+                emit,
                 ev.admit,
                 ev.pending,
                 ev.bound,
@@ -522,6 +624,7 @@ class State(_core.Store):
         >>> st.closed
         True
         """
+        self._stop_sharing()
         if not self.closed:
             # Writes stop first: a writer that kept writing would keep the
             # queue from ever draining, and an event queued after the drain

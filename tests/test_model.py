@@ -239,8 +239,42 @@ class DurableStateMachine(StateMachine):
 
     def teardown(self):
         self.real.close()
+        if self._other_st is not None:
+            self._other_st.close()
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+    # A second opener of the same directory: to the C core a process like
+    # any other (its own lock description, mapping and tables), made in
+    # this one so that a step can take it. Its writes go into the model;
+    # every later step of the first store must see them.
+    _other_st = None
+
+    def _other(self):
+        o = self._other_st
+        if o is None or o.path != self.dirs[-1]:
+            if o is not None:
+                o.close()
+            o = self._other_st = self._open(self.dirs[-1])
+        return o
+
+    @rule(scope=names, key=keys_, value=json_values)
+    def another_process_sets(self, scope, key, value):
+        assert canon(self._other().set(scope, key, value)) == canon(self.model.set(scope, key, value))
+
+    @rule(scope=names, key=keys_)
+    def another_process_deletes(self, scope, key):
+        assert canon(self._other().delete(scope, key)) == canon(self.model.delete(scope, key))
+
+    @rule(scope=names, key=keys_, ops=op_lists)
+    def another_process_updates(self, scope, key, ops):
+        old, new, errs = self.model.update(scope, key, ops)
+        r = self._other().update(scope, key, ops)
+        assert canon(r.old_value) == canon(old) and canon(r.new_value) == canon(new)
+
+    @rule()
+    def another_process_compacts(self):
+        self._other().compact()
 
     def _crash_copy(self):
         """A copy of the directory as it is now, and the store reopened on it."""
@@ -250,6 +284,9 @@ class DurableStateMachine(StateMachine):
             if name.endswith(".log") or name == "PYSTATE":  # the logs and the store's marker
                 shutil.copy(os.path.join(src, name), dst)
         self.real.close()
+        if self._other_st is not None:
+            self._other_st.close()
+            self._other_st = None
         self.dirs.append(dst)
         return dst
 

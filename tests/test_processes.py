@@ -155,7 +155,9 @@ def test_a_scope_made_after_a_process_opened_is_found_by_it(children):
     a, b = children(), children()
     for i in range(20):
         a("set", f"scope{i}", "k", i)
-    assert b("groups") == sorted(f"scope{i}" for i in range(20))
+    a("set", "", "k", "the empty scope")
+    assert b("groups") == [""] + sorted(f"scope{i}" for i in range(20))
+    assert b("get", "", "k") == "the empty scope"
     assert b("list", "scope7") == [7]
     # Emptied in one process (and its log removed by compaction), gone in the other.
     a("delete", "scope7", "k")
@@ -480,3 +482,78 @@ def test_a_child_forked_while_another_thread_writes_does_not_hang(tmp_path):
         t.join()
     assert [st.get("s", f"child{n}") for n in range(5)] == list(range(5))
     st.close()
+
+
+# ---- share_events ----------------------------------------------------------------------
+
+
+def _watching(path, **opts):
+    st = pystate.State(path, share_events=True, **opts)
+    seen = []
+    st.register_function("h", lambda ev: seen.append(
+        (ev["event_type"], ev["scope"], ev["key"], ev["old_value"], ev["new_value"])))
+    st.register_trigger({"type": "state", "function_id": "h", "config": {}})
+    return st, seen
+
+
+def _wait_for(seen, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    while len(seen) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return seen
+
+
+def test_share_events_fires_triggers_for_other_processes_writes_in_their_order(children):
+    w = children()
+    w("set", "s", "before", 0)
+    st, seen = _watching(children.path)
+    w("set", "s", "k", {"n": 1})
+    w("update", "s", "k", [{"type": "increment", "path": "n", "by": 1}])
+    w("delete", "s", "before")
+    w("set", "new-scope", "x", "y")
+    st.set("s", "mine", 1)  # its own write: one event, from its own write path
+    _wait_for(seen, 5)
+    st.close()
+    theirs = [e for e in seen if e[2] != "mine"]
+    assert theirs == [
+        ("state:created", "s", "k", None, {"n": 1}),
+        ("state:updated", "s", "k", {"n": 1}, {"n": 2}),
+        ("state:deleted", "s", "before", 0, None),
+        ("state:created", "new-scope", "x", None, "y"),
+    ]
+    assert [e for e in seen if e[2] == "mine"] == [("state:created", "s", "mine", None, 1)]
+    w.close()
+
+
+def test_without_share_events_other_processes_writes_fire_nothing(children):
+    w = children()
+    st = pystate.State(children.path)
+    seen = []
+    st.register_function("h", lambda ev: seen.append(ev))
+    st.register_trigger({"type": "state", "function_id": "h", "config": {}})
+    w("set", "s", "k", 1)
+    assert st.get("s", "k") == 1
+    time.sleep(0.2)
+    st.close()
+    assert seen == []
+    w.close()
+
+
+def test_share_events_keeps_per_key_order_under_a_stream_of_writes(children):
+    w = children()
+    w("set", "s", "c", {"n": 0})
+    st, seen = _watching(children.path)
+    w("incr", "s", "c", 300)
+    _wait_for(seen, 300)
+    st.close()
+    assert [e[4]["n"] for e in seen] == list(range(1, 301))
+    assert [e[3]["n"] for e in seen] == list(range(300))
+    assert {e[0] for e in seen} == {"state:updated"}
+    w.close()
+
+
+def test_share_events_applies_to_file_stores_only():
+    with pytest.raises(pystate.ConfigError, match="share_events"):
+        pystate.State(share_events=True)
+    with pytest.raises(pystate.ConfigError, match="share_events"):
+        pystate.State("x", share_events="yes")

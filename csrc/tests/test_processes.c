@@ -204,4 +204,64 @@ TEST(a_reader_follows_a_writer_and_a_compaction)
     ps_store_close(w);
 }
 
+/* ps_events' changes as text: "put s k old>new;" or "del s k old;". */
+static const char *events_s(ps_store *st, size_t *count)
+{
+    static char text[4096];
+    buf_reset(&list_buf);
+    ps_sink sink = sink_of(&list_buf);
+    if (ps_events(st, &sink, count) != PS_OK)
+        return "error";
+    const unsigned char *p = (const unsigned char *)list_buf.data, *end = p + list_buf.len;
+    size_t at = 0;
+    text[0] = 0;
+    while (p < end && at < sizeof text - 200) {
+        int kind = *p++;
+        char parts[4][128];
+        for (int i = 0; i < 4; i++) {
+            uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            p += 4;
+            if (i >= 2 && n == 0) {
+                snprintf(parts[i], sizeof parts[i], "-");
+                continue;
+            }
+            if (i >= 2)
+                n--;
+            snprintf(parts[i], sizeof parts[i], "%.*s", (int)n, (const char *)p);
+            p += n;
+        }
+        at += (size_t)snprintf(text + at, sizeof text - at, "%s %s %s %s>%s;", kind == 1 ? "put" : "del",
+                               parts[0], parts[1], parts[2], parts[3]);
+    }
+    return text;
+}
+
+TEST(events_say_what_another_process_changed_in_its_order)
+{
+    char dir[512];
+    fresh_dir(dir, sizeof dir, "events");
+    ps_store *a = open_dir(dir, PS_SYNC_NEVER, 0, NULL, NULL);
+    REQUIRE(a);
+    CHECK_RC(put_s(a, "s", "old", "0"), PS_OK);
+    ps_store *b = open_dir(dir, PS_SYNC_NEVER, 0, NULL, NULL);
+    REQUIRE(b);
+    size_t n = 9;
+    CHECK(strcmp(events_s(b, &n), "") == 0 && n == 0); /* what was there is no change */
+    CHECK_RC(put_s(a, "s", "k", "1"), PS_OK);
+    CHECK_RC(put_s(a, "s", "k", "2"), PS_OK);
+    CHECK_RC(del_s(a, "s", "old"), PS_OK);
+    CHECK_RC(put_s(a, "t", "x", "3"), PS_OK); /* a scope made since */
+    CHECK_RC(put_s(b, "s", "mine", "4"), PS_OK); /* b's own: not an event for b */
+    CHECK(strcmp(events_s(b, &n), "put s k ->1;put s k 1>2;del s old 0>-;put t x ->3;") == 0);
+    CHECK(n == 4);
+    CHECK(strcmp(events_s(b, &n), "") == 0 && n == 0);
+    /* A compaction by a: b reads the new file and says what changed. */
+    CHECK_RC(put_s(a, "s", "k", "5"), PS_OK);
+    CHECK_RC(ps_compact(a, "s", 1), PS_OK);
+    CHECK_RC(put_s(a, "s", "k", "6"), PS_OK);
+    CHECK(strcmp(events_s(b, &n), "put s k 2>6;") == 0);
+    ps_store_close(b);
+    ps_store_close(a);
+}
+
 RUN_TESTS()

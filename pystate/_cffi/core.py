@@ -710,6 +710,17 @@ class Store:
             raise _error(rc, "list_groups")
         return _unpack_names(data, count[0])
 
+    def _changes(self) -> tuple[bytes, int]:
+        # Other processes' changes since the last call, packed (pystate.h,
+        # ps_events), and how many; the first call starts keeping them.
+        out = _new("psg_buf *")
+        count = _new("size_t *")
+        rc = lib.psg_events(self._c_g, out, count)
+        data = _take_once(out)
+        if rc:
+            raise _error(rc, "share_events")
+        return data, count[0]
+
     def items_page(self, scope: Any, pos: int = 0, limit: int = 1000) -> tuple:
         """One page of ``scope``'s keys and raw JSON values, in key order:
         ``(pairs, next_pos)``; an empty list means the scope is exhausted."""
