@@ -441,7 +441,12 @@ class State(_core.Store):
                 st = me()
                 with lock:
                     if st is not None:
-                        st._deliver_changes_locked()
+                        try:
+                            st._deliver_changes_locked()
+                        except ClosedError:
+                            pass  # closing meanwhile: the changes die with the store
+                        except StateError as e:  # a damaged log: never this write's failure
+                            log.warning("share_events: %s", e)
                     queue(event_type, scope, key, old, new)
 
         if self._triggers_enabled and idx.count:
