@@ -226,20 +226,25 @@ static void hook(ps_disk *d, int point)
         d->hook(d->hook_ctx, point);
 }
 
-static int ensure_scratch(ps_store *st, size_t n)
+/* Make *buf (of *cap bytes, doubling from 4 KiB) hold at least n. */
+static int grow_buf(ps_store *st, unsigned char **buf, size_t *cap, size_t n)
 {
-    ps_disk *d = st->disk;
-    if (n <= d->scratch_cap)
+    if (n <= *cap)
         return 0;
-    size_t cap = d->scratch_cap ? d->scratch_cap : 4096;
-    while (cap < n)
-        cap *= 2;
-    unsigned char *p = ps_mem_realloc(&st->mem, d->scratch, d->scratch_cap, cap);
+    size_t c = *cap ? *cap : 4096;
+    while (c < n)
+        c *= 2;
+    unsigned char *p = ps_mem_realloc(&st->mem, *buf, *cap, c);
     if (!p)
         return ENOMEM;
-    d->scratch = p;
-    d->scratch_cap = cap;
+    *buf = p;
+    *cap = c;
     return 0;
+}
+
+static int ensure_scratch(ps_store *st, size_t n)
+{
+    return grow_buf(st, &st->disk->scratch, &st->disk->scratch_cap, n);
 }
 
 /* Give back a scratch buffer that a huge value grew. */
@@ -660,16 +665,8 @@ static int keep_event(ps_store *st, const ps_logf *l, int kind, const void *key,
 {
     ps_disk *d = st->disk;
     size_t need = 1 + 4 + l->scope_len + 4 + klen + 4 + olen + 4 + nlen;
-    if (d->ev_len + need > d->ev_cap) {
-        size_t cap = d->ev_cap ? d->ev_cap : 4096;
-        while (cap < d->ev_len + need)
-            cap *= 2;
-        unsigned char *p = ps_mem_realloc(&st->mem, d->ev, d->ev_cap, cap);
-        if (!p)
-            return ENOMEM;
-        d->ev = p;
-        d->ev_cap = cap;
-    }
+    if (grow_buf(st, &d->ev, &d->ev_cap, d->ev_len + need) != 0)
+        return ENOMEM;
     unsigned char *p = d->ev + d->ev_len;
     *p++ = (unsigned char)kind;
     put_u32(p, (uint32_t)l->scope_len);

@@ -563,6 +563,24 @@ static ps_scope *scope_for_write(ps_store *st, const char *scope, size_t slen, p
     return sc;
 }
 
+/* Lock the store and take (sc) for a change: found or made, and, file-
+ * based, locked against other processes and up to date. NULL (nothing
+ * held) with *rc set on failure. */
+static ps_scope *begin_write(ps_store *st, const char *scope, size_t slen, ps_where *sw,
+                             int *created, int *rc)
+{
+    lock(st);
+    ps_scope *sc = scope_for_write(st, scope, slen, sw, created);
+    *rc = sc ? 0 : ENOMEM;
+    if (sc && st->disk)
+        *rc = ps_disk_write_begin(st, sc, scope, slen);
+    if (*rc) {
+        unlock(st);
+        return NULL;
+    }
+    return sc;
+}
+
 int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const char *value, size_t vlen, const ps_sink *old, int *existed)
 {
@@ -573,16 +591,9 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     int rc, created;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
-    lock(st);
-    ps_scope *sc = scope_for_write(st, scope, slen, &sw, &created);
-    if (!sc) {
-        unlock(st);
-        return ENOMEM;
-    }
-    if (st->disk && (rc = ps_disk_write_begin(st, sc, scope, slen)) != 0) {
-        unlock(st);
+    ps_scope *sc = begin_write(st, scope, slen, &sw, &created, &rc);
+    if (!sc)
         return rc;
-    }
     const unsigned char *it =
         ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
     rc = (it && old) ? deliver(old, ps_item_value(it), ps_item_vlen(it)) : 0;
@@ -610,16 +621,9 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     int rc, created = 0;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
-    lock(st);
-    ps_scope *sc = scope_for_write(st, scope, slen, &sw, &created);
-    if (!sc) {
-        unlock(st);
-        return ENOMEM;
-    }
-    if (st->disk && (rc = ps_disk_write_begin(st, sc, scope, slen)) != 0) {
-        unlock(st);
+    ps_scope *sc = begin_write(st, scope, slen, &sw, &created, &rc);
+    if (!sc)
         return rc;
-    }
     const unsigned char *it =
         ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
     if (!it) {
