@@ -18,15 +18,9 @@ from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
-from cpython.object cimport PyObject_Hash
-from cpython.pythread cimport (
-    PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
-    PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
-)
 
 from pystate._cdefs cimport *
-from pystate._codec cimport encode, encode_trusted, decode, copy_containers
-from pystate._ops cimport apply_into
+from pystate._codec cimport decode
 
 import os
 import warnings
@@ -37,7 +31,6 @@ from pystate.errors import (
     ClosedError,
     PayloadError,
     RecoveryWarning,
-    ValueTooLargeError,
     error_for_rc,
     recovery_message,
 )
@@ -77,26 +70,6 @@ COMPACT_HOOK_POINTS = {
 #: One past the last status code (the header's sentinel).
 RC_END = PS_RC_END
 
-# The event types of the engine's state triggers.
-cdef str EV_CREATED = "state:created"
-cdef str EV_UPDATED = "state:updated"
-cdef str EV_DELETED = "state:deleted"
-
-# Watched writes of one (scope, key) hold one of these locks from the write
-# until their event is queued, so events reach the queue in write order even
-# when the GIL is released around a file write. Striped, so writers of
-# different keys rarely wait for each other.
-cdef enum:
-    N_STRIPES = 64
-
-
-cdef inline void _lock(PyThread_type_lock lk) noexcept:
-    if PyThread_acquire_lock(lk, NOWAIT_LOCK):
-        return
-    with nogil:  # the holder may need the GIL to finish
-        PyThread_acquire_lock(lk, WAIT_LOCK)
-
-
 def strerror(int rc) -> str:
     """The C core's description of a return code."""
     return ps_strerror(rc).decode("utf-8", "replace")
@@ -115,17 +88,12 @@ if (_major, _minor) != (PS_VERSION_MAJOR, PS_VERSION_MINOR):
         f"pystate's C core is {_major}.{_minor}.{_patch}, but the binding was "
         f"compiled against {PS_VERSION_MAJOR}.{PS_VERSION_MINOR}")
 
-
-# Tests set this to run code between an update's read and its write, to
-# prove that a concurrent writer makes the update start over.
-cdef object _race_hook = None
+# Code -> name, for the one error table (pystate.errors.RC_ERRORS).
+cdef dict _RC_NAMES = {v: k for k, v in RC_CODES.items()}
 
 
-def _set_race_hook(hook) -> None:
-    """Testing aid: call ``hook()`` inside every update, after the read and
-    before the compare-and-set. None removes it."""
-    global _race_hook
-    _race_hook = hook
+cdef object _error(int rc, str what):
+    return error_for_rc(rc, _RC_NAMES.get(rc), what, strerror(rc))
 
 
 # ---- sinks: how values leave the store ------------------------------------
@@ -275,7 +243,7 @@ def inspect(path, *, repair=False) -> dict:
     with nogil:
         rc = ps_store_inspect(&o, &rep)
     if rc and rc != PS_CORRUPT:
-        err = error_for_rc(rc, RC_CODES, f"inspect {path!r}")
+        err = _error(rc, f"inspect {path!r}")
         msg = rep.message.decode("utf-8", "replace")
         if msg:
             _with_message(err, msg)
@@ -313,101 +281,50 @@ cdef list _unpack_names(bytes data, size_t count):
     return names
 
 
-cdef class UpdateResult:
-    """What ``update`` returns: the value before and after, and the errors
-    of the ops that could not apply (empty when all applied).
-
-    Unpacks like a tuple: ``old, new, errors = st.update(...)``.
-    ``old_value`` and ``new_value`` share no dict or list.
-    """
-
-    cdef readonly object old_value
-    cdef readonly object new_value
-    cdef readonly list errors
-
-    def __init__(self, old_value=None, new_value=None, errors=None):
-        self.old_value = old_value
-        self.new_value = new_value
-        self.errors = [] if errors is None else list(errors)
-
-    def to_response(self) -> dict:
-        """The engine's ``state::update`` response: ``errors`` only when
-        there are any."""
-        r = {"old_value": self.old_value, "new_value": self.new_value}
-        if self.errors:
-            r["errors"] = self.errors
-        return r
-
-    def __iter__(self):
-        return iter((self.old_value, self.new_value, self.errors))
-
-    def __len__(self):
-        return 3
-
-    def __getitem__(self, i):
-        return (self.old_value, self.new_value, self.errors)[i]
-
-    def __eq__(self, other):
-        if isinstance(other, UpdateResult):
-            other = tuple(other)
-        if isinstance(other, tuple):
-            return (self.old_value, self.new_value, self.errors) == other
-        return NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self):
-        return (f"UpdateResult(old_value={self.old_value!r}, "
-                f"new_value={self.new_value!r}, errors={self.errors!r})")
-
-
 cdef class Store:
-    """A store of JSON values by (scope, key), on the C core: in memory, or
+    """The kv storage: JSON texts by (scope, key) on the C core, in memory or
     durable in a directory of per-scope append-only logs.
 
-    Use it through :class:`pystate.State`, which adds the engine-shaped
-    ``trigger`` API and documents the options; this class holds the fast
-    paths.
+    It implements :class:`pystate.storage.Storage`: raw writes (``put``,
+    ``put_if``, ``remove``) take and give JSON text, and do nothing else;
+    the rules above them (value checks, triggers, the update loop) are
+    :mod:`pystate.writes`', for every adapter. Use it through
+    :class:`pystate.State`, which documents the options.
+
+    >>> st = Store()
+    >>> st.put("s", "k", b'{"n":1}') is None
+    True
+    >>> st.put("s", "k", b'{"n":2}'), st.get("s", "k")
+    (b'{"n":1}', {'n': 2})
     """
 
     cdef ps_store *_st
-    cdef Py_ssize_t _max_value_bytes  # -1: no limit
-    cdef bint _durable                # file-based: writes release the GIL
     cdef bint _closing
-    cdef bint _sealed                 # _seal() was called: writes raise ClosedError
     cdef int _busy                    # threads inside a GIL-free call
     cdef readonly object path         # the store directory, or None
     cdef readonly str sync            # the sync mode, or None in memory
     cdef readonly bint read_only      # opened read_only: writes raise ReadOnlyError
     cdef object _hook                 # testing aid, kept alive for C
-    # The trigger gate (see _set_watch): _emit is None while no trigger can
-    # match, so an unwatched write pays one pointer comparison.
-    cdef object _emit
-    cdef object _admit
-    cdef object _pending
-    cdef Py_ssize_t _bound
-    cdef bint _watch_all
-    cdef set _watch_scopes
-    cdef set _watch_keys
-    cdef dict _watch_pairs
-    cdef PyThread_type_lock _stripes[N_STRIPES]
+
+    #: What this storage promises (pystate.storage.Storage): list() keeps
+    #: insertion order; writes survive a crash when durable (a file store).
+    ordered = True
+    # A file store: its writes survive a crash, and release the GIL.
+    cdef readonly bint durable
+    #: Calls never wait on another machine.
+    local = True
+    #: The write path runs update, by compare-and-set on put_if.
+    applies_ops = False
+    #: The adapter's name.
+    name = "kv"
 
     def __cinit__(self, *args, **kwargs):
         self._st = NULL
-        self._max_value_bytes = -1
-        cdef int i
-        for i in range(N_STRIPES):
-            self._stripes[i] = PyThread_allocate_lock()
-            if self._stripes[i] == NULL:
-                raise MemoryError("cannot allocate the store's locks")
 
     def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
-                 read_only=False, max_value_bytes=None, _compact_hook=None, _compact_min_dead=0,
+                 read_only=False, _compact_hook=None, _compact_min_dead=0,
                  _max_open_files=0):
-        cdef bytes bpath = check_store_options(path, sync, save_interval_ms, repair, read_only,
-                                               max_value_bytes)
-        if max_value_bytes is not None:
-            self._max_value_bytes = max_value_bytes
+        cdef bytes bpath = check_store_options(path, sync, save_interval_ms, repair, read_only)
         if self._st != NULL:
             return
         cdef ps_options o
@@ -430,82 +347,29 @@ cdef class Store:
         with nogil:
             rc = ps_store_open(&st, &o, &rep)
         if rc:
-            err = error_for_rc(rc, RC_CODES, f"open {path!r}")
+            err = _error(rc, f"open {path!r}")
             msg = rep.message.decode("utf-8", "replace")
             if msg:  # the C core's report says what and where (file, offset)
                 _with_message(err, msg)
             raise err
         self._st = st
         if path is not None:
-            self._durable = True
+            self.durable = True
             self.path = os.fspath(path)
             self.sync = sync
             self.read_only = read_only
             text = recovery_message(self.path, _report_dict(&rep),
                                     rep.message.decode("utf-8", "replace"), read_only=read_only)
             if text:
-                warnings.warn(text, RecoveryWarning, stacklevel=3)
+                warnings.warn(text, RecoveryWarning, stacklevel=4)
 
     def __dealloc__(self):
         if self._st != NULL:
             ps_store_close(self._st)
             self._st = NULL
-        cdef int i
-        for i in range(N_STRIPES):
-            if self._stripes[i] != NULL:
-                PyThread_free_lock(self._stripes[i])
-                self._stripes[i] = NULL
-
-    # ---- the trigger gate ------------------------------------------------
-
-    def _set_watch(self, emit, admit=None, pending=None, Py_ssize_t bound=0,
-                   bint watch_all=False, set scopes=None, set keys=None, dict pairs=None):
-        """Install (or, with ``emit=None``, remove) the trigger gate.
-
-        A write to (scope, key) is watched when ``watch_all`` is true, or
-        ``scope`` is in ``scopes``, or ``key`` is in ``keys``, or ``key`` is
-        in ``pairs[scope]``; the containers are kept by reference, so their
-        owner updates them in place. A watched
-        write first calls ``admit()`` if ``len(pending) >= bound`` (back
-        pressure, before anything changes), then writes, then calls
-        ``emit(event_type, scope, key, old_json, new_json)`` (JSON texts as
-        exact-size bytes, None for no value) before any later write of the
-        same key can emit. ``emit`` must not raise.
-        """
-        self._emit = None  # off while the rest changes
-        self._admit = admit
-        self._pending = pending
-        self._bound = bound
-        self._watch_all = watch_all
-        self._watch_scopes = scopes if scopes is not None else set()
-        self._watch_keys = keys if keys is not None else set()
-        self._watch_pairs = pairs if pairs is not None else {}
-        self._emit = emit
-
-    cdef inline bint _watched(self, scope, key) except -1:
-        if self._watch_all or scope in self._watch_scopes or key in self._watch_keys:
-            return True
-        if self._watch_pairs:
-            keys = self._watch_pairs.get(scope)
-            return keys is not None and key in <set>keys
-        return False
-
-    cdef PyThread_type_lock _stripe_for(self, scope, key) except NULL:
-        cdef Py_hash_t h = PyObject_Hash(scope) * 1000003 ^ PyObject_Hash(key)
-        return self._stripes[<size_t>h % N_STRIPES]
-
-    cdef inline int _wait_admission(self) except -1:
-        if self._admit is not None and len(self._pending) >= self._bound:
-            self._admit()
-        return 0
 
     cdef inline int _open(self) except -1:
         if self._st == NULL or self._closing:
-            raise ClosedError("the store is closed")
-        return 0
-
-    cdef inline int _writable(self) except -1:
-        if self._sealed:
             raise ClosedError("the store is closed")
         return 0
 
@@ -517,38 +381,21 @@ cdef class Store:
         return 0
 
     @property
-    def max_value_bytes(self):
-        """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
-        return None if self._max_value_bytes < 0 else self._max_value_bytes
-
-    @property
     def closed(self) -> bool:
         """True after ``close()``."""
         return self._st == NULL
 
-    def _seal(self) -> None:
-        """Refuse writes from now on (ClosedError), and return once every
-        watched write already past that check has queued its event: the
-        first step of State.close(), so that draining the queue drains
-        everything. Reads go on until close()."""
-        cdef int i
-        self._sealed = True
-        # A watched write holds its stripe from the check to its emit.
-        for i in range(N_STRIPES):
-            _lock(self._stripes[i])
-            PyThread_release_lock(self._stripes[i])
+    def describe(self) -> str:
+        """What the store is, for State's repr."""
+        where = "in memory" if self.path is None else f"at {self.path!r}, sync={self.sync}"
+        cdef ps_stats s
+        if self._st == NULL or self._closing:
+            return f"{where}, closed"
+        ps_stats_get(self._st, &s)
+        return f"{where}, {s.scopes} scopes, {s.keys} keys"
 
     def _after_fork_in_child(self):
-        # The parent's other threads are gone, with the stripes they held
-        # and the calls they were in: fresh locks (the old ones, perhaps
-        # held forever, are left as they are), nobody inside.
-        cdef int i
-        cdef PyThread_type_lock lk
-        for i in range(N_STRIPES):
-            lk = PyThread_allocate_lock()
-            if lk == NULL:
-                raise MemoryError("cannot allocate the store's locks")
-            self._stripes[i] = lk
+        # The parent's other threads are gone, with the calls they were in.
         self._busy = 0
 
     def close(self) -> None:
@@ -566,7 +413,7 @@ cdef class Store:
         with nogil:
             rc = ps_store_close(st)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "close (final sync)")
+            raise _error(rc, "close (final sync)")
 
     def __enter__(self):
         self._open()
@@ -576,111 +423,111 @@ cdef class Store:
         self.close()
         return False
 
-    # ---- writes: with the GIL in memory, without it on disk -------------
+    # ---- raw writes: with the GIL in memory, without it on disk ---------
 
-    cdef int _put(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
-                  const char *v, Py_ssize_t n, _Out *out, int *existed) except? -32768:
-        cdef ps_store *st
-        cdef int rc
-        self._writable()
-        if not self._durable:
-            self._open()
-            return ps_put(self._st, s, sl, k, kl, v, n, &out.sink, existed)
-        _out_init_nogil(out)
-        self._enter()
-        st = self._st
-        with nogil:
-            rc = ps_put(st, s, sl, k, kl, v, n, &out.sink, existed)
-        self._busy -= 1
-        return rc
-
-    cdef int _put_if(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
-                     const char *v, Py_ssize_t n, const char *e,
-                     Py_ssize_t elen) except? -32768:
-        cdef ps_store *st
-        cdef int rc
-        self._writable()
-        if not self._durable:
-            self._open()
-            return ps_put_if(self._st, s, sl, k, kl, v, n, e, elen)
-        self._enter()
-        st = self._st
-        with nogil:
-            rc = ps_put_if(st, s, sl, k, kl, v, n, e, elen)
-        self._busy -= 1
-        return rc
-
-    cdef int _del(self, const char *s, Py_ssize_t sl, const char *k, Py_ssize_t kl,
-                  _Out *out) except? -32768:
-        cdef ps_store *st
-        cdef int rc
-        self._writable()
-        if not self._durable:
-            self._open()
-            return ps_del(self._st, s, sl, k, kl, &out.sink)
-        _out_init_nogil(out)
-        self._enter()
-        st = self._st
-        with nogil:
-            rc = ps_del(st, s, sl, k, kl, &out.sink)
-        self._busy -= 1
-        return rc
-
-    # ---- the six functions ----------------------------------------------
-
-    def set(self, scope, key, value):
-        """Store ``value`` at (scope, key); return the previous value or None.
-
-        >>> st = State()
-        >>> st.set("users", "u1", {"name": "Ada"}) is None
-        True
-        >>> st.set("users", "u1", {"name": "Grace"})
-        {'name': 'Ada'}
-        """
+    def put(self, scope, key, bytes data):
+        """Store the JSON text ``data`` at (scope, key) as it is (the caller
+        made it: :mod:`pystate.writes`); return the previous text or None."""
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
-        cdef bytes data = encode(value)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        if self._max_value_bytes >= 0 and n > self._max_value_bytes:
-            raise ValueTooLargeError(
-                f"value of {n} bytes exceeds the configured max_value_bytes "
-                f"limit of {self._max_value_bytes}")
-        if self._emit is not None and self._watched(scope, key):
-            return self._set_watched(scope, key, s, sl, k, kl, data)
-        cdef _Out out
-        _out_init(&out)
-        cdef int existed = 0
-        # (checks again that the store is open: encode() may run user code)
-        cdef int rc = self._put(s, sl, k, kl, PyBytes_AS_STRING(data), n, &out, &existed)
-        old = _take(&out)
-        if rc:
-            raise error_for_rc(rc, RC_CODES, "set")
-        return decode(old) if existed else None
-
-    cdef object _set_watched(self, scope, key, const char *s, Py_ssize_t sl,
-                             const char *k, Py_ssize_t kl, bytes data):
+        cdef const char *v = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef _Out out
         cdef int existed = 0
         cdef int rc
-        self._wait_admission()
-        cdef PyThread_type_lock lk = self._stripe_for(scope, key)
-        _lock(lk)
-        try:
+        cdef ps_store *st
+        if not self.durable:
+            self._open()
             _out_init(&out)
-            rc = self._put(s, sl, k, kl, PyBytes_AS_STRING(data), n, &out, &existed)
-            old = _take(&out)
-            if rc:
-                raise error_for_rc(rc, RC_CODES, "set")
-            if self._emit is not None:
-                # An exact-size copy: orjson's own result keeps a 4 KiB block.
-                self._emit(EV_UPDATED if existed else EV_CREATED, scope, key,
-                           old if existed else None,
-                           PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), n))
-        finally:
-            PyThread_release_lock(lk)
-        return decode(old) if existed else None
+            rc = ps_put(self._st, s, sl, k, kl, v, n, &out.sink, &existed)
+        else:
+            _out_init_nogil(&out)
+            self._enter()
+            st = self._st
+            with nogil:
+                rc = ps_put(st, s, sl, k, kl, v, n, &out.sink, &existed)
+            self._busy -= 1
+        old = _take(&out)
+        if rc:
+            raise _error(rc, "set")
+        return old if existed else None
+
+    def put_if(self, scope, key, bytes data, bytes expect):
+        """Compare-and-set: store ``data`` only if the key holds exactly the
+        text ``expect`` (None: only if it does not exist). Returns whether
+        it was stored."""
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef const char *v = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef const char *e = NULL
+        cdef Py_ssize_t elen = 0
+        cdef int rc
+        cdef ps_store *st
+        if expect is not None:
+            e = PyBytes_AS_STRING(expect)
+            elen = PyBytes_GET_SIZE(expect)
+        if not self.durable:
+            self._open()
+            rc = ps_put_if(self._st, s, sl, k, kl, v, n, e, elen)
+        else:
+            self._enter()
+            st = self._st
+            with nogil:
+                rc = ps_put_if(st, s, sl, k, kl, v, n, e, elen)
+            self._busy -= 1
+        if rc == PS_CONFLICT:
+            return False
+        if rc:
+            raise _error(rc, "update")
+        return True
+
+    def remove(self, scope, key):
+        """Remove (scope, key); return the removed JSON text, or None when
+        there was none."""
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef _Out out
+        cdef int rc
+        cdef ps_store *st
+        if not self.durable:
+            self._open()
+            _out_init(&out)
+            rc = ps_del(self._st, s, sl, k, kl, &out.sink)
+        else:
+            _out_init_nogil(&out)
+            self._enter()
+            st = self._st
+            with nogil:
+                rc = ps_del(st, s, sl, k, kl, &out.sink)
+            self._busy -= 1
+        old = _take(&out)
+        if rc == PS_NOTFOUND:
+            return None
+        if rc:
+            raise _error(rc, "delete")
+        return old
+
+    # ---- reads ----------------------------------------------------------
+
+    def get_raw(self, scope, key):
+        """The JSON text at (scope, key), or None."""
+        cdef Py_ssize_t sl, kl
+        cdef const char *s = _text(scope, &sl, "scope")
+        cdef const char *k = _text(key, &kl, "key")
+        cdef _Out out
+        _out_init(&out)
+        self._open()
+        cdef int rc = ps_get(self._st, s, sl, k, kl, &out.sink)
+        data = _take(&out)
+        if rc == PS_NOTFOUND:
+            return None
+        if rc:
+            raise _error(rc, "update")
+        return data
 
     def get(self, scope, key, default=None):
         """The value at (scope, key), or ``default`` when there is none.
@@ -702,7 +549,7 @@ cdef class Store:
         if rc == PS_NOTFOUND:
             return default
         if rc:
-            raise error_for_rc(rc, RC_CODES, "get")
+            raise _error(rc, "get")
         return decode(data)
 
     def __contains__(self, item):
@@ -722,7 +569,7 @@ cdef class Store:
         self._open()
         cdef int rc = ps_get(self._st, s, sl, k, kl, NULL)
         if rc and rc != PS_NOTFOUND:
-            raise error_for_rc(rc, RC_CODES, "in")
+            raise _error(rc, "in")
         return rc == 0
 
     def keys(self, scope):
@@ -743,115 +590,8 @@ cdef class Store:
         cdef int rc = ps_keys(self._st, s, sl, &out.sink, &count)
         data = _take(&out)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "keys")
+            raise _error(rc, "keys")
         return _unpack_names(data, count)
-
-    def delete(self, scope, key):
-        """Remove (scope, key); return the removed value or None.
-
-        >>> st = State()
-        >>> _ = st.set("s", "k", [1])
-        >>> st.delete("s", "k"), st.delete("s", "k")
-        ([1], None)
-        """
-        cdef Py_ssize_t sl, kl
-        cdef const char *s = _text(scope, &sl, "scope")
-        cdef const char *k = _text(key, &kl, "key")
-        cdef _Out out
-        cdef int rc
-        cdef PyThread_type_lock lk = NULL
-        if self._emit is not None and self._watched(scope, key):
-            self._wait_admission()
-            lk = self._stripe_for(scope, key)
-            _lock(lk)
-        try:
-            _out_init(&out)
-            rc = self._del(s, sl, k, kl, &out)
-            old = _take(&out)
-            if rc and rc != PS_NOTFOUND:
-                raise error_for_rc(rc, RC_CODES, "delete")
-            if lk != NULL and self._emit is not None:
-                # As the engine does, deleting a missing key is an event too.
-                self._emit(EV_DELETED, scope, key, old if rc == PS_OK else None, None)
-        finally:
-            if lk != NULL:
-                PyThread_release_lock(lk)
-        return decode(old) if rc == PS_OK else None
-
-    def update(self, scope, key, ops):
-        """Apply ``ops`` to the value at (scope, key) atomically.
-
-        Returns an :class:`UpdateResult`. Ops that cannot apply are skipped
-        and reported in ``errors``; the rest still apply, and the result is
-        stored even when every op failed. A missing key starts as ``{}``.
-
-        >>> st = State()
-        >>> st.update("c", "hits", [{"type": "increment", "path": "n", "by": 1}])
-        UpdateResult(old_value=None, new_value={'n': 1}, errors=[])
-        """
-        cdef Py_ssize_t sl, kl
-        cdef const char *s = _text(scope, &sl, "scope")
-        cdef const char *k = _text(key, &kl, "key")
-        cdef PyThread_type_lock lk
-        if self._emit is not None and self._watched(scope, key):
-            self._wait_admission()
-            lk = self._stripe_for(scope, key)
-            _lock(lk)
-            try:
-                return self._update(scope, key, s, sl, k, kl, ops, True)
-            finally:
-                PyThread_release_lock(lk)
-        return self._update(scope, key, s, sl, k, kl, ops, False)
-
-    cdef UpdateResult _update(self, scope, key, const char *s, Py_ssize_t sl,
-                              const char *k, Py_ssize_t kl, ops, bint watched):
-        cdef _Out out
-        _out_init(&out)
-        cdef int rc
-        cdef bytes new_data
-        cdef const char *expect
-        cdef Py_ssize_t elen
-        cdef UpdateResult result
-        cdef list errors
-        while True:
-            errors = []
-            self._open()
-            rc = ps_get(self._st, s, sl, k, kl, &out.sink)
-            old_data = _take(&out)
-            if rc == PS_NOTFOUND:
-                old = None
-                new = apply_into(None, True, ops, errors)
-                expect = NULL
-                elen = 0
-            elif rc:
-                raise error_for_rc(rc, RC_CODES, "update")
-            else:
-                old = decode(old_data)
-                new = apply_into(copy_containers(old), False, ops, errors)
-                expect = PyBytes_AS_STRING(old_data)
-                elen = PyBytes_GET_SIZE(old_data)
-            new_data = encode_trusted(new)
-            if _race_hook is not None:
-                _race_hook()
-            # Compare-and-set against the bytes we read: if another thread
-            # wrote this key meanwhile, start over from its value instead of
-            # overwriting it. No lock is held while the ops run.
-            rc = self._put_if(s, sl, k, kl, PyBytes_AS_STRING(new_data),
-                              PyBytes_GET_SIZE(new_data), expect, elen)
-            if rc == PS_CONFLICT:
-                continue
-            if rc:
-                raise error_for_rc(rc, RC_CODES, "update")
-            if watched and self._emit is not None:
-                self._emit(EV_CREATED if expect == NULL else EV_UPDATED, scope, key,
-                           old_data if expect != NULL else None,
-                           PyBytes_FromStringAndSize(PyBytes_AS_STRING(new_data),
-                                                     PyBytes_GET_SIZE(new_data)))
-            result = UpdateResult.__new__(UpdateResult)
-            result.old_value = old
-            result.new_value = new
-            result.errors = errors
-            return result
 
     def list(self, scope):
         """All values of ``scope`` in key insertion order ([] if none).
@@ -870,7 +610,7 @@ cdef class Store:
         self._open()
         cdef int rc = ps_list(self._st, s, sl, LIST_BATCH, &sink)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "list")
+            raise _error(rc, "list")
         if len(arrays) == 1:
             return decode(arrays[0])
         cdef list values = []
@@ -893,7 +633,7 @@ cdef class Store:
         cdef int rc = ps_groups(self._st, &out.sink, &count)
         data = _take(&out)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "list_groups")
+            raise _error(rc, "list_groups")
         return _unpack_names(data, count)
 
     def _changes(self):
@@ -906,7 +646,7 @@ cdef class Store:
         cdef int rc = ps_events(self._st, &out.sink, &count)
         data = _take(&out)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "share_events")
+            raise _error(rc, "share_events")
         return data, count
 
     def items_page(self, scope, uint32_t pos=0, size_t limit=1000):
@@ -931,7 +671,7 @@ cdef class Store:
         cdef int rc = ps_items(self._st, s, sl, &pos, limit, &out.sink, &count)
         data = _take(&out)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "items")
+            raise _error(rc, "items")
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
         cdef list pairs = []
         for i in range(count):
@@ -981,7 +721,7 @@ cdef class Store:
             "dead_bytes": s.dead_bytes,
             "heap_bytes": s.heap_bytes,
         }
-        if not self._durable:
+        if not self.durable:
             return out
         ps_recovery_get(self._st, &rep)
         out.update(
@@ -1004,7 +744,7 @@ cdef class Store:
         cdef int rc = ps_scope_stats(self._st, &out.sink, &count)
         data = _take(&out)
         if rc:
-            raise error_for_rc(rc, RC_CODES, "stats")
+            raise _error(rc, "stats")
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
         cdef dict per = {}
         for i in range(count):
@@ -1032,7 +772,7 @@ cdef class Store:
             rc = ps_sync(st)
         self._busy -= 1
         if rc:
-            raise error_for_rc(rc, RC_CODES, "flush")
+            raise _error(rc, "flush")
 
     def compact(self, scope=None) -> None:
         """Rewrite the log of ``scope`` (default: of every scope) to hold only
@@ -1052,7 +792,7 @@ cdef class Store:
             rc = ps_compact(st, s, sl)
         self._busy -= 1
         if rc:
-            raise error_for_rc(rc, RC_CODES, "compact")
+            raise _error(rc, "compact")
 
     def check(self) -> dict:
         """Read every log again and verify each record, and that replaying
@@ -1070,7 +810,7 @@ cdef class Store:
             rc = ps_check(st, &rep)
         self._busy -= 1
         if rc and rc != PS_CORRUPT:
-            raise error_for_rc(rc, RC_CODES, "check")
+            raise _error(rc, "check")
         return {
             "ok": rc == PS_OK,
             "logs": rep.logs,

@@ -5,11 +5,11 @@ The Cython and the cffi ``Store`` each fill their C options struct from what
 option refused by one binding is refused by the other with the same
 :class:`~pystate.errors.ConfigError`.
 
->>> check_store_options(None, "interval", 5000, False, False, None)
->>> check_store_options("data", "always", 200, False, False, 1024)
+>>> check_store_options(None, "interval", 5000, False, False)
+>>> check_store_options("data", "always", 200, False, False)
 b'data'
 >>> try:
-...     check_store_options(None, "interval", 5000, False, False, 2**70)
+...     check_max_value_bytes(2**70)
 ... except ConfigError as e:
 ...     print(e.code, "|", e.message)
 invalid_config | max_value_bytes: expected a positive integer up to 9223372036854775807 or None, got 1180591620717411303424
@@ -107,11 +107,11 @@ def check_max_value_bytes(value: Any) -> None:
 
 
 def check_store_options(
-    path: Any, sync: Any, save_interval_ms: Any, repair: Any, read_only: Any, max_value_bytes: Any
+    path: Any, sync: Any, save_interval_ms: Any, repair: Any, read_only: Any
 ) -> bytes | None:
-    """Refuse a bad open option with ConfigError; return the path as bytes
-    (None for an in-memory store)."""
-    check_max_value_bytes(max_value_bytes)
+    """Refuse a bad open option of a kv store with ConfigError; return the
+    path as bytes (None for an in-memory store). (``max_value_bytes`` is
+    every adapter's: :func:`check_max_value_bytes`.)"""
     for name, flag in (("repair", repair), ("read_only", read_only)):
         if type(flag) is not bool:
             raise ConfigError(f"{name}: expected True or False, got {flag!r}")

@@ -34,7 +34,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 from pystate.functions import FunctionRef
-from pystate.state import _UNSET, _BUILTINS, State, Subscription, UpdateResult
+from pystate.state import _UNSET, STATE_FUNCTIONS, State, Subscription, UpdateResult
 from pystate.triggers import Trigger
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ class AsyncState:
         if state is not None and (path is not None or options):
             raise TypeError("AsyncState: give either state= or State's arguments, not both")
         self.state: State = state if state is not None else State(path, **options)
-        # A Redis server is a round trip away: every call goes to a thread.
-        self._remote = self.state.adapter != "kv"
+        # A server is a round trip away: every call goes to a thread.
+        self._remote = not self.state.storage.local
         self._blocking_writes = self._remote or self.state.sync == "always"
 
     # ---- the six functions ---------------------------------------------
@@ -139,12 +139,12 @@ class AsyncState:
             function_id, action, body = request, None, payload
         if (
             isinstance(function_id, str)
-            and function_id not in _BUILTINS
+            and function_id not in STATE_FUNCTIONS
             and action is None
             and st._functions.get(function_id) is not None
         ):
             return await st._functions.call_async(function_id, body)
-        if isinstance(function_id, str) and function_id in _BUILTINS and function_id not in (
+        if isinstance(function_id, str) and function_id in STATE_FUNCTIONS and function_id not in (
             "state::get",
             "state::list",
             "state::list_groups",

@@ -286,8 +286,6 @@ def _output_file(path: str) -> tuple[Any, str]:
 
 
 def _cmd_dump(st: pystate.State, args: argparse.Namespace) -> int:
-    if st.adapter != "kv":
-        raise _Fail(f"dump reads a kv store; this one is {st.adapter}", EXIT_STORE)
     if args.output in (None, "-"):
         f, tmp = sys.stdout.buffer, None
     else:
@@ -564,8 +562,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     st = _open(args, access="serve")
     what = f"{st.adapter} adapter"
-    if st.adapter == "kv":
-        what += f", file store at {st.path}" if st.path is not None else ", in memory"
+    if st.path is not None:
+        what += f", file store at {st.path}"
+    elif st.storage.local:
+        what += ", in memory"
 
     def ready(server: Any) -> None:
         auth = ", bearer token required" if server._token else ""

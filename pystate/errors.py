@@ -43,6 +43,7 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyError",
     "RecoveryWarning",
+    "RC_ERRORS",
     "error_for_rc",
     "recovery_findings",
     "recovery_message",
@@ -277,32 +278,40 @@ def wide_integer(literal: bytes, at: int) -> InvalidValueError:
         "the 64-bit range JSON values can hold", rc=None)
 
 
-def error_for_rc(rc: int, names: dict[str, int], what: str) -> StateError:
+#: The exception for each of the C core's negative status codes, by the
+#: code's name in ``pystate.h`` (``PSG_CLOSED``: ``ps_guard.h``). The one
+#: table: both bindings raise through :func:`error_for_rc`.
+RC_ERRORS: dict[str, type[StateError]] = {
+    "PS_NOTFOUND": NotFoundError,
+    "PS_CONFLICT": ConflictError,
+    "PS_TOOBIG": ValueTooLargeError,
+    "PS_CORRUPT": CorruptError,
+    "PS_BADVERSION": CorruptError,
+    "PS_LOCKED": LockedError,
+    "PS_NOTSTORE": NotAStoreError,
+    "PS_READONLY": ReadOnlyError,
+    "PS_RANGE": InvalidValueError,
+    "PSG_CLOSED": ClosedError,
+}
+
+
+def error_for_rc(rc: int, name: str | None, what: str, detail: str) -> StateError:
     """Build the exception for a non-zero C return code.
 
-    ``names`` maps the C core's ``PS_*`` names to their values (given by the
-    binding, so the table cannot drift from the header); ``what`` names the
-    operation for the message.
-    """
-    from pystate._backend import core as _core
+    ``name`` is the code's name in the C headers (the binding maps codes to
+    names from the header's own constants, so this table cannot drift from
+    them), or None for an ``errno`` value; ``what`` names the operation and
+    ``detail`` is the C core's ``ps_strerror(rc)``.
 
-    detail = _core.strerror(rc)
-    if rc == names["PS_NOTFOUND"]:
-        return NotFoundError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_CONFLICT"]:
-        return ConflictError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_TOOBIG"]:
-        return ValueTooLargeError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_CORRUPT"] or rc == names["PS_BADVERSION"]:
-        return CorruptError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_LOCKED"]:
-        return LockedError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_NOTSTORE"]:
-        return NotAStoreError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_READONLY"]:
-        return ReadOnlyError(f"{what}: {detail}", rc=rc)
-    if rc == names["PS_RANGE"]:
-        return InvalidValueError(f"{what}: {detail}", rc=rc)
+    >>> str(error_for_rc(-30800, "PS_NOTFOUND", "get", "no such scope or key"))
+    'get: no such scope or key'
+    """
+    cls = RC_ERRORS.get(name) if name is not None else None
+    if cls is ClosedError:
+        # The same whatever the call was: the store is gone.
+        return ClosedError("the store is closed", rc=rc)
+    if cls is not None:
+        return cls(f"{what}: {detail}", rc=rc)
     if rc == _errno.ENOMEM:
         return StoreMemoryError(f"{what}: out of memory", rc=rc)
     if rc > 0:

@@ -49,7 +49,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pystate._backend import codec as _codec
 from pystate.errors import AdapterUnavailableError, InvalidValueError, StateError, TriggerConfigError
-from pystate.state import _BUILTINS, State, is_void
+from pystate.state import STATE_FUNCTIONS, State, is_void
 from pystate.triggers import parse_trigger
 
 __all__ = ["Server", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_FRAME_BYTES", "run"]
@@ -305,7 +305,7 @@ class Server:
         self._ping = (ping_interval, ping_timeout)
         # The compiled kv store answers in microseconds: inline. The rest may
         # block on a network or a disk sync: a thread pool.
-        self._inline = state.adapter == "kv" and getattr(state, "sync", None) != "always"
+        self._inline = state.storage.local and state.sync != "always"
         self._workers: dict[str, _Worker] = {}
         self._functions: dict[str, _Worker] = {}
         self._bindings: dict[str, _Binding] = {}
@@ -569,7 +569,7 @@ class Server:
         if ns is not None and not ns.strip():
             return self._answer(w, iid, fid, None, _error("INVALID_NAMESPACE", "namespace must not be blank"))
         data = msg.get("data")
-        builtin = _BUILTINS.get(fid)
+        builtin = STATE_FUNCTIONS.get(fid)
         if builtin is not None:
             if self._inline:
                 result, error = self._run_builtin(fid, builtin, data)
@@ -642,7 +642,7 @@ class Server:
         if not fid:
             self.counters["bad_frames"] += 1
             return None
-        if fid in _BUILTINS or fid.startswith("engine::"):
+        if fid in STATE_FUNCTIONS or fid.startswith("engine::"):
             _log.warning("worker %s: cannot register %r, a function of the server", w.id, fid)
             return None
         owner = self._functions.get(fid)
@@ -767,7 +767,7 @@ class Server:
 
     async def _invoke(self, fid: str, data: Any, metadata: Any) -> _Reply:
         self.counters["trigger_calls"] += 1
-        builtin = _BUILTINS.get(fid)
+        builtin = STATE_FUNCTIONS.get(fid)
         if builtin is not None:
             if self._inline:
                 return self._run_builtin(fid, builtin, data)

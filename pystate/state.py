@@ -1,26 +1,25 @@
 """``State``: the store with the iii engine's function surface.
 
-The fast data paths (``set``, ``get``, ``delete``, ``update``, ``list``,
-``list_groups``) are compiled methods inherited from
-:class:`pystate._core.Store`. This module adds ``trigger``, which accepts
-the engine's ``state::*`` requests and answers with the engine's response
-shapes, so code written against iii-state runs unchanged.
+A State holds a storage (the adapter's: :mod:`pystate.storage`) and the
+one write path over it (:mod:`pystate.writes`), and adds what every
+adapter shares: functions, triggers, event dispatch, and ``trigger``,
+which accepts the engine's ``state::*`` requests and answers with the
+engine's response shapes, so code written against iii-state runs unchanged.
 """
 
 from __future__ import annotations
 
+import builtins
 import functools
+import inspect
 import logging
 import os
-import struct
 import threading
 import uuid
 import weakref
-import inspect
-from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, TypeVar, overload
 
-from pystate._backend import core as _core
-from pystate._options import check_testing_options
+from pystate._options import check_max_value_bytes
 from pystate.dispatch import QUEUE_POLICIES, EventDispatcher
 from pystate.errors import (
     ClosedError,
@@ -30,18 +29,18 @@ from pystate.errors import (
     UnsupportedActionError,
 )
 from pystate.functions import FunctionRef, FunctionRegistry
+from pystate.storage import ADAPTERS, open_storage
 from pystate.triggers import Trigger, TriggerIndex, parse_trigger
+from pystate.writes import UpdateResult, Writes
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from pystate._options import BridgeOptions, KvOptions, QueuePolicy, RedisOptions, SyncMode
 
-__all__ = ["State", "UpdateResult", "Subscription"]
+__all__ = ["State", "UpdateResult", "Subscription", "STATE_FUNCTIONS", "is_void"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-UpdateResult = _core.UpdateResult
 
 _UNSET: Any = object()
 
@@ -142,7 +141,9 @@ def is_void(action: Any) -> bool:
     raise PayloadError(f'action: expected {{"type": "void"}}, got {action!r}')
 
 
-_BUILTINS: dict[str, Callable[[State, Any], Any]] = {
+#: The six ``state::*`` functions, by id: what ``State.trigger`` (and
+#: ``pystate serve``) answers them with.
+STATE_FUNCTIONS: dict[str, Callable[[State, Any], Any]] = {
     "state::set": _fn_set,
     "state::get": _fn_get,
     "state::delete": _fn_delete,
@@ -177,9 +178,17 @@ class Subscription:
 
 
 log = logging.getLogger("pystate")
-#: How often a share_events store looks for other processes' writes.
-SHARE_EVENTS_POLL_S = 0.005
-_U32 = struct.Struct("<I")
+
+
+def _check_dispatch_options(triggers_enabled: Any, max_pending_events: Any, event_queue_full: Any) -> None:
+    if type(max_pending_events) is not int or max_pending_events < 1:
+        raise ConfigError(f"max_pending_events: expected a positive integer, got {max_pending_events!r}")
+    if event_queue_full not in QUEUE_POLICIES:
+        raise ConfigError(
+            f"event_queue_full: expected one of {', '.join(QUEUE_POLICIES)}, got {event_queue_full!r}"
+        )
+    if not isinstance(triggers_enabled, bool):
+        raise ConfigError(f"triggers_enabled: expected True or False, got {triggers_enabled!r}")
 
 # Every open State, for os.fork(): a child must not inherit locks held by
 # threads it does not have (see State._after_fork_in_child).
@@ -195,14 +204,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class State(_core.Store):
+class State:
     """An embedded iii-state store: JSON values addressed by (scope, key).
 
     ``State()`` is an in-memory store on pystate's compiled core;
     ``State("dir")`` is durable: one append-only log per scope in ``dir``,
     replayed when opened. A new or empty ``dir`` becomes a store (it gets a
     ``PYSTATE`` marker); a non-empty directory that is not one is refused.
-    Either is safe to share between threads and is a context manager.
+    ``State(adapter="redis", redis_url=...)`` keeps the values in a Redis
+    server, ``State(adapter="bridge", bridge_url=...)`` behind a remote
+    engine: the same calls, triggers and answers. Either is safe to share
+    between threads and is a context manager.
 
     >>> with State() as st:
     ...     st.set("users", "u1", {"name": "Ada", "visits": 0})
@@ -211,8 +223,14 @@ class State(_core.Store):
     {'name': 'Ada', 'visits': 1}
     {'name': 'Ada', 'visits': 1}
 
+    A State holds a storage (:mod:`pystate.storage`: the adapter's) and the
+    one write path over it (:mod:`pystate.writes`); the functions, triggers
+    and event dispatch are its own.
+
     Args:
         path: a directory for a durable store; None (default) for memory.
+        adapter: ``"kv"`` (default), ``"redis"`` or ``"bridge"``; the other
+            two take their own options (README, "Adapters").
         sync: when writes are made durable (file-based only). Every
             acknowledged write has reached the operating system, so killing
             the process loses nothing; against a machine crash,
@@ -256,16 +274,6 @@ class State(_core.Store):
             was touched.
     """
 
-    __slots__ = ("_functions", "_triggers", "_events", "_triggers_enabled", "_share_stop", "_share_thread", "_share_lock",
-                 "__weakref__")
-
-    def __new__(cls, *args: Any, adapter: str = "kv", **kwargs: Any) -> State:
-        # State(adapter="redis", ...) is a State whose storage is a Redis
-        # server: the subclass overrides every storage method.
-        if cls is State and adapter != "kv":
-            cls = _adapter_class(adapter)
-        return super().__new__(cls)
-
     # What type checkers see: one signature per adapter, so that a typo
     # (``synch=``) or another adapter's option is flagged.
     @overload
@@ -283,123 +291,21 @@ class State(_core.Store):
         path: str | os.PathLike[str] | None = None,
         *,
         adapter: str = "kv",
-        sync: SyncMode = "interval",
-        save_interval_ms: int = 5000,
-        repair: bool = False,
-        read_only: bool = False,
         max_value_bytes: int | None = None,
         triggers_enabled: bool = True,
         max_pending_events: int = 10_000,
         event_queue_full: QueuePolicy = "block",
-        share_events: bool = False,
-        **_testing: Any,
+        **options: Any,
     ) -> None:
-        if adapter != "kv":
-            raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
-        check_testing_options(_testing)
-        self._check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
-        if type(share_events) is not bool:
-            raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
-        if share_events and path is None:
-            raise ConfigError(
-                "share_events applies to file-based stores (an in-memory store is one process's): give a path"
-            )
-        if path is not None and read_only is not True:
-            # The C core creates the directory itself; its parents too, here
-            # (a reader creates nothing).
-            parent = os.path.dirname(os.path.abspath(os.fspath(path)))
-            os.makedirs(parent, exist_ok=True)
-        super().__init__(
-            path,
-            sync=sync,
-            save_interval_ms=save_interval_ms,
-            repair=repair,
-            read_only=read_only,
-            max_value_bytes=max_value_bytes,
-            **_testing,
-        )
-        self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
-        if share_events:
-            self._changes()  # from now on the C core keeps other processes' changes
-            self._start_sharing()
-
-    # ---- other processes' writes as events (share_events=True) ----------
-
-    def _start_sharing(self) -> None:
-        stop = threading.Event()
-        me = weakref.ref(self)
-
-        def run() -> None:
-            # Weakly: a store dropped without close() is not kept alive.
-            while not stop.wait(SHARE_EVENTS_POLL_S):
-                st = me()
-                if st is None:
-                    return
-                try:
-                    st._deliver_changes()
-                except ClosedError:
-                    return
-                except StateError as e:  # a damaged log, a full disk: said, then tried again
-                    log.warning("share_events: %s", e)
-                del st
-
-        self._share_stop = stop
-        if getattr(self, "_share_lock", None) is None:
-            self._share_lock = threading.Lock()
-        self._share_thread = threading.Thread(target=run, name="pystate-share-events", daemon=True)
-        self._share_thread.start()
-
-    def _stop_sharing(self) -> None:
-        stop = getattr(self, "_share_stop", None)
-        if stop is not None:
-            stop.set()
-            if self._share_thread is not threading.current_thread():
-                self._share_thread.join()
-
-    def _deliver_changes(self) -> None:
-        """Queue the events of what other processes wrote since the last look,
-        in the order their logs hold them."""
-        with self._share_lock:
-            self._deliver_changes_locked()
-
-    def _deliver_changes_locked(self) -> None:
-        data, count = self._changes()
-        if not count or not self._triggers_enabled:
-            return
-        emit, unpack, p = self._events.emit, _U32.unpack_from, 0
-        for _ in range(count):
-            kind = data[p]
-            p += 1
-            (n,) = unpack(data, p)
-            scope = data[p + 4:p + 4 + n].decode()
-            p += 4 + n
-            (n,) = unpack(data, p)
-            key = data[p + 4:p + 4 + n].decode()
-            p += 4 + n
-            (n,) = unpack(data, p)
-            old = data[p + 4:p + 3 + n] if n else None
-            p += 4 + max(n - 1, 0)
-            (n,) = unpack(data, p)
-            new = data[p + 4:p + 3 + n] if n else None
-            p += 4 + max(n - 1, 0)
-            event = "state:deleted" if kind == 2 else "state:created" if old is None else "state:updated"
-            emit(event, scope, key, old, new)
-
-    @staticmethod
-    def _check_dispatch_options(triggers_enabled: Any, max_pending_events: Any, event_queue_full: Any) -> None:
-        if type(max_pending_events) is not int or max_pending_events < 1:
-            raise ConfigError(
-                f"max_pending_events: expected a positive integer, got {max_pending_events!r}"
-            )
-        if event_queue_full not in QUEUE_POLICIES:
-            raise ConfigError(
-                f"event_queue_full: expected one of {', '.join(QUEUE_POLICIES)}, got {event_queue_full!r}"
-            )
-        if not isinstance(triggers_enabled, bool):
-            raise ConfigError(f"triggers_enabled: expected True or False, got {triggers_enabled!r}")
-
-    def _init_dispatch(self, triggers_enabled: bool, max_pending_events: int, event_queue_full: str) -> None:
-        self._functions = FunctionRegistry(reserved=_BUILTINS.__contains__)
+        if adapter not in ADAPTERS:
+            raise ConfigError(f"adapter: expected one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        check_max_value_bytes(max_value_bytes)
+        _check_dispatch_options(triggers_enabled, max_pending_events, event_queue_full)
+        opened = open_storage(adapter, path, options)
+        self._storage = storage = opened.storage
+        self._writes = writes = Writes(storage, max_value_bytes)
+        self._feed = opened.feed
+        self._functions = FunctionRegistry(reserved=STATE_FUNCTIONS.__contains__)
         # Weakly: the dispatcher thread reaches the index, and must not keep
         # the store alive.
         rewire = weakref.WeakMethod(self._rewire)
@@ -412,45 +318,42 @@ class State(_core.Store):
         # stops its threads; the finalizer holds the dispatcher, not the store.
         weakref.finalize(self, self._events.close)
         _OPEN_STATES.add(self)
+        # The hot paths, bound once on the instance: a call goes straight to
+        # the write path or the storage (a subclass's override is kept).
+        cls, d = type(self), self.__dict__
+        for name, fn in (("set", writes.set), ("delete", writes.delete), ("update", writes.update),
+                         ("get", storage.get), ("list", storage.list)):
+            if getattr(cls, name) is getattr(State, name):
+                d[name] = fn
+        if self._feed is not None:
+            self._feed.start(self._events.emit if triggers_enabled else None)
+            self._rewire()
 
     def _after_fork_in_child(self) -> None:
         """A child of fork() goes on with the stores its parent opened (the C
         core re-attaches a file store to its directory); what the parent's
         other threads held here is made anew."""
-        after = getattr(super(), "_after_fork_in_child", None)
+        after = getattr(self._storage, "_after_fork_in_child", None)
         if after is not None:
             after()
+        self._writes.after_fork_in_child()
         self._events.after_fork_in_child()
         self._triggers._lock = threading.Lock()
         self._functions._lock = threading.Lock()
-        if getattr(self, "_share_stop", None) is not None and not self._share_stop.is_set():
-            self._share_lock = threading.Lock()
-            self._start_sharing()  # the parent's poller did not come along
+        if self._feed is not None:
+            self._feed.after_fork_in_child()
             self._rewire()  # (its write path held the parent's lock)
 
     def _rewire(self) -> None:
-        """Point the compiled write path at the current triggers."""
+        """Point the write path's trigger gate at the current triggers."""
         idx, ev = self._triggers, self._events
-        emit = ev.emit
-        if getattr(self, "_share_stop", None) is not None:
-            # Another process's change that this write followed (the C core
-            # applies them before a write) is queued before this write's own.
-            me, lock, queue = weakref.ref(self), self._share_lock, ev.emit
-
-            def emit(event_type: str, scope: str, key: str, old: Any, new: Any) -> None:
-                st = me()
-                with lock:
-                    if st is not None:
-                        try:
-                            st._deliver_changes_locked()
-                        except ClosedError:
-                            pass  # closing meanwhile: the changes die with the store
-                        except StateError as e:  # a damaged log: never this write's failure
-                            log.warning("share_events: %s", e)
-                    queue(event_type, scope, key, old, new)
-
-        if self._triggers_enabled and idx.count:
-            self._set_watch(
+        emit: Any = ev.emit
+        if self._feed is not None:
+            # With a feed, this process's events keep their order with other
+            # writers' (or, None: the feed delivers them too).
+            emit = self._feed.own_emit(emit)
+        if emit is not None and self._triggers_enabled and idx.count:
+            self._writes.set_watch(
                 emit,
                 ev.admit,
                 ev.pending,
@@ -461,12 +364,208 @@ class State(_core.Store):
                 idx.watched_pairs,
             )
         else:
-            self._set_watch(None)
+            self._writes.set_watch(None)
+
+    # ---- the data calls ---------------------------------------------------
+
+    def set(self, scope: str, key: str, value: Any) -> Any:
+        """Store ``value`` at (scope, key); return the previous value or None.
+
+        >>> st = State()
+        >>> st.set("users", "u1", {"name": "Ada"}) is None
+        True
+        >>> st.set("users", "u1", {"name": "Grace"})
+        {'name': 'Ada'}
+
+        Raises:
+            InvalidValueError: the value is not JSON (NaN, a set, an integer
+                outside 64 bits...); nothing was stored.
+            ValueTooLargeError: its JSON text exceeds ``max_value_bytes``.
+        """
+        return self._writes.set(scope, key, value)
+
+    def get(self, scope: str, key: str, default: Any = None) -> Any:
+        """The value at (scope, key), or ``default`` when there is none.
+
+        A stored JSON null is a value: it reads as None, not as ``default``.
+
+        >>> State().get("users", "nobody", "?")
+        '?'
+        """
+        return self._storage.get(scope, key, default)
+
+    def delete(self, scope: str, key: str) -> Any:
+        """Remove (scope, key); return the removed value or None.
+
+        >>> st = State()
+        >>> _ = st.set("s", "k", [1])
+        >>> st.delete("s", "k"), st.delete("s", "k")
+        ([1], None)
+        """
+        return self._writes.delete(scope, key)
+
+    def update(self, scope: str, key: str, ops: list[dict[str, Any]]) -> UpdateResult:
+        """Apply ``ops`` to the value at (scope, key) atomically.
+
+        Returns an :class:`UpdateResult`. Ops that cannot apply are skipped
+        and reported in ``errors``; the rest still apply, and the result is
+        stored even when every op failed. A missing key starts as ``{}``.
+
+        >>> st = State()
+        >>> st.update("c", "hits", [{"type": "increment", "path": "n", "by": 1}])
+        UpdateResult(old_value=None, new_value={'n': 1}, errors=[])
+        """
+        return self._writes.update(scope, key, ops)
+
+    def list(self, scope: str) -> builtins.list[Any]:
+        """All values of ``scope``: in key insertion order on the kv
+        adapter, in the server's order on redis ([] if none).
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", 1); _ = st.set("s", "b", 2)
+        >>> st.list("s")
+        [1, 2]
+        """
+        return self._storage.list(scope)
+
+    def list_groups(self) -> builtins.list[str]:
+        """Names of the scopes that hold at least one key, sorted.
+
+        >>> st = State()
+        >>> _ = st.set("b", "k", 1); _ = st.set("a", "k", 1)
+        >>> st.list_groups()
+        ['a', 'b']
+        """
+        return self._storage.list_groups()
+
+    def __contains__(self, item: object) -> bool:
+        """Whether a key exists: ``(scope, key) in st``. A stored null
+        exists (except through a bridge, where null reads as missing).
+
+        >>> st = State()
+        >>> _ = st.set("s", "k", None)
+        >>> ("s", "k") in st, ("s", "other") in st
+        (True, False)
+        """
+        return item in self._storage
+
+    def keys(self, scope: str) -> builtins.list[str]:
+        """The keys of ``scope``, in the order :meth:`list` gives the values
+        ([] if none).
+
+        >>> st = State()
+        >>> _ = st.set("s", "b", 1); _ = st.set("s", "a", 2)
+        >>> st.keys("s"), st.keys("none")
+        (['b', 'a'], [])
+
+        Raises:
+            UnsupportedError: through a bridge (the engine has no such call).
+        """
+        return self._storage.keys(scope)
+
+    def items(self, scope: str, page: int = 1000) -> Iterator[tuple[str, Any]]:
+        """Iterate ``(key, value)`` over ``scope``, a page of ``page``
+        entries at a time, so a big scope is never all in memory.
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", 1); _ = st.set("s", "b", [2])
+        >>> list(st.items("s"))
+        [('a', 1), ('b', [2])]
+        """
+        return self._storage.items(scope, page)
+
+    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[builtins.list[tuple[str, bytes]], int]:
+        """One page of ``scope``'s keys and raw JSON texts: ``(pairs,
+        next_pos)``; an empty list means the scope is exhausted. Pages are
+        consistent one by one; a scope written between pages may show keys
+        missed or repeated. :meth:`items` walks every page.
+
+        >>> st = State()
+        >>> _ = st.set("s", "a", {"n": 1})
+        >>> st.items_page("s")
+        ([('a', b'{"n":1}')], 1)
+        """
+        return self._storage.items_page(scope, pos, limit)
+
+    # ---- durability -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Make every write so far durable now (fdatasync of every log
+        written since its last sync), whatever the sync mode. In memory,
+        and where the server owns durability, does nothing.
+
+        >>> State().flush()
+        """
+        self._storage.flush()
+
+    def compact(self, scope: str | None = None) -> None:
+        """Rewrite the log of ``scope`` (default: of every scope) to hold only
+        live records: new file, fdatasync, rename over the old one, sync of
+        the directory. Crash-safe at every step. Elsewhere, does nothing.
+
+        >>> State().compact()
+        """
+        self._storage.compact(scope)
+
+    def check(self) -> dict[str, Any]:
+        """Read every log again and verify each record, and that replaying
+        them gives exactly the keys and values in memory (redis: that every
+        value is JSON). Changes nothing. Returns ``{"ok": bool, "logs": n,
+        "records": n, "problem": str | None}``.
+
+        >>> State().check()["ok"]
+        True
+        """
+        return self._storage.check()
+
+    # ---- what it is -------------------------------------------------------
 
     @property
     def adapter(self) -> str:
-        """The storage adapter: ``"kv"`` (this compiled store), ``"redis"`` or ``"bridge"``."""
-        return "kv"
+        """The storage adapter: ``"kv"`` (the compiled store), ``"redis"`` or ``"bridge"``."""
+        return self._storage.name
+
+    @property
+    def storage(self) -> Any:
+        """The storage this State holds (:class:`pystate.storage.Storage`):
+        what it promises is in ``ordered``, ``durable``, ``local``."""
+        return self._storage
+
+    @property
+    def path(self) -> str | None:
+        """The store directory, or None (in memory, or another adapter)."""
+        return self._storage.path
+
+    @property
+    def sync(self) -> str | None:
+        """The sync mode of a file store, or None."""
+        return self._storage.sync
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened ``read_only`` (writes raise ReadOnlyError)."""
+        return self._storage.read_only
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
+        return self._writes.max_value_bytes
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._storage.closed
+
+    def __enter__(self) -> State:
+        if self._storage.closed:
+            raise ClosedError("the store is closed")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _seal(self) -> None:
+        self._writes.seal()
 
     @classmethod
     def from_config(cls, config_path: str | os.PathLike[str], **overrides: Any) -> State:
@@ -629,26 +728,27 @@ class State(_core.Store):
         >>> st.closed
         True
         """
-        self._stop_sharing()
-        if not self.closed:
+        if self._feed is not None:
+            self._feed.stop()
+        if not self._storage.closed:
             # Writes stop first: a writer that kept writing would keep the
             # queue from ever draining, and an event queued after the drain
             # would never run.
-            self._seal()
+            self._writes.seal()
             self._events.close(timeout)
-            self._set_watch(None)
-        super().close()
+            self._writes.set_watch(None)
+        self._storage.close()
 
     def stats(self) -> dict[str, Any]:
-        """The store's counters (see :meth:`pystate._core.Store.stats`),
-        plus ``handler_errors`` (handlers and conditions that raised),
+        """The storage's counters (kv: scopes, keys, bytes, and on file the
+        logs, recovery and per-scope figures; redis: its URL), plus ``handler_errors`` (handlers and conditions that raised),
         ``triggers`` and ``events`` (``pending``, ``delivered``,
         ``running_coroutines``, ``dropped``).
 
         >>> State().stats()["handler_errors"]
         0
         """
-        out = super().stats()
+        out = self._storage.stats()
         out["handler_errors"] = self._events.handler_errors
         out["triggers"] = self._triggers.count
         out["events"] = self._events.stats()
@@ -698,7 +798,7 @@ class State(_core.Store):
             raise PayloadError(
                 f"trigger: function_id must be a string, got {type(function_id).__name__}"
             )
-        fn = _BUILTINS.get(function_id)
+        fn = STATE_FUNCTIONS.get(function_id)
         user_fn = None
         if fn is None:
             user_fn = self._functions.require(function_id)
@@ -713,11 +813,7 @@ class State(_core.Store):
         return None if void else result
 
     def __repr__(self) -> str:
-        where = "in memory" if self.path is None else f"at {self.path!r}, sync={self.sync}"
-        if self.closed:
-            return f"<pystate.State {where}, closed>"
-        s = self.stats()
-        return f"<pystate.State {where}, {s['scopes']} scopes, {s['keys']} keys>"
+        return f"<pystate.State {self._storage.describe()}>"
 
 
 def _call_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
@@ -727,20 +823,13 @@ def _call_alive(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 
 # inspect.signature(State) and help(State) show the kv adapter's options
-# (State.__new__ only picks the class; its (*args, **kwargs) says nothing).
-State.__signature__ = inspect.signature(State.__init__).replace(  # type: ignore[attr-defined]
-    parameters=[p for p in list(inspect.signature(State.__init__).parameters.values())[1:]
-                if p.kind is not inspect.Parameter.VAR_KEYWORD]
-)
+# (the others are in the overloads and in each adapter's open_storage).
+def _signature() -> inspect.Signature:
+    own = [p for p in inspect.signature(State.__init__).parameters.values()][1:-1]
+    kv = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+          for name, default in (("sync", "interval"), ("save_interval_ms", 5000), ("repair", False),
+                                ("read_only", False), ("share_events", False))]
+    return inspect.Signature(own[:2] + kv[:4] + own[2:] + kv[4:])
 
 
-def _adapter_class(adapter: Any) -> type[State]:
-    if adapter == "redis":
-        from pystate.adapters.redis_adapter import RedisState
-
-        return RedisState
-    if adapter == "bridge":
-        from pystate.adapters.bridge_adapter import BridgeState
-
-        return BridgeState
-    raise ConfigError(f"adapter: expected one of kv, redis, bridge, got {adapter!r}")
+State.__signature__ = _signature()  # type: ignore[attr-defined]

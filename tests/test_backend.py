@@ -366,22 +366,22 @@ def test_cffi_update_gives_back_its_turn_after_a_conflict():
             if len(calls) == 1:
                 st.set("s", "k", {"n": 100 * (rnd + 1)})
 
-        cf_core._set_race_hook(race)
+        cf_writes._set_race_hook(race)
         try:
             r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
         finally:
-            cf_core._set_race_hook(None)
+            cf_writes._set_race_hook(None)
         assert len(calls) == 2 and r.new_value == {"n": 100 * (rnd + 1) + 1}
         assert not any(lock.locked() for lock in st._c_turns)
 
     def raced_then_bad():
         st.set("s", "k", {"n": "text"})
-        cf_core._set_race_hook(None)
+        cf_writes._set_race_hook(None)
 
-    cf_core._set_race_hook(raced_then_bad)
+    cf_writes._set_race_hook(raced_then_bad)
     try:
         r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
     finally:
-        cf_core._set_race_hook(None)
+        cf_writes._set_race_hook(None)
     assert r.errors[0]["code"] == "increment.not_number"
     assert not any(lock.locked() for lock in st._c_turns)

@@ -7,6 +7,7 @@ import threading
 
 import pystate
 from pystate._backend import core as _core
+from pystate import writes as _writes
 
 
 def run_threads(n, target):
@@ -68,11 +69,11 @@ def test_update_retries_when_the_key_changes_between_read_and_write(st):
         if len(calls) == 1:
             st.set("s", "k", {"n": 100})
 
-    _core._set_race_hook(race)
+    _writes._set_race_hook(race)
     try:
         r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
     finally:
-        _core._set_race_hook(None)
+        _writes._set_race_hook(None)
     assert len(calls) == 2  # the first attempt lost the race and was redone
     assert (r.old_value, r.new_value) == ({"n": 100}, {"n": 101})
     assert st.get("s", "k") == {"n": 101}
@@ -86,11 +87,11 @@ def test_update_of_a_created_key_retries_when_someone_else_creates_it(st):
         if len(calls) == 1:
             st.set("s", "new", {"n": 5})
 
-    _core._set_race_hook(race)
+    _writes._set_race_hook(race)
     try:
         r = st.update("s", "new", [{"type": "increment", "path": "n", "by": 1}])
     finally:
-        _core._set_race_hook(None)
+        _writes._set_race_hook(None)
     assert len(calls) == 2
     assert (r.old_value, r.new_value) == ({"n": 5}, {"n": 6})
 
@@ -103,11 +104,11 @@ def test_writes_to_other_keys_do_not_force_a_retry(st):
         calls.append(1)
         st.set("s", f"other{len(calls)}", 0)
 
-    _core._set_race_hook(race)
+    _writes._set_race_hook(race)
     try:
         st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
     finally:
-        _core._set_race_hook(None)
+        _writes._set_race_hook(None)
     assert len(calls) == 1
 
 

@@ -27,19 +27,11 @@ import warnings
 from typing import Any, Iterator
 
 from pystate._cffi._native import ffi, lib
-from pystate._cffi.codec import copy_containers, decode, encode, encode_trusted
-from pystate._cffi.ops import apply_into
+from pystate._cffi.codec import decode
 from pystate._options import check_store_options, path_bytes
-from pystate.errors import (
-    ClosedError,
-    PayloadError,
-    RecoveryWarning,
-    ValueTooLargeError,
-    error_for_rc,
-    recovery_message,
-)
+from pystate.errors import ClosedError, PayloadError, RecoveryWarning, error_for_rc, recovery_message
 
-__all__ = ["Store", "UpdateResult", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
+__all__ = ["Store", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
            "inspect"]
 
 #: Names and values of the C core's status codes, from the header itself.
@@ -77,14 +69,6 @@ _NULL = ffi.NULL
 _new = ffi.new
 _unpack = ffi.unpack
 
-EV_CREATED = "state:created"
-EV_UPDATED = "state:updated"
-EV_DELETED = "state:deleted"
-
-# Watched writes of one (scope, key) hold one of these locks from the write
-# until their event is queued, so events reach the queue in write order.
-N_STRIPES = 64
-
 # Bytes per array handed over by list() (see _core.pyx).
 LIST_BATCH = 32 * 1024
 
@@ -119,17 +103,6 @@ if _rc:
 _CLOSED = _closed_handle[0]
 lib.psg_close(_CLOSED)
 
-# Tests set this to run code between an update's read and its write.
-_race_hook: Any = None
-
-
-def _set_race_hook(hook: Any) -> None:
-    """Testing aid: call ``hook()`` inside every update, after the read and
-    before the compare-and-set. None removes it."""
-    global _race_hook
-    _race_hook = hook
-
-
 @ffi.def_extern()
 def pystate_compact_hook(ctx: Any, point: int) -> None:
     # Testing aid only: C calls this with the store locked.
@@ -139,10 +112,13 @@ def pystate_compact_hook(ctx: Any, point: int) -> None:
         pass
 
 
+# Code -> name, for the one error table (pystate.errors.RC_ERRORS).
+_RC_NAMES = {v: k for k, v in RC_CODES.items()}
+_RC_NAMES[_CLOSED_RC] = "PSG_CLOSED"
+
+
 def _error(rc: int, what: str) -> Exception:
-    if rc == _CLOSED_RC:
-        return ClosedError("the store is closed")
-    return error_for_rc(rc, RC_CODES, what)
+    return error_for_rc(rc, _RC_NAMES.get(rc), what, strerror(rc))
 
 
 def _with_message(err: Any, message: str) -> Any:
@@ -242,7 +218,7 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
     o.repair = 1 if repair else 0
     rc = lib.ps_store_inspect(o, rep)
     if rc and rc != _CORRUPT:
-        err = error_for_rc(rc, RC_CODES, f"inspect {path!r}")
+        err = _error(rc, f"inspect {path!r}")
         msg = _message(rep)
         if msg:
             _with_message(err, msg)
@@ -255,107 +231,33 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
     return out
 
 
-class UpdateResult:
-    """What ``update`` returns: the value before and after, and the errors
-    of the ops that could not apply (empty when all applied).
-
-    Unpacks like a tuple: ``old, new, errors = st.update(...)``.
-    """
-
-    __slots__ = ("_old", "_new", "_errors")
-
-    def __init__(self, old_value: Any = None, new_value: Any = None, errors: Any = None) -> None:
-        self._old = old_value
-        self._new = new_value
-        self._errors = [] if errors is None else list(errors)
-
-    @property
-    def old_value(self) -> Any:
-        return self._old
-
-    @property
-    def new_value(self) -> Any:
-        return self._new
-
-    @property
-    def errors(self) -> list:
-        return self._errors
-
-    def to_response(self) -> dict:
-        """The engine's ``state::update`` response: ``errors`` only when
-        there are any."""
-        r = {"old_value": self._old, "new_value": self._new}
-        if self._errors:
-            r["errors"] = self._errors
-        return r
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self._old, self._new, self._errors))
-
-    def __len__(self) -> int:
-        return 3
-
-    def __getitem__(self, i: Any) -> Any:
-        return (self._old, self._new, self._errors)[i]
-
-    def __eq__(self, other: Any) -> Any:
-        if isinstance(other, UpdateResult):
-            other = tuple(other)
-        if isinstance(other, tuple):
-            return (self._old, self._new, self._errors) == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"UpdateResult(old_value={self._old!r}, "
-                f"new_value={self._new!r}, errors={self._errors!r})")
-
-
-def _result(old: Any, new: Any, errors: list) -> UpdateResult:
-    r = UpdateResult.__new__(UpdateResult)
-    r._old = old
-    r._new = new
-    r._errors = errors
-    return r
-
-
 class Store:
-    """A store of JSON values by (scope, key), on the C core: in memory, or
-    durable in a directory of per-scope append-only logs. The cffi twin of
-    the Cython ``Store``; use it through :class:`pystate.State`.
+    """The kv storage on the C core, in memory or durable in a directory of
+    per-scope append-only logs: the cffi twin of the Cython ``Store``
+    (raw writes of JSON text, decoded reads; :class:`pystate.storage.Storage`).
+    Use it through :class:`pystate.State`.
     """
 
-    # Prefixed: subclasses (the remote adapters) have slots of their own.
-    __slots__ = ("_c_g", "_c_closed", "_c_sealed", "_c_limit", "_c_durable", "_c_path", "_c_sync", "_c_ro", "_c_hook",
-                 "_c_emit", "_c_admit", "_c_pending", "_c_bound", "_c_all", "_c_scopes",
-                 "_c_keys", "_c_pairs", "_c_stripes", "_c_turns")
+    __slots__ = ("_g", "_closed", "_path", "_sync", "_ro", "_hook", "durable")
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        self = super().__new__(cls)
-        self._c_g = _CLOSED
-        self._c_closed = True
-        self._c_sealed = False
-        self._c_limit = -1
-        self._c_durable = False
-        self._c_path = None
-        self._c_sync = None
-        self._c_ro = False
-        self._c_hook = None
-        self._c_emit = None
-        self._c_stripes = None
-        self._c_turns = None
-        return self
+    #: What this storage promises (see the Cython binding).
+    name = "kv"
+    ordered = True
+    local = True
+    applies_ops = False
 
     def __init__(self, path: Any = None, *, sync: str = "interval", save_interval_ms: int = 5000,
-                 repair: bool = False, read_only: bool = False, max_value_bytes: int | None = None,
+                 repair: bool = False, read_only: bool = False,
                  _compact_hook: Any = None, _compact_min_dead: int = 0,
                  _max_open_files: int = 0) -> None:
-        bpath = check_store_options(path, sync, save_interval_ms, repair, read_only, max_value_bytes)
-        if max_value_bytes is not None:
-            self._c_limit = max_value_bytes
-        if self._c_g is not _CLOSED:
-            return
+        self._g = _CLOSED
+        self._closed = True
+        self._path: str | None = None
+        self._sync: str | None = None
+        self._ro = False
+        self._hook: Any = None
+        self.durable = False
+        bpath = check_store_options(path, sync, save_interval_ms, repair, read_only)
         o = _new("ps_options *")
         rep = _new("ps_report *")
         if bpath is not None:
@@ -368,171 +270,152 @@ class Store:
             o.compact_min_dead = _compact_min_dead
             o.max_open_files = _max_open_files
             if _compact_hook is not None:
-                self._c_hook = ffi.new_handle(_compact_hook)
+                self._hook = ffi.new_handle(_compact_hook)
                 o.hook = lib.pystate_compact_hook
-                o.hook_ctx = self._c_hook
+                o.hook_ctx = self._hook
         out = _new("psg **")
         rc = lib.psg_open(out, o, rep)
         if rc:
-            err = error_for_rc(rc, RC_CODES, f"open {path!r}")
+            err = _error(rc, f"open {path!r}")
             msg = _message(rep)
             if msg:  # the C core's report says what and where (file, offset)
                 _with_message(err, msg)
             raise err
-        self._c_g = out[0]
-        self._c_closed = False
-        self._c_stripes = [threading.Lock() for _ in range(N_STRIPES)]
-        self._c_turns = [threading.Lock() for _ in range(N_STRIPES)]
+        self._g = out[0]
+        self._closed = False
         if path is not None:
-            self._c_durable = True
-            self._c_path = os.fspath(path)
-            self._c_sync = sync
-            self._c_ro = read_only
-            text = recovery_message(self._c_path, _report_dict(rep), _message(rep),
+            self.durable = True
+            self._path = os.fspath(path)
+            self._sync = sync
+            self._ro = read_only
+            text = recovery_message(self._path, _report_dict(rep), _message(rep),
                                     read_only=read_only)
             if text:
                 warnings.warn(text, RecoveryWarning, stacklevel=4)
 
     def __del__(self) -> None:
-        g = self._c_g
+        g = getattr(self, "_g", _CLOSED)
         if g is not _CLOSED:
-            self._c_g = _CLOSED
+            self._g = _CLOSED
             lib.psg_free(g)
 
-    # ---- the trigger gate ------------------------------------------------
-
-    def _set_watch(self, emit: Any, admit: Any = None, pending: Any = None, bound: int = 0,
-                   watch_all: bool = False, scopes: set | None = None, keys: set | None = None,
-                   pairs: dict | None = None) -> None:
-        """Install (or, with ``emit=None``, remove) the trigger gate; see the
-        Cython binding's ``_set_watch``."""
-        self._c_emit = None  # off while the rest changes
-        self._c_admit = admit
-        self._c_pending = pending
-        self._c_bound = bound
-        self._c_all = bool(watch_all)
-        self._c_scopes = scopes if scopes is not None else set()
-        self._c_keys = keys if keys is not None else set()
-        self._c_pairs = pairs if pairs is not None else {}
-        self._c_emit = emit
-
-    def _c_watched(self, scope: Any, key: Any) -> bool:
-        if self._c_all or scope in self._c_scopes or key in self._c_keys:
-            return True
-        if self._c_pairs:
-            keys = self._c_pairs.get(scope)
-            return keys is not None and key in keys
-        return False
-
-    def _c_enter_watched(self, scope: Any, key: Any) -> Any:
-        """Admission, then the stripe lock of (scope, key), held by the
-        caller until its event is queued."""
-        if self._c_admit is not None and len(self._c_pending) >= self._c_bound:
-            self._c_admit()
-        lk = self._c_stripes[(hash(scope) * 1000003 ^ hash(key)) % N_STRIPES]
-        lk.acquire()
-        return lk
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
-        return None if self._c_limit < 0 else self._c_limit
-
     def _after_fork_in_child(self) -> None:
-        # The parent's other threads are gone, with the locks they held and
-        # the calls they were in.
-        self._c_stripes = [threading.Lock() for _ in range(N_STRIPES)]
-        self._c_turns = [threading.Lock() for _ in range(N_STRIPES)]
-        if self._c_g is not _CLOSED:
-            lib.psg_after_fork(self._c_g)
+        # The guard's counts belong to the parent's threads, gone here.
+        if self._g is not _CLOSED:
+            lib.psg_after_fork(self._g)
+
+    def describe(self) -> str:
+        """What the store is, for State's repr."""
+        where = "in memory" if self._path is None else f"at {self._path!r}, sync={self._sync}"
+        if self._closed:
+            return f"{where}, closed"
+        s = self.stats()
+        return f"{where}, {s['scopes']} scopes, {s['keys']} keys"
 
     @property
     def closed(self) -> bool:
         """True after ``close()``."""
-        return self._c_closed
+        return self._closed
 
     @property
     def path(self) -> Any:
         """The store directory, or None in memory."""
-        return self._c_path
+        return self._path
 
     @property
     def read_only(self) -> bool:
         """Whether the store was opened ``read_only`` (writes raise ReadOnlyError)."""
-        return self._c_ro
+        return self._ro
 
     @property
     def sync(self) -> str | None:
         """The sync mode, or None in memory."""
-        return self._c_sync
-
-    def _seal(self) -> None:
-        """Refuse writes from now on (ClosedError), and return once every
-        watched write already past that check has queued its event: the
-        first step of State.close(), so that draining the queue drains
-        everything. Reads go on until close()."""
-        self._c_sealed = True
-        # A watched write holds its stripe from the check to its emit.
-        for lk in self._c_stripes or ():
-            with lk:
-                pass
+        return self._sync
 
     def close(self) -> None:
         """Make every write durable (file-based), then free the store. Later
         calls raise ClosedError; closing twice is fine."""
-        if self._c_closed:
+        if self._closed:
             return
-        self._c_closed = self._c_sealed = True
-        rc = lib.psg_close(self._c_g)  # waits for calls in flight
+        self._closed = True
+        rc = lib.psg_close(self._g)  # waits for calls in flight
         if rc and rc != _CLOSED_RC:
-            raise error_for_rc(rc, RC_CODES, "close (final sync)")
+            raise _error(rc, "close (final sync)")
 
     def __enter__(self) -> Any:
-        if self._c_closed:
+        if self._closed:
             raise ClosedError("the store is closed")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- the six functions ----------------------------------------------
+    # ---- raw writes ---------------------------------------------------------
 
-    def set(self, scope: Any, key: Any, value: Any) -> Any:
-        """Store ``value`` at (scope, key); return the previous value or None.
-
-        >>> st = Store()
-        >>> st.set("users", "u1", {"name": "Ada"}) is None
-        True
-        """
+    def put(self, scope: Any, key: Any, data: bytes) -> bytes | None:
+        """Store the JSON text ``data`` as it is; return the previous text or None."""
         s = _text(scope, "scope")
         k = _text(key, "key")
-        data = encode(value)
-        n = len(data)
-        if self._c_limit >= 0 and n > self._c_limit:
-            raise ValueTooLargeError(
-                f"value of {n} bytes exceeds the configured max_value_bytes limit of {self._c_limit}")
-        lk = None
-        if self._c_emit is not None and self._c_watched(scope, key):
-            lk = self._c_enter_watched(scope, key)
         try:
-            try:
-                out = _tls.buf
-            except AttributeError:
-                out = _thread_buf()
-            # The old value is delivered exactly when the key existed (a JSON
-            # text is never empty), which saves an `existed` out-parameter.
-            if self._c_sealed:
-                raise _error(_CLOSED_RC, "")
-            rc = lib.psg_put(self._c_g, s, len(s), k, len(k), data, n, out, _NULL)
-            old = _take(out)
-            if rc:
-                raise _error(rc, "set")
-            if lk is not None and self._c_emit is not None:
-                self._c_emit(EV_CREATED if old is None else EV_UPDATED, scope, key, old, data)
-        finally:
-            if lk is not None:
-                lk.release()
-        return None if old is None else decode(old)
+            out = _tls.buf
+        except AttributeError:
+            out = _thread_buf()
+        # The old value is delivered exactly when the key existed (a JSON
+        # text is never empty), which saves an `existed` out-parameter.
+        rc = lib.psg_put(self._g, s, len(s), k, len(k), data, len(data), out, _NULL)
+        old = _take(out)
+        if rc:
+            raise _error(rc, "set")
+        return old
+
+    def put_if(self, scope: Any, key: Any, data: bytes, expect: bytes | None) -> bool:
+        """Compare-and-set: store ``data`` only if the key holds exactly
+        ``expect`` (None: does not exist); whether it was stored."""
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        if expect is None:
+            rc = lib.psg_put_if(self._g, s, len(s), k, len(k), data, len(data), _NULL, 0)
+        else:
+            rc = lib.psg_put_if(self._g, s, len(s), k, len(k), data, len(data), expect, len(expect))
+        if rc == _CONFLICT:
+            return False
+        if rc:
+            raise _error(rc, "update")
+        return True
+
+    def remove(self, scope: Any, key: Any) -> bytes | None:
+        """Remove (scope, key); return its JSON text, or None when there was none."""
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        try:
+            out = _tls.buf
+        except AttributeError:
+            out = _thread_buf()
+        rc = lib.psg_del(self._g, s, len(s), k, len(k), out)
+        old = _take(out)
+        if rc:
+            if rc == _NOTFOUND:
+                return None
+            raise _error(rc, "delete")
+        return old
+
+    # ---- reads --------------------------------------------------------------
+
+    def get_raw(self, scope: Any, key: Any) -> bytes | None:
+        """The JSON text at (scope, key), or None."""
+        s = _text(scope, "scope")
+        k = _text(key, "key")
+        try:
+            out = _tls.buf
+        except AttributeError:
+            out = _thread_buf()
+        rc = lib.psg_get(self._g, s, len(s), k, len(k), out)
+        data = _take(out)
+        if rc:
+            if rc == _NOTFOUND:
+                return None
+            raise _error(rc, "update")
+        return data
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
         """The value at (scope, key), or ``default`` when there is none.
@@ -546,7 +429,7 @@ class Store:
             out = _tls.buf
         except AttributeError:
             out = _thread_buf()
-        rc = lib.psg_get(self._c_g, s, len(s), k, len(k), out)
+        rc = lib.psg_get(self._g, s, len(s), k, len(k), out)
         data = _take(out)
         if rc:
             if rc == _NOTFOUND:
@@ -560,7 +443,7 @@ class Store:
             raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
         s = _text(item[0], "scope")
         k = _text(item[1], "key")
-        rc = lib.psg_has(self._c_g, s, len(s), k, len(k))
+        rc = lib.psg_has(self._g, s, len(s), k, len(k))
         if rc and rc != _NOTFOUND:
             raise _error(rc, "in")
         return rc == 0
@@ -570,124 +453,18 @@ class Store:
         s = _text(scope, "scope")
         out = _new("psg_buf *")
         count = _new("size_t *")
-        rc = lib.psg_keys(self._c_g, s, len(s), out, count)
+        rc = lib.psg_keys(self._g, s, len(s), out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "keys")
         return _unpack_names(data, count[0])
-
-    def delete(self, scope: Any, key: Any) -> Any:
-        """Remove (scope, key); return the removed value or None.
-
-        >>> st = Store()
-        >>> _ = st.set("s", "k", [1])
-        >>> st.delete("s", "k"), st.delete("s", "k")
-        ([1], None)
-        """
-        s = _text(scope, "scope")
-        k = _text(key, "key")
-        lk = None
-        if self._c_emit is not None and self._c_watched(scope, key):
-            lk = self._c_enter_watched(scope, key)
-        try:
-            try:
-                out = _tls.buf
-            except AttributeError:
-                out = _thread_buf()
-            if self._c_sealed:
-                raise _error(_CLOSED_RC, "")
-            rc = lib.psg_del(self._c_g, s, len(s), k, len(k), out)
-            old = _take(out)
-            if rc and rc != _NOTFOUND:
-                raise _error(rc, "delete")
-            if lk is not None and self._c_emit is not None:
-                # As the engine does, deleting a missing key is an event too.
-                self._c_emit(EV_DELETED, scope, key, old if rc == _OK else None, None)
-        finally:
-            if lk is not None:
-                lk.release()
-        return decode(old) if rc == _OK else None
-
-    def update(self, scope: Any, key: Any, ops: Any) -> UpdateResult:
-        """Apply ``ops`` to the value at (scope, key) atomically.
-
-        Returns an :class:`UpdateResult`; ops that cannot apply are skipped
-        and reported in ``errors``. A missing key starts as ``{}``.
-
-        >>> Store().update("c", "hits", [{"type": "increment", "path": "n", "by": 1}])
-        UpdateResult(old_value=None, new_value={'n': 1}, errors=[])
-        """
-        s = _text(scope, "scope")
-        k = _text(key, "key")
-        if self._c_emit is not None and self._c_watched(scope, key):
-            lk = self._c_enter_watched(scope, key)
-            try:
-                return self._c_update(scope, key, s, k, ops, True)
-            finally:
-                lk.release()
-        return self._c_update(scope, key, s, k, ops, False)
-
-    def _c_update(self, scope: Any, key: Any, s: bytes, k: bytes, ops: Any,
-                  watched: bool) -> UpdateResult:
-        g = self._c_g
-        sl, kl = len(s), len(k)
-        try:
-            out = _tls.buf
-        except AttributeError:
-            out = _thread_buf()
-        turn = None  # taken after a first conflict: see below
-        try:
-            while True:
-                errors: list = []
-                rc = lib.psg_get(g, s, sl, k, kl, out)
-                old_data = _take(out)
-                if rc == _NOTFOUND:
-                    old = None
-                    new = apply_into(None, True, ops, errors)
-                    expect: Any = _NULL
-                    elen = 0
-                elif rc:
-                    raise _error(rc, "update")
-                else:
-                    old = decode(old_data)
-                    new = apply_into(copy_containers(old), False, ops, errors)
-                    expect = old_data
-                    elen = len(old_data)
-                new_data = encode_trusted(new)
-                if _race_hook is not None:
-                    _race_hook()
-                # Compare-and-set against the bytes read: if another thread
-                # wrote the key meanwhile, start over from its value.
-                if self._c_sealed:
-                    raise _error(_CLOSED_RC, "")
-                rc = lib.psg_put_if(g, s, sl, k, kl, new_data, len(new_data), expect, elen)
-                if rc == _CONFLICT:
-                    if turn is None:
-                        # A contended key. cffi lets other threads run during
-                        # every C call, so optimistic retries of several
-                        # updaters can keep spoiling each other (measured: 7.7 s
-                        # instead of 4.6 s for 4 threads x 500 appends to one
-                        # key); from their first conflict on, updaters of a
-                        # key retry one at a time.
-                        turn = self._c_turns[(hash(scope) * 1000003 ^ hash(key)) % N_STRIPES]
-                        turn.acquire()
-                    continue
-                if rc:
-                    raise _error(rc, "update")
-                if watched and self._c_emit is not None:
-                    self._c_emit(EV_CREATED if old_data is None else EV_UPDATED, scope, key,
-                                 old_data, new_data)
-                return _result(old, new, errors)
-        finally:
-            if turn is not None:
-                turn.release()
 
     def list(self, scope: Any) -> list:
         """All values of ``scope`` in key insertion order ([] if none)."""
         s = _text(scope, "scope")
         arrays = _new("psg_bufs *")
         try:
-            rc = lib.psg_list(self._c_g, s, len(s), LIST_BATCH, arrays)
+            rc = lib.psg_list(self._g, s, len(s), LIST_BATCH, arrays)
             if rc:
                 raise _error(rc, "list")
             items = arrays.items
@@ -704,7 +481,7 @@ class Store:
         """Names of the scopes that hold at least one key, sorted."""
         out = _new("psg_buf *")
         count = _new("size_t *")
-        rc = lib.psg_groups(self._c_g, out, count)
+        rc = lib.psg_groups(self._g, out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "list_groups")
@@ -715,7 +492,7 @@ class Store:
         # ps_events), and how many; the first call starts keeping them.
         out = _new("psg_buf *")
         count = _new("size_t *")
-        rc = lib.psg_events(self._c_g, out, count)
+        rc = lib.psg_events(self._g, out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "share_events")
@@ -728,7 +505,7 @@ class Store:
         cpos = _new("uint32_t *", pos)
         out = _new("psg_buf *")
         count = _new("size_t *")
-        rc = lib.psg_items(self._c_g, s, len(s), cpos, limit, out, count)
+        rc = lib.psg_items(self._g, s, len(s), cpos, limit, out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "items")
@@ -762,7 +539,7 @@ class Store:
     def stats(self) -> dict:
         """Counters (see the Cython binding's ``stats``)."""
         s = _new("ps_stats *")
-        rc = lib.psg_stats(self._c_g, s)
+        rc = lib.psg_stats(self._g, s)
         if rc:
             raise _error(rc, "stats")
         out = {
@@ -773,15 +550,15 @@ class Store:
             "dead_bytes": s.dead_bytes,
             "heap_bytes": s.heap_bytes,
         }
-        if not self._c_durable:
+        if not self.durable:
             return out
         rep = _new("ps_report *")
-        rc = lib.psg_recovery(self._c_g, rep)
+        rc = lib.psg_recovery(self._g, rep)
         if rc:
             raise _error(rc, "stats")
         out.update(
-            path=self._c_path,
-            sync=self._c_sync,
+            path=self._path,
+            sync=self._sync,
             log_bytes=s.log_bytes,
             log_dead_bytes=s.log_dead_bytes,
             compactions=s.compactions,
@@ -794,7 +571,7 @@ class Store:
     def _c_per_scope(self) -> dict:
         out = _new("psg_buf *")
         count = _new("size_t *")
-        rc = lib.psg_scope_stats(self._c_g, out, count)
+        rc = lib.psg_scope_stats(self._g, out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "stats")
@@ -813,7 +590,7 @@ class Store:
     def flush(self) -> None:
         """Make every write so far durable now, whatever the sync mode. In
         memory, does nothing."""
-        rc = lib.psg_sync(self._c_g)
+        rc = lib.psg_sync(self._g)
         if rc:
             raise _error(rc, "flush")
 
@@ -821,10 +598,10 @@ class Store:
         """Rewrite the log of ``scope`` (default: of every scope) to hold only
         live records, crash-safely. In memory, does nothing."""
         if scope is None:
-            rc = lib.psg_compact(self._c_g, _NULL, 0)
+            rc = lib.psg_compact(self._g, _NULL, 0)
         else:
             s = _text(scope, "scope")
-            rc = lib.psg_compact(self._c_g, s, len(s))
+            rc = lib.psg_compact(self._g, s, len(s))
         if rc:
             raise _error(rc, "compact")
 
@@ -832,7 +609,7 @@ class Store:
         """Read every log again and verify each record, and that replaying
         them gives exactly the keys and values in memory. Changes nothing."""
         rep = _new("ps_report *")
-        rc = lib.psg_check(self._c_g, rep)
+        rc = lib.psg_check(self._g, rep)
         if rc and rc != _CORRUPT:
             raise _error(rc, "check")
         return {

@@ -27,7 +27,6 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from pystate._backend import codec as _codec
-from pystate._backend import core as _core
 from pystate.errors import (
     AdapterUnavailableError,
     ClosedError,
@@ -38,15 +37,9 @@ from pystate.errors import (
     UnsupportedError,
     ValueTooLargeError,
 )
-from pystate.adapters.remote import RemoteState
-from pystate.adapters import check_pair as _pair
-from pystate.adapters import check_text as _text
-from pystate._backend import ops as _ops
+from pystate.storage import Opened, check_pair as _pair, check_text as _text, refuse_kv_options
 
-UpdateResult = _core.UpdateResult
-apply = _ops.apply
-
-__all__ = ["BridgeState", "DEFAULT_BRIDGE_URL"]
+__all__ = ["BridgeStorage", "open_storage", "DEFAULT_BRIDGE_URL"]
 
 #: The engine's default address.
 DEFAULT_BRIDGE_URL = "ws://127.0.0.1:49134"
@@ -73,11 +66,19 @@ class _Waiter:
         self.error: Any = None
 
 
-class BridgeState(RemoteState):
-    """A :class:`pystate.State` whose values live behind an iii engine or a
-    ``pystate serve`` process.
+def open_storage(path: Any, options: dict[str, Any]) -> Opened:
+    """Open the bridge storage ``State(adapter="bridge", ...)`` holds; see
+    :class:`BridgeStorage` for the options."""
+    options = dict(options)
+    own = {name: options.pop(name) for name in ("bridge_url", "token", "timeout") if name in options}
+    refuse_kv_options("bridge", "bridge_url", path, options)
+    return Opened(BridgeStorage(**own))
 
-    Made by ``State(adapter="bridge", bridge_url=...)``.
+
+class BridgeStorage:
+    """The storage of ``State(adapter="bridge", bridge_url=...)``: values
+    behind an iii engine or a ``pystate serve`` process, reached through
+    its ``state::*`` functions (so ``update`` is applied there).
 
     Args:
         bridge_url: ``ws://host:port`` or ``wss://...`` (default
@@ -86,38 +87,25 @@ class BridgeState(RemoteState):
             ``III_TOKEN`` environment variable, as iii-sdk does).
         timeout: seconds a call may wait for its answer (default 30) before
             it fails with ``adapter_unavailable``.
-        max_value_bytes, triggers_enabled, max_pending_events,
-            event_queue_full: as for :class:`pystate.State`.
 
     Raises:
-        ConfigError: a malformed URL, or options of the kv adapter.
+        ConfigError: a malformed URL.
         AdapterUnavailableError: the remote side cannot be reached.
     """
 
-    __slots__ = (
-        "_url", "_headers", "_timeout", "_conn", "_conn_lock",
-        "_pending", "_reader", "worker_id",
-    )
+    name = "bridge"
+    ordered = True  # as the remote side keeps it
+    durable = True
+    local = False
+    #: No compare-and-set over the engine's API: update runs there.
+    applies_ops = True
+    path = None
+    sync = None
+    read_only = False
 
-    __signature__ = None  # State's shows the kv adapter's options; inspect reads __init__ here
-
-    def __init__(
-        self,
-        path: Any = None,
-        *,
-        adapter: str = "bridge",
-        bridge_url: str | None = None,
-        token: str | None = None,
-        timeout: float = 30.0,
-        max_value_bytes: int | None = None,
-        triggers_enabled: bool = True,
-        max_pending_events: int = 10_000,
-        event_queue_full: str = "block",
-        **kv_options: Any,
-    ) -> None:
+    def __init__(self, *, bridge_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+        self._is_closed = True  # until connected
         self._conn: Any = None
-        self._check_options("bridge", "bridge_url", path, kv_options, max_value_bytes,
-                            triggers_enabled, max_pending_events, event_queue_full)
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError(f"timeout: expected a positive number of seconds, got {timeout!r}")
         url = DEFAULT_BRIDGE_URL if bridge_url is None else bridge_url
@@ -134,7 +122,6 @@ class BridgeState(RemoteState):
         self.worker_id: str | None = None
         self._connect()
         self._is_closed = False
-        self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
 
     # ---- the connection -------------------------------------------------------
 
@@ -232,45 +219,38 @@ class BridgeState(RemoteState):
     # ---- plumbing ---------------------------------------------------------------
 
     @property
-    def adapter(self) -> str:
-        """The storage adapter: ``"bridge"``."""
-        return "bridge"
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._is_closed
 
     @property
     def bridge_url(self) -> str:
         return self._url
 
-    def _rewire(self) -> None:
-        self._watched = bool(self._triggers_enabled and self._triggers.count)
+    # ---- writes ----------------------------------------------------------------
 
-    # ---- the six functions -------------------------------------------------------
-
-    def set(self, scope: str, key: str, value: Any) -> Any:
-        """Store ``value`` at (scope, key); return the previous value or None."""
+    def put(self, scope: str, key: str, data: bytes) -> bytes | None:
+        """``state::set`` of the value ``data`` holds; the text it replaced, or None."""
         _text(scope, "scope")
         _text(key, "key")
-        if self._limit is not None:
-            size = len(_codec.dumps(value))
-            if size > self._limit:
-                raise ValueTooLargeError(
-                    f"value of {size} bytes exceeds the configured max_value_bytes limit of {self._limit}"
-                )
-        payload = {"scope": scope, "key": key, "value": value}
-        self._writable()
-        if not self._is_watched(scope, key):
-            return self._call("state::set", payload)["old_value"]
-        self._admit()
-        # Held from the write to the event: events of one key queue in the
-        # order the remote side applied the writes.
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            old = self._call("state::set", payload)["old_value"]
-            dumps = _codec.dumps
-            self._events.emit(
-                "state:created" if old is None else "state:updated", scope, key,
-                None if old is None else dumps(old), dumps(value),
-            )
-        return old
+        old = self._call("state::set", {"scope": scope, "key": key, "value": _codec.loads(data)})["old_value"]
+        return None if old is None else _codec.dumps(old)
+
+    def remove(self, scope: str, key: str) -> bytes | None:
+        """``state::delete``; the text of the value it removed, or None."""
+        _text(scope, "scope")
+        _text(key, "key")
+        old = self._call("state::delete", {"scope": scope, "key": key})
+        return None if old is None else _codec.dumps(old)
+
+    def apply_ops(self, scope: str, key: str, ops: Any) -> tuple[Any, Any, builtins.list[dict[str, Any]]]:
+        """``state::update`` on the remote side: (old, new, errors)."""
+        _text(scope, "scope")
+        _text(key, "key")
+        r = self._call("state::update", {"scope": scope, "key": key, "ops": ops})
+        return r.get("old_value"), r.get("new_value"), r.get("errors") or []
+
+    # ---- reads -----------------------------------------------------------------
 
     def get(self, scope: str, key: str, default: Any = None) -> Any:
         """The value at (scope, key), or ``default``."""
@@ -278,45 +258,6 @@ class BridgeState(RemoteState):
         _text(key, "key")
         value = self._call("state::get", {"scope": scope, "key": key})
         return default if value is None else value
-
-    def delete(self, scope: str, key: str) -> Any:
-        """Remove (scope, key); return the removed value or None."""
-        _text(scope, "scope")
-        _text(key, "key")
-        payload = {"scope": scope, "key": key}
-        self._writable()
-        if not self._is_watched(scope, key):
-            return self._call("state::delete", payload)
-        self._admit()
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            old = self._call("state::delete", payload)
-            self._events.emit("state:deleted", scope, key, None if old is None else _codec.dumps(old), None)
-        return old
-
-    def update(self, scope: str, key: str, ops: Any) -> UpdateResult:
-        """Apply ``ops`` atomically on the remote side; see :meth:`pystate.State.update`."""
-        _text(scope, "scope")
-        _text(key, "key")
-        # The compiled op engine checks the ops here, so a malformed request
-        # fails with the kv adapter's error before anything is sent.
-        apply(None, True, ops)
-        payload = {"scope": scope, "key": key, "ops": ops}
-        self._writable()
-        if not self._is_watched(scope, key):
-            r = self._call("state::update", payload)
-            return UpdateResult(r.get("old_value"), r.get("new_value"), r.get("errors") or [])
-        self._admit()
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            r = self._call("state::update", payload)
-            old, new = r.get("old_value"), r.get("new_value")
-            dumps = _codec.dumps
-            self._events.emit(
-                "state:created" if old is None else "state:updated", scope, key,
-                None if old is None else dumps(old), dumps(new),
-            )
-        return UpdateResult(old, new, r.get("errors") or [])
 
     def list(self, scope: str) -> list[Any]:
         """All values of ``scope``, in the remote side's order."""
@@ -340,6 +281,11 @@ class BridgeState(RemoteState):
         _text(scope, "scope")
         raise UnsupportedError("items: the bridge adapter cannot list keys (the engine's state API has no such call)")
 
+    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[builtins.list[tuple[str, bytes]], int]:
+        """Not possible through a bridge, as :meth:`keys`. Raises UnsupportedError."""
+        _text(scope, "scope")
+        raise UnsupportedError("items: the bridge adapter cannot list keys (the engine's state API has no such call)")
+
     def list_groups(self) -> builtins.list[str]:
         """Sorted names of the remote side's scopes."""
         return self._call("state::list_groups", {})["groups"]
@@ -347,18 +293,10 @@ class BridgeState(RemoteState):
     # ---- the rest of the State surface ---------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this client: ``adapter``, ``bridge_url``,
-        ``connected``, and the trigger counters of :meth:`pystate.State.stats`."""
+        """Counters of this client: ``adapter``, ``bridge_url``, ``connected``."""
         if self._is_closed:
             raise ClosedError("the store is closed")
-        return {
-            "adapter": "bridge",
-            "bridge_url": self._url,
-            "connected": self._conn is not None,
-            "handler_errors": self._events.handler_errors,
-            "triggers": self._triggers.count,
-            "events": self._events.stats(),
-        }
+        return {"adapter": "bridge", "bridge_url": self._url, "connected": self._conn is not None}
 
     def flush(self) -> None:
         """Nothing to do here: durability is the remote side's."""
@@ -376,15 +314,10 @@ class BridgeState(RemoteState):
         records = sum(len(self.list(scope)) for scope in self.list_groups())
         return {"ok": True, "logs": 0, "records": records, "problem": None}
 
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse writes (ClosedError from now on), run queued events, stop
-        dispatch and disconnect. Idempotent."""
-        if self._is_closed or self._sealed:
+    def close(self) -> None:
+        """Disconnect; later calls raise ClosedError. Idempotent."""
+        if self._is_closed:
             return
-        # Writes stop first, as in State.close: see the redis adapter.
-        self._seal()
-        self._events.close(timeout)
-        self._watched = False
         self._is_closed = True
         with self._conn_lock:
             conn, self._conn = self._conn, None
@@ -393,9 +326,9 @@ class BridgeState(RemoteState):
         if self._reader is not None:
             self._reader.join(10)
 
-    def __repr__(self) -> str:
-        state = ", closed" if self._is_closed else ""
-        return f"<pystate.State bridge to {self._url}{state}>"
+    def describe(self) -> str:
+        """What the store is, for State's repr."""
+        return f"bridge to {self._url}" + (", closed" if self._is_closed else "")
 
 
 _PREFIX = "Failed to deserialize input for "

@@ -4,13 +4,14 @@ Each scope is one hash, ``state:<scope>``; its fields are the keys and its
 values the JSON texts, as the engine writes them, so a pystate process and
 an engine sharing a server read and write the same data.
 
-Every call is atomic on the server. ``set`` and ``delete`` run a Lua script
-that reads the old text and writes in one step. ``update`` runs pystate's
-compiled op engine here (Lua's JSON cannot keep 64-bit integers exact) and
-stores the result with a Lua compare-and-set on the exact old text,
-starting over if another client wrote the key in between: two processes
-racing on one counter lose no increment, and a failure leaves either the
-old value or the new one, never half of it.
+Every call is atomic on the server. ``put`` and ``remove`` run a Lua script
+that reads the old text and writes in one step; ``put_if`` is a Lua
+compare-and-set on the exact old text, on which the write path
+(:mod:`pystate.writes`) runs ``update`` with pystate's op engine (Lua's
+JSON cannot keep 64-bit integers exact), starting over if another client
+wrote the key in between: two processes racing on one counter lose no
+increment, and a failure leaves either the old value or the new one, never
+half of it.
 
 Redis keeps no order inside a hash, so ``list`` returns a scope's values in
 the server's order, not in insertion order.
@@ -31,22 +32,10 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from pystate._backend import codec as _codec
-from pystate._backend import core as _core
-from pystate._backend import ops as _ops
-from pystate.errors import (
-    AdapterUnavailableError,
-    ClosedError,
-    ConfigError,
-    ValueTooLargeError,
-)
-from pystate.adapters.remote import RemoteState
-from pystate.adapters import check_pair as _pair
-from pystate.adapters import check_text as _text
+from pystate.errors import AdapterUnavailableError, ClosedError, ConfigError
+from pystate.storage import Emit, Opened, check_pair as _pair, check_text as _text, refuse_kv_options
 
-UpdateResult = _core.UpdateResult
-apply = _ops.apply
-
-__all__ = ["RedisState", "DEFAULT_REDIS_URL", "PREFIX"]
+__all__ = ["RedisStorage", "RedisFeed", "open_storage", "DEFAULT_REDIS_URL", "PREFIX"]
 
 #: The engine's default server.
 DEFAULT_REDIS_URL = "redis://localhost:6379"
@@ -101,64 +90,62 @@ return 1
 #: The default channel of ``share_events``.
 DEFAULT_EVENTS_CHANNEL = "pystate:state-events"
 
-_EV_CREATED, _EV_UPDATED, _EV_DELETED = "state:created", "state:updated", "state:deleted"
+
+def open_storage(path: Any, options: dict[str, Any]) -> Opened:
+    """Open the redis storage ``State(adapter="redis", ...)`` holds; see
+    :class:`RedisStorage` for the options."""
+    options = dict(options)
+    own = {name: options.pop(name) for name in ("redis_url", "socket_timeout", "share_events", "events_channel")
+           if name in options}
+    refuse_kv_options("redis", "redis_url", path, options)
+    share_events = own.pop("share_events", False)
+    if not isinstance(share_events, bool):
+        raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
+    storage = RedisStorage(share_events=share_events, **own)
+    return Opened(storage, RedisFeed(storage) if share_events else None)
 
 
-class RedisState(RemoteState):
-    """A :class:`pystate.State` whose values live in a Redis server.
-
-    Made by ``State(adapter="redis", redis_url=...)``. Only the storage
-    differs: functions, triggers (fired for writes made through this
-    object), ``trigger`` and ``AsyncState`` work as with the kv adapter.
+class RedisStorage:
+    """The storage of ``State(adapter="redis", redis_url=...)``: values in
+    a Redis server, one hash per scope. Only the storage differs:
+    functions, triggers (fired for writes made through this object),
+    ``trigger`` and ``AsyncState`` work as with the kv adapter.
 
     Args:
         redis_url: ``redis://[user:password@]host:port/db`` (also
             ``rediss://`` and ``unix://``); default ``redis://localhost:6379``,
             as in the engine.
-        max_value_bytes, triggers_enabled, max_pending_events,
-            event_queue_full: as for :class:`pystate.State`.
         socket_timeout: seconds a call may wait on the server before it
             fails with ``adapter_unavailable`` (default 5).
+        share_events: every write publishes its change on
+            ``events_channel``, and :class:`RedisFeed` hands this process
+            every client's changes, its own included, in the server's order.
 
     Raises:
-        ConfigError: a malformed URL, or options of the kv adapter.
+        ConfigError: a malformed URL.
         AdapterUnavailableError: the server cannot be reached.
     """
 
-    __slots__ = (
-        "_redis",
-        "_url",
-        "_scripts",
-        "_redis_errors",
-        "_clustered",
-        "_channel",
-        "_subscriber",
-        "_sub_stop",
-    )
-
-    __signature__ = None  # State's shows the kv adapter's options; inspect reads __init__ here
+    name = "redis"
+    #: Redis keeps no order inside a hash.
+    ordered = False
+    durable = True
+    local = False
+    applies_ops = False
+    path = None
+    sync = None
+    read_only = False
 
     def __init__(
         self,
-        path: Any = None,
         *,
-        adapter: str = "redis",
         redis_url: str | None = None,
-        max_value_bytes: int | None = None,
-        triggers_enabled: bool = True,
-        max_pending_events: int = 10_000,
-        event_queue_full: str = "block",
         socket_timeout: float = 5.0,
         share_events: bool = False,
         events_channel: str = DEFAULT_EVENTS_CHANNEL,
-        **kv_options: Any,
     ) -> None:
-        self._subscriber: threading.Thread | None = None
+        self._is_closed = True  # until connected
         self._channel = ""
-        self._check_options("redis", "redis_url", path, kv_options, max_value_bytes,
-                            triggers_enabled, max_pending_events, event_queue_full)
-        if not isinstance(share_events, bool):
-            raise ConfigError(f"share_events: expected True or False, got {share_events!r}")
         if not isinstance(events_channel, str) or not events_channel:
             raise ConfigError(f"events_channel: expected a non-empty string, got {events_channel!r}")
         url = DEFAULT_REDIS_URL if redis_url is None else redis_url
@@ -204,18 +191,15 @@ class RedisState(RemoteState):
             "cas": self._redis.register_script(_CAS),
         }
         self._is_closed = False
-        self._init_dispatch(triggers_enabled, max_pending_events, event_queue_full)
         if share_events:
             self._channel = events_channel  # every write publishes, whatever this process watches
-            if triggers_enabled:
-                self._start_subscriber()
 
     # ---- plumbing ----------------------------------------------------------
 
     @property
-    def adapter(self) -> str:
-        """The storage adapter: ``"redis"``."""
-        return "redis"
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._is_closed
 
     @property
     def clustered(self) -> bool:
@@ -235,60 +219,36 @@ class RedisState(RemoteState):
         except self._redis_errors as e:
             raise AdapterUnavailableError(f"Redis at {_safe(self._url)} is unavailable: {e}") from e
 
-    def _rewire(self) -> None:
-        idx = self._triggers
-        # With shared events every event, this process's own included,
-        # arrives through the channel, in the server's order.
-        self._watched = bool(self._triggers_enabled and idx.count and self._subscriber is None)
+    # ---- raw writes ----------------------------------------------------------
 
-    def _emit(self, event_type: str, scope: str, key: str, old: bytes | None, new: bytes | None) -> None:
-        self._events.emit(event_type, scope, key, old, new)
-
-    # ---- shared events ------------------------------------------------------
-
-    def _start_subscriber(self) -> None:
-        """Subscribe before returning, so no change made after the
-        constructor returns is missed."""
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._channel)
-            # Wait for the confirmation: from then on the server sends us every message.
-            deadline = time.monotonic() + 10
-            while not pubsub.subscribed and time.monotonic() < deadline:
-                pubsub.get_message(timeout=0.05)
-        except self._redis_errors as e:
-            pubsub.close()
-            raise AdapterUnavailableError(f"cannot subscribe to {self._channel!r}: {e}") from None
-        self._sub_stop = threading.Event()
-        self._subscriber = threading.Thread(
-            target=_listen, args=(pubsub, self._sub_stop, self._events, self._triggers, self._redis_errors),
-            name="pystate-redis-events", daemon=True,
-        )
-        self._subscriber.start()
-        self._rewire()
-
-    # ---- the six functions -----------------------------------------------
-
-    def set(self, scope: str, key: str, value: Any) -> Any:
-        """Store ``value`` at (scope, key); return the previous value or None."""
+    def put(self, scope: str, key: str, data: bytes) -> bytes | None:
+        """Store the JSON text ``data``; return the text it replaced, or None."""
         _text(scope, "scope")
         _text(key, "key")
-        data = _codec.dumps(value)
-        if self._limit is not None and len(data) > self._limit:
-            raise ValueTooLargeError(
-                f"value of {len(data)} bytes exceeds the configured max_value_bytes limit of {self._limit}"
-            )
-        args = [key, data, scope, self._channel]
-        self._writable()
-        if not self._is_watched(scope, key):
-            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
-            return None if old is None else _codec.loads(old)
-        self._admit()
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            old = self._call(self._scripts["set"], keys=[PREFIX + scope], args=args)
-            self._emit(_EV_CREATED if old is None else _EV_UPDATED, scope, key, old, data)
-        return None if old is None else _codec.loads(old)
+        return self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data, scope, self._channel])
+
+    def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
+        """Compare-and-set on the exact text ``expect`` (None: the key must
+        not exist), in one script; whether it stored ``data``."""
+        _text(scope, "scope")
+        _text(key, "key")
+        args = [key, data, "0" if expect is None else "1", b"" if expect is None else expect, scope, self._channel]
+        return bool(self._call(self._scripts["cas"], keys=[PREFIX + scope], args=args))
+
+    def remove(self, scope: str, key: str) -> bytes | None:
+        """Remove the key; return its text, or None."""
+        _text(scope, "scope")
+        _text(key, "key")
+        return self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key, scope, self._channel])
+
+    def get_raw(self, scope: str, key: str) -> bytes | None:
+        """The text at (scope, key), or None."""
+        _text(scope, "scope")
+        _text(key, "key")
+        data: bytes | None = self._call(self._redis.hget, PREFIX + scope, key)
+        return data
+
+    # ---- reads ---------------------------------------------------------------
 
     def get(self, scope: str, key: str, default: Any = None) -> Any:
         """The value at (scope, key), or ``default``."""
@@ -296,55 +256,6 @@ class RedisState(RemoteState):
         _text(key, "key")
         data = self._call(self._redis.hget, PREFIX + scope, key)
         return default if data is None else _codec.loads(data)
-
-    def delete(self, scope: str, key: str) -> Any:
-        """Remove (scope, key); return the removed value or None."""
-        _text(scope, "scope")
-        _text(key, "key")
-        args = [key, scope, self._channel]
-        self._writable()
-        if not self._is_watched(scope, key):
-            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
-            return None if old is None else _codec.loads(old)
-        self._admit()
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            old = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=args)
-            self._emit(_EV_DELETED, scope, key, old, None)
-        return None if old is None else _codec.loads(old)
-
-    def update(self, scope: str, key: str, ops: Any) -> UpdateResult:
-        """Apply ``ops`` atomically (compare-and-set, retried on conflict);
-        see :meth:`pystate.State.update`."""
-        _text(scope, "scope")
-        _text(key, "key")
-        self._writable()
-        if not self._is_watched(scope, key):
-            return self._update(scope, key, ops, False)
-        self._admit()
-        with self._stripe(scope, key):
-            self._writable()  # under the stripe: close() waits for this write's event
-            return self._update(scope, key, ops, True)
-
-    def _update(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
-        name = PREFIX + scope
-        cas = self._scripts["cas"]
-        while True:
-            old_data = self._call(self._redis.hget, name, key)
-            if old_data is None:
-                old = None
-                new, errors = apply(None, True, ops)
-            else:
-                old = _codec.loads(old_data)
-                new, errors = apply(_codec.loads(old_data), False, ops)
-            new_data = _codec.dumps(new)
-            exists = "0" if old_data is None else "1"
-            args = [key, new_data, exists, old_data if old_data is not None else b"", scope, self._channel]
-            if self._call(cas, keys=[name], args=args):
-                break
-        if watched:
-            self._emit(_EV_CREATED if old_data is None else _EV_UPDATED, scope, key, old_data, new_data)
-        return UpdateResult(old, new, errors)
 
     def list(self, scope: str) -> list[Any]:
         """All values of ``scope``, in Redis's order (not insertion order)."""
@@ -392,17 +303,22 @@ class RedisState(RemoteState):
 
     def stats(self) -> dict[str, Any]:
         """Counters of this client: ``adapter``, ``redis_url`` (password
-        hidden), and the trigger counters of :meth:`pystate.State.stats`."""
+        hidden) and ``cluster``."""
         if self._is_closed:
             raise ClosedError("the store is closed")
-        return {
-            "adapter": "redis",
-            "redis_url": _safe(self._url),
-            "cluster": self._clustered,
-            "handler_errors": self._events.handler_errors,
-            "triggers": self._triggers.count,
-            "events": self._events.stats(),
-        }
+        return {"adapter": "redis", "redis_url": _safe(self._url), "cluster": self._clustered}
+
+    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[builtins.list[tuple[str, bytes]], int]:
+        """One HSCAN page of (key, JSON text) pairs, and where the next
+        starts (-1 after the last page, whose successor is empty)."""
+        _text(scope, "scope")
+        while pos != -1:
+            pos, pairs = self._call(self._redis.hscan, PREFIX + scope, pos, count=limit)
+            pos = pos or -1
+            out = [(k.decode("utf-8"), v) for k, v in pairs.items()]
+            if out:
+                return out, pos
+        return [], -1
 
     def flush(self) -> None:
         """Nothing to do: durability is the server's (its AOF/RDB settings)."""
@@ -426,25 +342,61 @@ class RedisState(RemoteState):
                     problem = problem or f"scope {scope!r} key {field!r}: not JSON"
         return {"ok": problem is None, "logs": 0, "records": records, "problem": problem}
 
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse writes (ClosedError from now on), run queued events, stop
-        dispatch and disconnect. Idempotent."""
-        if self._is_closed or self._sealed:
+    def close(self) -> None:
+        """Disconnect; later calls raise ClosedError. Idempotent."""
+        if self._is_closed:
             return
-        # Writes stop first: a writer that kept writing would keep the
-        # event queue from ever draining.
-        self._seal()
-        if self._subscriber is not None:
-            self._sub_stop.set()
-            self._subscriber.join()
-        self._events.close(timeout)
-        self._watched = False
         self._is_closed = True
         self._redis.close()
 
-    def __repr__(self) -> str:
-        state = ", closed" if self._is_closed else ""
-        return f"<pystate.State redis at {_safe(self._url)}{state}>"
+    def describe(self) -> str:
+        """What the store is, for State's repr."""
+        return f"redis at {_safe(self._url)}" + (", closed" if self._is_closed else "")
+
+
+class RedisFeed:
+    """Every client's changes (this process's too), from the channel every
+    write of a ``share_events`` store publishes on, in the order the server
+    applied them: local writes then queue no event of their own."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, emit: Emit | None) -> None:
+        """Subscribe before returning, so no change made after the
+        constructor returns is missed (None: triggers are off, no need)."""
+        if emit is None:
+            return
+        st = self._storage
+        pubsub = st._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(st._channel)
+            # Wait for the confirmation: from then on the server sends us every message.
+            deadline = time.monotonic() + 10
+            while not pubsub.subscribed and time.monotonic() < deadline:
+                pubsub.get_message(timeout=0.05)
+        except st._redis_errors as e:
+            pubsub.close()
+            raise AdapterUnavailableError(f"cannot subscribe to {st._channel!r}: {e}") from None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_listen, args=(pubsub, self._stop, emit, st._redis_errors),
+            name="pystate-redis-events", daemon=True,
+        )
+        self._thread.start()
+
+    def own_emit(self, emit: Emit) -> None:
+        return None  # the channel brings this process's own changes too
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def after_fork_in_child(self) -> None:
+        pass  # the child has no subscriber thread; its writes still publish
 
 
 def _safe(url: str) -> str:
@@ -459,7 +411,7 @@ def _safe(url: str) -> str:
 _log = logging.getLogger("pystate.redis")
 
 
-def _listen(pubsub: Any, stop: threading.Event, events: Any, index: Any, errors: tuple) -> None:
+def _listen(pubsub: Any, stop: threading.Event, emit: Emit, errors: tuple) -> None:
     """The subscriber thread: every change published on the channel, in the
     server's order, into this process's event queue (matched like a local
     write). It queues past the bound rather than wait: Redis would drop a
@@ -477,7 +429,7 @@ def _listen(pubsub: Any, stop: threading.Event, events: Any, index: Any, errors:
         try:
             ev = loads(msg["data"])
             old, new = ev.get("o"), ev.get("n")
-            events.emit(
+            emit(
                 ev["t"], ev["s"], ev["k"],
                 None if old is None else old.encode(), None if new is None else new.encode(),
             )

@@ -1,0 +1,179 @@
+"""What a storage adapter is: the small protocol :class:`pystate.State`
+holds its data through, and how an adapter is found by name.
+
+A storage stores JSON texts by (scope, key) and reads them back; it knows
+nothing of triggers, ops or value rules (those are :mod:`pystate.writes`'
+and :mod:`pystate.state`'s, written once for every adapter). Three
+implement it: the kv binding (``pystate._backend.core.Store``, the compiled
+core in memory or on file), :mod:`pystate.adapters.redis_adapter` and
+:mod:`pystate.adapters.bridge_adapter`. Each adapter module has an
+``open_storage(path, options)`` that checks its options and returns an
+:class:`Opened`.
+
+>>> opened = open_storage("kv", None, {})
+>>> st = opened.storage
+>>> st.put("s", "k", b"1"), st.get("s", "k")
+(None, 1)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
+
+from pystate.errors import ConfigError, PayloadError
+
+__all__ = ["Storage", "EventFeed", "Opened", "ADAPTERS", "open_storage", "check_text", "check_pair",
+           "refuse_kv_options"]
+
+#: emit(event_type, scope, key, old_json, new_json)
+Emit = Callable[[str, str, str, "bytes | None", "bytes | None"], None]
+
+
+class Storage(Protocol):
+    """The calls :class:`pystate.State` makes of its storage.
+
+    Writes take and give JSON text (``bytes``): the caller made the text
+    and checked it is JSON. Reads decode. Every call raises
+    :class:`pystate.ClosedError` after :meth:`close`.
+    """
+
+    #: The adapter's name: "kv", "redis" or "bridge".
+    name: str
+    #: ``list`` gives a scope's values in key insertion order.
+    ordered: bool
+    #: An acknowledged write survives a crash of this process.
+    durable: bool
+    #: Calls never wait on another machine (they may still wait on a disk).
+    local: bool
+    #: ``update`` is applied by the storage itself (:meth:`apply_ops`),
+    #: not by the write path's compare-and-set on :meth:`put_if`.
+    applies_ops: bool
+    #: The file store's directory and sync mode (None where there is none).
+    path: str | None
+    sync: str | None
+    read_only: bool
+    closed: bool
+
+    def put(self, scope: str, key: str, data: bytes) -> bytes | None:
+        """Store ``data``; return the text it replaced, or None."""
+
+    def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
+        """Store ``data`` only if the key holds exactly ``expect`` (None: does
+        not exist); whether it did."""
+
+    def remove(self, scope: str, key: str) -> bytes | None:
+        """Remove the key; return its text, or None when there was none."""
+
+    def apply_ops(self, scope: str, key: str, ops: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """(Where ``applies_ops``) run an update: (old, new, errors)."""
+
+    def get_raw(self, scope: str, key: str) -> bytes | None:
+        """The text at (scope, key), or None."""
+
+    def get(self, scope: str, key: str, default: Any = None) -> Any:
+        """The value at (scope, key), or ``default``."""
+
+    def __contains__(self, item: object) -> bool: ...
+
+    def keys(self, scope: str) -> list[str]: ...
+
+    def items(self, scope: str, page: int = 1000) -> Iterator[tuple[str, Any]]: ...
+
+    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[list[tuple[str, bytes]], int]:
+        """One page of (key, text) pairs and where the next starts (0: done,
+        with an empty page)."""
+
+    def list(self, scope: str) -> list[Any]: ...
+
+    def list_groups(self) -> list[str]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def check(self) -> dict[str, Any]: ...
+
+    def compact(self, scope: str | None = None) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventFeed(Protocol):
+    """Events of writes other processes (or clients) make, where a storage
+    can tell them (``share_events=True``)."""
+
+    def start(self, emit: Emit) -> None:
+        """Deliver every such change to ``emit`` from now on."""
+
+    def own_emit(self, emit: Emit) -> Emit | None:
+        """How this process's watched writes queue their events: ``emit``
+        wrapped (to keep order with the feed), or None when the feed
+        delivers them too."""
+
+    def stop(self) -> None: ...
+
+    def after_fork_in_child(self) -> None: ...
+
+
+class Opened(NamedTuple):
+    """What an adapter's ``open_storage`` returns."""
+
+    storage: Any  # a Storage
+    #: Other writers' events, with share_events; else None.
+    feed: Any = None  # an EventFeed
+
+
+#: The adapters, by name: the module whose ``open_storage`` opens one.
+ADAPTERS = {
+    "kv": "pystate.adapters.kv",
+    "redis": "pystate.adapters.redis_adapter",
+    "bridge": "pystate.adapters.bridge_adapter",
+}
+
+
+def open_storage(adapter: Any, path: Any, options: dict[str, Any]) -> Opened:
+    """Open the storage ``adapter`` names with its own ``options``.
+
+    Raises:
+        ConfigError: an unknown adapter, or an option it does not take.
+    """
+    module = ADAPTERS.get(adapter) if isinstance(adapter, str) else None
+    if module is None:
+        raise ConfigError(f"adapter: expected one of {', '.join(ADAPTERS)}, got {adapter!r}")
+    opened: Opened = importlib.import_module(module).open_storage(path, options)
+    return opened
+
+
+def refuse_kv_options(adapter: str, takes: str, path: Any, options: dict[str, Any]) -> None:
+    """What an adapter other than kv says of the options left over: that
+    they (and a ``path``) are the kv adapter's, and what it takes instead."""
+    if path is not None or options:
+        given = (["path"] if path is not None else []) + sorted(options)
+        raise ConfigError(f"{', '.join(given)}: option(s) of the kv adapter; the {adapter} adapter takes {takes}")
+
+
+def check_text(value: Any, what: str) -> str:
+    """A scope or key as every storage accepts it: a str that is valid
+    Unicode (the compiled store refuses lone surrogates; so must the rest).
+
+    >>> check_text(1, "scope")
+    Traceback (most recent call last):
+    ...
+    pystate.errors.PayloadError: scope: expected a string, got int
+    """
+    if not isinstance(value, str):
+        raise PayloadError(f"{what}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+    return value
+
+
+def check_pair(item: Any) -> tuple[str, str]:
+    """The ``(scope, key)`` of ``(scope, key) in st``, checked as the kv
+    store checks it."""
+    if type(item) is not tuple or len(item) != 2:
+        raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+    return check_text(item[0], "scope"), check_text(item[1], "key")
