@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from pystate.bench.workload import SCOPES, UPDATE_OPS, make_keys, make_value
+from pystate.bench.workload import SCOPES, UPDATE_OPS, BoundStore, make_keys, make_value
 
 OPS = ("insert", "overwrite", "get hit", "get miss", "update", "list", "delete")
 
@@ -41,7 +41,7 @@ def _stores() -> dict:
 
 
 def _pass(store_cls: type, keys: list, values: list, values2: list) -> dict:
-    st = store_cls()
+    st = BoundStore(store_cls)
     n = len(keys)
     scopes = sorted({s for s, _ in keys})
     timings = {}

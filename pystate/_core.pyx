@@ -305,6 +305,7 @@ cdef class Store:
     cdef readonly str sync            # the sync mode, or None in memory
     cdef readonly bint read_only      # opened read_only: writes raise ReadOnlyError
     cdef object _hook                 # testing aid, kept alive for C
+    cdef object __weakref__           # a feed refers to its store weakly
 
     #: What this storage promises (pystate.storage.Storage): list() keeps
     #: insertion order; writes survive a crash when durable (a file store).

@@ -303,8 +303,9 @@ def error_for_rc(rc: int, name: str | None, what: str, detail: str) -> StateErro
     them), or None for an ``errno`` value; ``what`` names the operation and
     ``detail`` is the C core's ``ps_strerror(rc)``.
 
-    >>> str(error_for_rc(-30800, "PS_NOTFOUND", "get", "no such scope or key"))
-    'get: no such scope or key'
+    >>> e = error_for_rc(-30800, "PS_NOTFOUND", "get", "no such scope or key")
+    >>> type(e).__name__, e.message
+    ('NotFoundError', 'get: no such scope or key')
     """
     cls = RC_ERRORS.get(name) if name is not None else None
     if cls is ClosedError:

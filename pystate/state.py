@@ -547,6 +547,12 @@ class State:
         return self._storage.read_only
 
     @property
+    def clustered(self) -> bool:
+        """Whether the storage is a cluster (a Redis Cluster, for ``redis``);
+        False for the others."""
+        return bool(getattr(self._storage, "clustered", False))
+
+    @property
     def max_value_bytes(self) -> int | None:
         """Largest JSON text ``set`` accepts, in bytes (None: no limit)."""
         return self._writes.max_value_bytes

@@ -25,7 +25,7 @@ cdef class Writes:
     cdef set _keys
     cdef dict _pairs
     cdef list _stripes
-    cdef list _turns
+    cdef readonly list _turns  # (readable: tests check no turn is left held)
     cdef object _put
     cdef object _put_if
     cdef object _remove

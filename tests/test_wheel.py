@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["CMakeLists.txt", "pyproject.toml", "csrc", "pystate"]
 PYPY = sys.implementation.name == "pypy"
 #: The extension modules a wheel carries: PyPy builds only the cffi one.
-MODULES = {"_native"} if PYPY else {"_core", "_codec", "_ops", "_native"}
+MODULES = {"_native"} if PYPY else {"_core", "_codec", "_ops", "writes", "_native"}
 
 
 def need(tool: str) -> str:

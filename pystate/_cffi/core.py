@@ -11,10 +11,10 @@ callback per value.
 
 >>> from pystate._cffi.core import Store
 >>> st = Store()
->>> st.set("s", "k", {"n": 1}) is None
+>>> st.put("s", "k", b'{"n":1}') is None
 True
->>> st.get("s", "k")
-{'n': 1}
+>>> st.get("s", "k"), st.get_raw("s", "k")
+({'n': 1}, b'{"n":1}')
 """
 
 from __future__ import annotations

@@ -33,7 +33,16 @@ from typing import Any, Callable
 
 from pystate.bench import INSTALL
 from pystate.bench.durable_impls import DiskCache, Lmdb, PyLog, Rocks, Sqlite
-from pystate.bench.workload import KEYS, SCOPES, UPDATE_OPS, DictFloor, apply_update_ops, make_keys, make_value
+from pystate.bench.workload import (
+    KEYS,
+    SCOPES,
+    UPDATE_OPS,
+    BoundStore,
+    DictFloor,
+    apply_update_ops,
+    make_keys,
+    make_value,
+)
 
 OPS = ("insert", "overwrite", "get hit", "get miss", "update", "list", "delete")
 SLOW_SAMPLE = 2_000
@@ -82,11 +91,11 @@ class _Redis:
 
 
 def _pystate(binding: str, **kw: Any) -> Callable[[str], Any]:
-    # A binding's Store ("pystate._core": Cython, "pystate._cffi.core": cffi),
-    # whatever PYSTATE_BACKEND chose for this process, so both are measured
-    # in the same run. (State adds only trigger plumbing, idle here.)
+    # A binding's Store ("pystate._core": Cython, "pystate._cffi.core": cffi)
+    # under the write path, whatever PYSTATE_BACKEND chose for this process,
+    # so both are measured in the same run.
     store = importlib.import_module(binding).Store
-    return lambda d: store(d, **kw) if kw.get("sync") else store()
+    return lambda d: BoundStore(store, d, **kw) if kw.get("sync") else BoundStore(store)
 
 
 _CY, _CF = "pystate._core", "pystate._cffi.core"

@@ -102,3 +102,24 @@ class DictFloor:
 
     def list_groups(self):
         return sorted(self.d)
+
+
+class BoundStore:
+    """A binding's ``Store`` under the one write path, wired as
+    :class:`pystate.State` wires them (State adds only trigger plumbing,
+    idle here), so both bindings can be measured in one run whichever one
+    ``PYSTATE_BACKEND`` chose.
+
+    >>> from pystate._cffi.core import Store
+    >>> st = BoundStore(Store)
+    >>> st.set("s", "k", 1) is None, st.get("s", "k")
+    (True, 1)
+    """
+
+    def __init__(self, store_cls: type, *args: object, **kwargs: object) -> None:
+        from pystate.writes import Writes
+
+        self.store = store = store_cls(*args, **kwargs)
+        writes = Writes(store)
+        self.set, self.delete, self.update = writes.set, writes.delete, writes.update
+        self.get, self.list, self.close = store.get, store.list, store.close

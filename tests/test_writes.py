@@ -1,0 +1,89 @@
+"""The one write path (pystate/writes.py), whichever binding or adapter is
+under it: the compare-and-set loop and its turn locks."""
+
+from __future__ import annotations
+
+import pystate
+from pystate import writes as _writes
+
+
+def _race_once(st, then):
+    """A race hook that runs ``then()`` on the first call only; and the list
+    of calls it saw."""
+    calls = []
+
+    def race():
+        calls.append(1)
+        if len(calls) == 1:
+            then()
+
+    return race, calls
+
+
+def test_an_update_raced_by_a_writer_starts_over_from_the_winners_value():
+    st = pystate.State()
+    st.set("s", "k", {"n": 0})
+    race, calls = _race_once(st, lambda: st.set("s", "k", {"n": 100}))
+    _writes._set_race_hook(race)
+    try:
+        r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+    finally:
+        _writes._set_race_hook(None)
+    assert len(calls) == 2
+    assert r.old_value == {"n": 100} and r.new_value == {"n": 101}
+    assert st.get("s", "k") == {"n": 101}
+
+
+def test_update_gives_back_its_turn_after_a_conflict():
+    # After a compare-and-set conflict the updater retries holding the key's
+    # turn lock; it must be free again once update returns.
+    st = pystate.State()
+    st.set("s", "k", {"n": 0})
+    for rnd in range(3):
+        race, calls = _race_once(st, lambda: st.set("s", "k", {"n": 100 * (rnd + 1)}))
+        _writes._set_race_hook(race)
+        try:
+            r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+        finally:
+            _writes._set_race_hook(None)
+        assert len(calls) == 2 and r.new_value == {"n": 100 * (rnd + 1) + 1}
+        assert not any(lock.locked() for lock in st._writes._turns)
+
+
+def test_update_whose_retry_fails_its_ops_still_gives_back_its_turn():
+    st = pystate.State()
+    st.set("s", "k", {"n": 0})
+
+    def raced_then_bad():
+        st.set("s", "k", {"n": "text"})
+        _writes._set_race_hook(None)
+
+    _writes._set_race_hook(raced_then_bad)
+    try:
+        r = st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+    finally:
+        _writes._set_race_hook(None)
+    assert r.errors[0]["code"] == "increment.not_number"
+    assert not any(lock.locked() for lock in st._writes._turns)
+
+
+def test_an_update_closed_under_it_raises_and_gives_back_its_turn():
+    st = pystate.State()
+    st.set("s", "k", {"n": 0})
+
+    def close_then_race():
+        _writes._set_race_hook(None)
+        st._writes.seal()
+
+    _writes._set_race_hook(close_then_race)
+    try:
+        try:
+            st.update("s", "k", [{"type": "increment", "path": "n", "by": 1}])
+        except pystate.ClosedError:
+            pass
+        else:
+            raise AssertionError("a sealed store took an update")
+    finally:
+        _writes._set_race_hook(None)
+    assert st.get("s", "k") == {"n": 0}
+    assert not any(lock.locked() for lock in st._writes._turns)
