@@ -18,12 +18,13 @@ core in memory or on file), :mod:`pystate.adapters.redis_adapter` and
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from pystate.errors import ConfigError, PayloadError
 
-__all__ = ["Storage", "EventFeed", "Opened", "ADAPTERS", "open_storage", "check_text", "check_pair",
+__all__ = ["Storage", "CasStorage", "OpsStorage", "EventFeed", "Opened", "ADAPTERS", "open_storage", "check_text", "check_pair",
            "refuse_kv_options"]
 
 #: emit(event_type, scope, key, old_json, new_json)
@@ -35,58 +36,67 @@ class Storage(Protocol):
 
     Writes take and give JSON text (``bytes``): the caller made the text
     and checked it is JSON. Reads decode. Every call raises
-    :class:`pystate.ClosedError` after :meth:`close`.
+    :class:`pystate.ClosedError` after :meth:`close`. An update needs one
+    more thing, either compare-and-set (:class:`CasStorage`) or a remote
+    side that applies ops itself (:class:`OpsStorage`).
     """
 
-    #: The adapter's name: "kv", "redis" or "bridge".
-    name: str
-    #: ``list`` gives a scope's values in key insertion order.
-    ordered: bool
-    #: An acknowledged write survives a crash of this process.
-    durable: bool
-    #: Calls never wait on another machine (they may still wait on a disk).
-    local: bool
-    #: ``update`` is applied by the storage itself (:meth:`apply_ops`),
-    #: not by the write path's compare-and-set on :meth:`put_if`.
-    applies_ops: bool
-    #: The file store's directory and sync mode (None where there is none).
-    path: str | None
-    sync: str | None
-    read_only: bool
-    closed: bool
+    @property
+    def name(self) -> str:
+        """The adapter's name: "kv", "redis" or "bridge"."""
+
+    @property
+    def ordered(self) -> bool:
+        """``list`` gives a scope's values in key insertion order."""
+
+    @property
+    def durable(self) -> bool:
+        """An acknowledged write survives a crash of this process."""
+
+    @property
+    def local(self) -> bool:
+        """Calls never wait on another machine (they may still wait on a disk)."""
+
+    @property
+    def applies_ops(self) -> bool:
+        """True for an :class:`OpsStorage`, False for a :class:`CasStorage`."""
+
+    @property
+    def path(self) -> str | None:
+        """The file store's directory, or None."""
+
+    @property
+    def sync(self) -> str | None:
+        """The file store's sync mode, or None."""
+
+    @property
+    def read_only(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
 
     def put(self, scope: str, key: str, data: bytes) -> bytes | None:
         """Store ``data``; return the text it replaced, or None."""
 
-    def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
-        """Store ``data`` only if the key holds exactly ``expect`` (None: does
-        not exist); whether it did."""
-
     def remove(self, scope: str, key: str) -> bytes | None:
         """Remove the key; return its text, or None when there was none."""
-
-    def apply_ops(self, scope: str, key: str, ops: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
-        """(Where ``applies_ops``) run an update: (old, new, errors)."""
-
-    def get_raw(self, scope: str, key: str) -> bytes | None:
-        """The text at (scope, key), or None."""
 
     def get(self, scope: str, key: str, default: Any = None) -> Any:
         """The value at (scope, key), or ``default``."""
 
     def __contains__(self, item: object) -> bool: ...
 
-    def keys(self, scope: str) -> list[str]: ...
+    def keys(self, scope: str) -> builtins.list[str]: ...
 
     def items(self, scope: str, page: int = 1000) -> Iterator[tuple[str, Any]]: ...
 
-    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[list[tuple[str, bytes]], int]:
+    def items_page(self, scope: str, pos: int = 0, limit: int = 1000) -> tuple[builtins.list[tuple[str, bytes]], int]:
         """One page of (key, text) pairs and where the next starts (0: done,
         with an empty page)."""
 
-    def list(self, scope: str) -> list[Any]: ...
+    def list(self, scope: str) -> builtins.list[Any]: ...
 
-    def list_groups(self) -> list[str]: ...
+    def list_groups(self) -> builtins.list[str]: ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -96,15 +106,37 @@ class Storage(Protocol):
 
     def flush(self) -> None: ...
 
+    def describe(self) -> str:
+        """What ``repr(State)`` shows of it (no secrets)."""
+
     def close(self) -> None: ...
+
+
+class CasStorage(Storage, Protocol):
+    """A storage the write path updates by compare-and-set (kv, redis)."""
+
+    def get_raw(self, scope: str, key: str) -> bytes | None:
+        """The text at (scope, key), or None."""
+
+    def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
+        """Store ``data`` only if the key holds exactly ``expect`` (None: does
+        not exist); whether it did."""
+
+
+class OpsStorage(Storage, Protocol):
+    """A storage whose other side applies update ops atomically (bridge)."""
+
+    def apply_ops(self, scope: str, key: str, ops: Any) -> tuple[Any, Any, builtins.list[dict[str, Any]]]:
+        """Run an update: (old, new, errors)."""
 
 
 class EventFeed(Protocol):
     """Events of writes other processes (or clients) make, where a storage
     can tell them (``share_events=True``)."""
 
-    def start(self, emit: Emit) -> None:
-        """Deliver every such change to ``emit`` from now on."""
+    def start(self, emit: Emit | None) -> None:
+        """Deliver every such change to ``emit`` from now on (None: start
+        following, without events: triggers are off)."""
 
     def own_emit(self, emit: Emit) -> Emit | None:
         """How this process's watched writes queue their events: ``emit``
@@ -119,9 +151,9 @@ class EventFeed(Protocol):
 class Opened(NamedTuple):
     """What an adapter's ``open_storage`` returns."""
 
-    storage: Any  # a Storage
+    storage: CasStorage | OpsStorage
     #: Other writers' events, with share_events; else None.
-    feed: Any = None  # an EventFeed
+    feed: EventFeed | None = None
 
 
 #: The adapters, by name: the module whose ``open_storage`` opens one.

@@ -40,7 +40,7 @@ from pystate.errors import ClosedError, ValueTooLargeError
 from pystate.storage import check_text
 
 if TYPE_CHECKING:
-    from pystate.storage import Storage
+    from pystate.storage import CasStorage, OpsStorage
 
 __all__ = ["Writes", "UpdateResult", "EV_CREATED", "EV_UPDATED", "EV_DELETED", "N_STRIPES"]
 
@@ -94,7 +94,7 @@ class UpdateResult:
 
     def __init__(self, old_value: Any = None, new_value: Any = None, errors: Any = None) -> None:
         self._old = old_value
-        self._old_data: bytes | None = None
+        self._old_data: Any = None  # the replaced text, while old_value is not decoded
         self._new = new_value
         self._errors: list[dict[str, Any]] = [] if errors is None else list(errors)
 
@@ -169,8 +169,8 @@ class Writes:
                  "_all", "_scopes", "_keys", "_pairs", "_stripes", "_turns", "_put", "_put_if", "_remove",
                  "_get_raw", "_native")
 
-    def __init__(self, storage: Storage, max_value_bytes: int | None = None) -> None:
-        self.storage = storage
+    def __init__(self, storage: CasStorage | OpsStorage, max_value_bytes: int | None = None) -> None:
+        self.storage: Any = storage
         self.max_value_bytes = max_value_bytes
         self._limit = -1 if max_value_bytes is None else max_value_bytes
         self._sealed = False
@@ -189,8 +189,8 @@ class Writes:
         self._remove = storage.remove
         self._native = storage.applies_ops
         if not self._native:
-            self._put_if = storage.put_if
-            self._get_raw = storage.get_raw
+            self._put_if = self.storage.put_if
+            self._get_raw = self.storage.get_raw
 
     # ---- the trigger gate ----------------------------------------------
 

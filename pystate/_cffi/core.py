@@ -238,7 +238,7 @@ class Store:
     Use it through :class:`pystate.State`.
     """
 
-    __slots__ = ("_g", "_closed", "_path", "_sync", "_ro", "_hook", "durable")
+    __slots__ = ("_g", "_closed", "_path", "_sync", "_ro", "_hook", "durable", "__weakref__")  # a feed refers to its store weakly
 
     #: What this storage promises (see the Cython binding).
     name = "kv"

@@ -262,7 +262,8 @@ class BridgeStorage:
     def list(self, scope: str) -> list[Any]:
         """All values of ``scope``, in the remote side's order."""
         _text(scope, "scope")
-        return self._call("state::list", {"scope": scope})
+        values: list[Any] = self._call("state::list", {"scope": scope})
+        return values
 
     def __contains__(self, item: object) -> bool:
         """``(scope, key) in st``, through ``state::get``: as with
@@ -288,7 +289,8 @@ class BridgeStorage:
 
     def list_groups(self) -> builtins.list[str]:
         """Sorted names of the remote side's scopes."""
-        return self._call("state::list_groups", {})["groups"]
+        groups: builtins.list[str] = self._call("state::list_groups", {})["groups"]
+        return groups
 
     # ---- the rest of the State surface ---------------------------------------------
 

@@ -225,7 +225,9 @@ class RedisStorage:
         """Store the JSON text ``data``; return the text it replaced, or None."""
         _text(scope, "scope")
         _text(key, "key")
-        return self._call(self._scripts["set"], keys=[PREFIX + scope], args=[key, data, scope, self._channel])
+        old: bytes | None = self._call(self._scripts["set"], keys=[PREFIX + scope],
+                                       args=[key, data, scope, self._channel])
+        return old
 
     def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
         """Compare-and-set on the exact text ``expect`` (None: the key must
@@ -239,7 +241,8 @@ class RedisStorage:
         """Remove the key; return its text, or None."""
         _text(scope, "scope")
         _text(key, "key")
-        return self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key, scope, self._channel])
+        old: bytes | None = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key, scope, self._channel])
+        return old
 
     def get_raw(self, scope: str, key: str) -> bytes | None:
         """The text at (scope, key), or None."""
@@ -411,7 +414,7 @@ def _safe(url: str) -> str:
 _log = logging.getLogger("pystate.redis")
 
 
-def _listen(pubsub: Any, stop: threading.Event, emit: Emit, errors: tuple) -> None:
+def _listen(pubsub: Any, stop: threading.Event, emit: Emit, errors: tuple[type[BaseException], ...]) -> None:
     """The subscriber thread: every change published on the channel, in the
     server's order, into this process's event queue (matched like a local
     write). It queues past the bound rather than wait: Redis would drop a
