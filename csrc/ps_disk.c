@@ -71,8 +71,8 @@
 
 #include "ps_dir.h"
 #include "ps_log.h"
+#include "ps_disk.h"
 #include "ps_shm.h"
-#include "ps_store_impl.h"
 
 #define NAME_MAX_LEN PS_DIR_NAME_MAX
 #define DEFAULT_INTERVAL_MS 5000
