@@ -1,6 +1,7 @@
 /*
  * ps_disk.h - the file-based store as ps_store.c calls it, private to the
  * C core; every function is called with st->mu held unless said otherwise.
+ * Its parts, and what they share with each other only: ps_disk_impl.h.
  */
 #ifndef PS_DISK_H
 #define PS_DISK_H
