@@ -3,6 +3,7 @@
  */
 #include <string.h>
 
+#include "ps_guard.h"
 #include "pystate.h"
 
 const char *ps_strerror(int rc)
@@ -28,6 +29,10 @@ const char *ps_strerror(int rc)
         return "the store was opened read-only";
     case PS_RANGE:
         return "an integer in the JSON text is outside the 64-bit range";
+    /* Not a ps_* code (ps_guard.h), but one a caller can be handed, and
+     * codes are described in this one place. */
+    case PSG_CLOSED:
+        return "the store is closed";
     }
     if (rc > 0)
         return strerror(rc);

@@ -3,9 +3,9 @@
  * ps_table, behind one mutex; for a file-based store, each change is
  * logged by ps_disk.c before it is made.
  *
- * The registry is itself a ps_table mapping a scope name to the address of
- * its ps_scope (8 bytes stored as the value), so scopes get the same
- * hashing, order and memory accounting as keys.
+ * The registry (ps_scope.c) is itself a ps_table mapping a scope name to
+ * the address of its ps_scope (8 bytes stored as the value), so scopes get
+ * the same hashing, order and memory accounting as keys.
  *
  * Why one mutex and not one per scope: in memory every call is short and
  * never waits on I/O, and the Python binding calls in with the GIL held, so
@@ -25,8 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_disk.h"
 #include "ps_log.h"
-#include "ps_store_impl.h"
+#include "ps_scope.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -127,33 +128,6 @@ static int too_long(const ps_store *st, size_t slen, size_t klen, size_t vlen)
         return 1;
     /* A log record holds key and value in one u32-sized payload. */
     return st->disk && (uint64_t)ps_varint_size(klen) + klen + vlen > PS_REC_MAX_PAYLOAD;
-}
-
-ps_scope *ps_scope_find(ps_store *st, const void *name, size_t nlen, ps_where *w)
-{
-    const unsigned char *it =
-        ps_table_find(&st->scopes, name, nlen, ps_hash(&st->hasher, name, nlen), w);
-    return it ? ps_scope_of(it) : NULL;
-}
-
-ps_scope *ps_scope_add(ps_store *st, const ps_where *w, const void *name, size_t nlen)
-{
-    ps_scope *sc = ps_mem_alloc(&st->mem, sizeof *sc);
-    if (!sc)
-        return NULL;
-    ps_table_init(&sc->table);
-    sc->log = NULL;
-    if (ps_table_insert(&st->scopes, &st->mem, &st->hasher, w, name, nlen, &sc, sizeof sc) != 0) {
-        ps_mem_free(&st->mem, sc, sizeof *sc);
-        return NULL;
-    }
-    return sc;
-}
-
-void ps_scope_free(ps_store *st, ps_scope *sc)
-{
-    ps_table_free(&sc->table, &st->mem);
-    ps_mem_free(&st->mem, sc, sizeof *sc);
 }
 
 /* Remove an empty in-memory scope from the registry (w from its lookup).

@@ -78,6 +78,38 @@ def test_c_unit_tests_pass(plain_build):
     ctest(plain_build)
 
 
+def test_no_c_file_depends_on_itself_through_others(plain_build):
+    # docs/design.md: the file store's parts call one way, and nothing calls
+    # back into ps_store.c. Read off the built objects: a file depends on
+    # the file defining a symbol it leaves undefined.
+    nm = need("nm")
+    objects = sorted((plain_build / "CMakeFiles" / "pystate_core.dir").rglob("*.o"))
+    assert len(objects) >= 10, objects
+    defines, uses = {}, {}
+    for o in objects:
+        out = subprocess.run([nm, "-P", str(o)], capture_output=True, text=True, check=True).stdout
+        rows = [line.split() for line in out.splitlines()]
+        name = o.name.split(".")[0]
+        defines[name] = {r[0] for r in rows if len(r) > 1 and r[1] in ("T", "D", "B", "R", "C", "G", "S")}
+        uses[name] = {r[0] for r in rows if len(r) > 1 and r[1] == "U"}
+    owner = {sym: name for name, syms in defines.items() for sym in syms}
+    deps = {name: {owner[s] for s in uses[name] if owner.get(s, name) != name} for name in defines}
+    for start in deps:
+        path, todo, seen = {}, [(d, start) for d in deps[start]], set()
+        while todo:
+            here, came_from = todo.pop()
+            if here in seen:
+                continue
+            seen.add(here)
+            path[here] = came_from
+            if here == start:
+                chain = [start]
+                while len(chain) == 1 or chain[-1] != start:
+                    chain.append(path[chain[-1]])
+                pytest.fail("circle: " + " <- ".join(f"{n}.c" for n in chain))
+            todo.extend((d, here) for d in deps[here])
+
+
 def test_c_unit_tests_pass_under_asan_and_ubsan(tmp_path):
     out = build(tmp_path, "-DPYSTATE_SANITIZE=ON")
     ctest(out, {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",

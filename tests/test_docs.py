@@ -157,3 +157,16 @@ def test_readme_has_a_table_of_contents_naming_every_section():
     for heading in re.findall(r"^##+ (.*)$", text, re.M):
         if heading != "Contents":
             assert f"](#{_anchor(heading)})" in toc, heading
+
+
+def test_design_maps_every_file_of_the_c_core():
+    # docs/design.md's tree of csrc/ is the file map: a C file added or
+    # renamed without it, or a name left there for a file that went, fails.
+    text = (_ROOT / "docs" / "design.md").read_text()
+    start = text.index("libpystate_core  (csrc/)")
+    tree = text[start:text.index("```", start)]
+    named = set(re.findall(r"\b(?:ps_\w+|pystate)\.[ch]\b", tree))
+    sources = {p.name for p in (_ROOT / "csrc").glob("*.c")}
+    assert sources <= named, f"not in docs/design.md: {sorted(sources - named)}"
+    missing = {n for n in named if not (_ROOT / "csrc" / n).exists()}
+    assert not missing, f"docs/design.md names files csrc/ does not have: {sorted(missing)}"

@@ -111,6 +111,13 @@ TEST(calls_after_close_return_closed)
     psg_free(NULL);
 }
 
+TEST(strerror_knows_closed)
+{
+    const char *msg = ps_strerror(PSG_CLOSED);
+    CHECK(msg && strcmp(msg, "unknown pystate error code") != 0);
+    CHECK(strstr(msg, "closed") != NULL);
+}
+
 struct caller {
     psg *g;
     atomic_int *started;

@@ -1,60 +1,15 @@
 /*
- * ps_store_impl.h - the store's private structures, shared by ps_store.c
- * (the API and the in-memory tables) and ps_disk.c (logs, recovery,
- * durability). Nothing here is part of the public contract.
+ * ps_disk.h - the file-based store as ps_store.c calls it, private to the
+ * C core; every function is called with st->mu held unless said otherwise.
+ * Its parts, and what they share with each other only: ps_disk_impl.h.
  */
-#ifndef PS_STORE_IMPL_H
-#define PS_STORE_IMPL_H
+#ifndef PS_DISK_H
+#define PS_DISK_H
 
-#include <pthread.h>
 #include <stdint.h>
 
-#include "ps_hash.h"
-#include "ps_mem.h"
-#include "ps_table.h"
+#include "ps_scope.h"
 #include "pystate.h"
-
-typedef struct ps_disk ps_disk;
-typedef struct ps_logf ps_logf;
-
-/* One scope: its keys, and in a file-based store its log. */
-typedef struct ps_scope {
-    ps_table table;
-    ps_logf *log; /* NULL in memory, and until a file-based scope's first write */
-} ps_scope;
-
-struct ps_store {
-    pthread_mutex_t mu; /* guards everything below and everything they point to */
-    ps_mem mem;
-    ps_hasher hasher;
-    ps_table scopes; /* scope name -> (ps_scope *) */
-    ps_disk *disk;   /* NULL for an in-memory store */
-    int read_only;   /* writes refused with PS_READONLY */
-    /* every open store is on one list, for fork (ps_store.c) */
-    ps_store *prev_open, *next_open;
-    unsigned long forks; /* ps_forks when this store last resumed */
-};
-
-/* The scope stored as an item's value in st->scopes. */
-static inline ps_scope *ps_scope_of(const unsigned char *item)
-{
-    ps_scope *sc;
-    memcpy(&sc, ps_item_value(item), sizeof sc);
-    return sc;
-}
-
-/* Find a scope by name, or NULL (w says where it would go). */
-ps_scope *ps_scope_find(ps_store *st, const void *name, size_t nlen, ps_where *w);
-
-/* Add an empty scope at *w (from a failed ps_scope_find). Returns it, or
- * NULL when out of memory (nothing changed). */
-ps_scope *ps_scope_add(ps_store *st, const ps_where *w, const void *name, size_t nlen);
-
-/* Free a scope's table and log handle (not its file) and the scope. */
-void ps_scope_free(ps_store *st, ps_scope *sc);
-
-/* ---- the file-based machinery (ps_disk.c), all called with st->mu held
- * unless said otherwise ------------------------------------------------------ */
 
 /* What a logged write must wait for before it may return (sync=always). */
 typedef struct ps_commit {
@@ -118,11 +73,12 @@ void ps_disk_write_end(ps_store *st, ps_scope *sc);
 void ps_disk_after_fork(ps_store *st);
 void ps_disk_resume(ps_store *st);
 void ps_disk_lock_sync(ps_store *st);
+void ps_disk_unlock_sync(ps_store *st);
+
 /* Was the store opened while other processes had it (nothing recovered)? */
 int ps_disk_joined(ps_store *st);
-void ps_disk_unlock_sync(ps_store *st);
 
 /* Add the file-based counters to *out. Takes st->mu itself. */
 void ps_disk_stats(ps_store *st, ps_stats *out);
 
-#endif /* PS_STORE_IMPL_H */
+#endif /* PS_DISK_H */
