@@ -612,8 +612,9 @@ def test_ctrl_c_during_a_large_load_takes_every_record_back(tmp_path):
     before = set(os.listdir(store))
     dump = tmp_path / "big.jsonl"
     with open(dump, "w") as f:
-        for i in range(400_000):
-            f.write(f'{{"scope":"s","key":"k{i}","value":{i}}}\n')
+        # Large enough that writing it outlasts a busy machine's scheduling
+        # delays: the signal must land while the load writes.
+        f.writelines(f'{{"scope":"s","key":"k{i}","value":{i}}}\n' for i in range(1_200_000))
     p = subprocess.Popen([sys.executable, "-m", "pystate", "load", "--data", str(store), str(dump)],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
