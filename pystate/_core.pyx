@@ -298,20 +298,11 @@ cdef class Store:
     (b'{"n":1}', {'n': 2})
     """
 
-    cdef ps_store *_st
-    cdef bint _closing
-    cdef int _busy                    # threads inside a GIL-free call
-    cdef readonly object path         # the store directory, or None
-    cdef readonly str sync            # the sync mode, or None in memory
-    cdef readonly bint read_only      # opened read_only: writes raise ReadOnlyError
-    cdef object _hook                 # testing aid, kept alive for C
-    cdef object __weakref__           # a feed refers to its store weakly
+    # Its fields are declared in _core.pxd.
 
     #: What this storage promises (pystate.storage.Storage): list() keeps
     #: insertion order; writes survive a crash when durable (a file store).
     ordered = True
-    # A file store: its writes survive a crash, and release the GIL.
-    cdef readonly bint durable
     #: Calls never wait on another machine.
     local = True
     #: The write path runs update, by compare-and-set on put_if.
@@ -369,12 +360,12 @@ cdef class Store:
             ps_store_close(self._st)
             self._st = NULL
 
-    cdef inline int _open(self) except -1:
+    cdef int _open(self) except -1:
         if self._st == NULL or self._closing:
             raise ClosedError("the store is closed")
         return 0
 
-    cdef inline int _enter(self) except -1:
+    cdef int _enter(self) except -1:
         # Before a GIL-free call: close() waits until every such call is out.
         if self._st == NULL or self._closing:
             raise ClosedError("the store is closed")
@@ -426,7 +417,7 @@ cdef class Store:
 
     # ---- raw writes: with the GIL in memory, without it on disk ---------
 
-    def put(self, scope, key, bytes data):
+    cpdef object put(self, object scope, object key, bytes data):
         """Store the JSON text ``data`` at (scope, key) as it is (the caller
         made it: :mod:`pystate.writes`); return the previous text or None."""
         cdef Py_ssize_t sl, kl
@@ -454,7 +445,7 @@ cdef class Store:
             raise _error(rc, "set")
         return old if existed else None
 
-    def put_if(self, scope, key, bytes data, bytes expect):
+    cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1:
         """Compare-and-set: store ``data`` only if the key holds exactly the
         text ``expect`` (None: only if it does not exist). Returns whether
         it was stored."""
@@ -485,7 +476,7 @@ cdef class Store:
             raise _error(rc, "update")
         return True
 
-    def remove(self, scope, key):
+    cpdef object remove(self, object scope, object key):
         """Remove (scope, key); return the removed JSON text, or None when
         there was none."""
         cdef Py_ssize_t sl, kl
@@ -514,7 +505,7 @@ cdef class Store:
 
     # ---- reads ----------------------------------------------------------
 
-    def get_raw(self, scope, key):
+    cpdef object get_raw(self, object scope, object key):
         """The JSON text at (scope, key), or None."""
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")

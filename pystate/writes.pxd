@@ -1,6 +1,7 @@
 # The types of pystate/writes.py when Cython compiles it (CPython): the
 # write path's state as C fields, its helpers as C functions.
 cimport cython
+from pystate._core cimport Store as KvStore
 
 cdef class UpdateResult:
     cdef object _old
@@ -31,7 +32,9 @@ cdef class Writes:
     cdef object _remove
     cdef object _get_raw
     cdef bint _native
+    cdef KvStore _kv                  # the Cython binding's Store, called in C; else None
 
     cpdef bint _watched(self, object scope, object key) except -1
     cdef object _enter(self, object scope, object key)
+    @cython.locals(kv=KvStore)
     cdef UpdateResult _update(self, object scope, object key, object ops, bint watched)

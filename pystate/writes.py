@@ -39,6 +39,18 @@ from pystate._backend import ops as _ops
 from pystate.errors import ClosedError, ValueTooLargeError
 from pystate.storage import check_text
 
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed (PyPy)
+    import types
+
+    cython = types.SimpleNamespace(compiled=False)
+
+if not cython.compiled:
+    # Compiled, this is the Cython binding's Store (cimported in writes.pxd),
+    # whose raw calls the write path makes in C.
+    KvStore: Any = None
+
 if TYPE_CHECKING:
     from pystate.storage import CasStorage, OpsStorage
 
@@ -167,7 +179,7 @@ class Writes:
 
     __slots__ = ("storage", "max_value_bytes", "_limit", "_sealed", "_emit", "_admit", "_pending", "_bound",
                  "_all", "_scopes", "_keys", "_pairs", "_stripes", "_turns", "_put", "_put_if", "_remove",
-                 "_get_raw", "_native")
+                 "_get_raw", "_native", "_kv")
 
     def __init__(self, storage: CasStorage | OpsStorage, max_value_bytes: int | None = None) -> None:
         self.storage: Any = storage
@@ -188,6 +200,9 @@ class Writes:
         self._put = storage.put
         self._remove = storage.remove
         self._native = storage.applies_ops
+        self._kv = None
+        if cython.compiled and type(storage) is KvStore:
+            self._kv = storage
         if not self._native:
             self._put_if = self.storage.put_if
             self._get_raw = self.storage.get_raw
@@ -281,7 +296,10 @@ class Writes:
         if self._emit is None or not self._watched(scope, key):
             if self._sealed:
                 raise _closed()
-            old = self._put(scope, key, data)
+            if self._kv is not None:
+                old = self._kv.put(scope, key, data)
+            else:
+                old = self._put(scope, key, data)
             return None if old is None else _decode(old)
         lock = self._enter(scope, key)
         try:
@@ -298,7 +316,10 @@ class Writes:
         if self._emit is None or not self._watched(scope, key):
             if self._sealed:
                 raise _closed()
-            old = self._remove(scope, key)
+            if self._kv is not None:
+                old = self._kv.remove(scope, key)
+            else:
+                old = self._remove(scope, key)
             return None if old is None else _decode(old)
         lock = self._enter(scope, key)
         try:
@@ -328,10 +349,11 @@ class Writes:
         if self._native:
             return self._update_native(scope, key, ops, watched)
         get_raw, put_if = self._get_raw, self._put_if
+        kv = self._kv
         turn = None
         try:
             while True:
-                old_data = get_raw(scope, key)
+                old_data = kv.get_raw(scope, key) if kv is not None else get_raw(scope, key)
                 # The op engine works on a value of its own: decoded afresh,
                 # it shares nothing with the old value or the store.
                 if old_data is None:
@@ -343,7 +365,8 @@ class Writes:
                     _race_hook()
                 if self._sealed:
                     raise _closed()
-                if put_if(scope, key, new_data, old_data):
+                if (kv.put_if(scope, key, new_data, old_data) if kv is not None
+                        else put_if(scope, key, new_data, old_data)):
                     break
                 if turn is None:
                     # A contended key: from the first conflict on, its

@@ -1,0 +1,28 @@
+# The C face of pystate/_core.pyx's Store: its fields, and the raw writes
+# and read the compiled write path (pystate/writes.py) calls directly,
+# without a Python call per write. Other callers use them by name.
+cimport cython
+from pystate._cdefs cimport ps_store
+
+
+@cython.final
+cdef class Store:
+    cdef ps_store *_st
+    cdef bint _closing
+    cdef int _busy                    # threads inside a GIL-free call
+    cdef readonly object path         # the store directory, or None
+    cdef readonly str sync            # the sync mode, or None in memory
+    cdef readonly bint read_only      # opened read_only: writes raise ReadOnlyError
+    cdef object _hook                 # testing aid, kept alive for C
+    cdef object __weakref__           # a feed refers to its store weakly
+    # A file store: its writes survive a crash, and release the GIL.
+    cdef readonly bint durable
+
+    cdef int _open(self) except -1
+    cdef int _enter(self) except -1
+    cdef dict _per_scope(self)
+    # Each returns a new reference to a bytes object of its own, or None.
+    cpdef object put(self, object scope, object key, bytes data)
+    cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1
+    cpdef object remove(self, object scope, object key)
+    cpdef object get_raw(self, object scope, object key)
