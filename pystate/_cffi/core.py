@@ -27,8 +27,8 @@ import warnings
 from typing import Any, Iterator
 
 from pystate._cffi._native import ffi, lib
-from pystate._cffi.codec import copy_containers, decode, encode, encode_trusted
-from pystate._cffi.ops import apply_into
+from pystate._codec import copy_containers, decode, encode, encode_trusted
+from pystate._ops import apply_into
 from pystate._options import check_store_options, path_bytes
 from pystate.errors import (
     ClosedError,
