@@ -1,10 +1,11 @@
 """Which binding of the C core pystate runs on, chosen once at import.
 
-``PYSTATE_BACKEND=cython`` (the default on CPython): the Cython modules
-``pystate._core``, ``_codec`` and ``_ops``. ``PYSTATE_BACKEND=cffi`` (the
-default on PyPy, where only it is built): the same C core through cffi,
-with the codec and op engine in plain Python (``pystate._cffi``). Both
+``PYSTATE_BACKEND=cython`` (the default on CPython): the Cython module
+``pystate._core``. ``PYSTATE_BACKEND=cffi`` (the default on PyPy, where
+only it is built): the same C core through cffi (``pystate._cffi``). Both
 behave the same, to the error message; the parity tests hold them to it.
+Both use the one codec and op engine, ``pystate._codec`` and
+``pystate._ops``: compiled by Cython on CPython, plain Python on PyPy.
 Everything in pystate reaches the binding through ``core``, ``codec`` and
 ``ops`` here.
 
@@ -38,12 +39,13 @@ def _choose() -> str:
 name = _choose()
 
 try:
+    from pystate import _codec as codec
+    from pystate import _ops as ops
+
     if name == "cython":
-        from pystate import _codec as codec
         from pystate import _core as core
-        from pystate import _ops as ops
     else:
-        from pystate._cffi import codec, core, ops
+        from pystate._cffi import core
 except ImportError as e:  # pragma: no cover - only on a broken install
     raise ImportError(
         f"pystate's {name} binding could not be loaded. Build and install the "

@@ -269,7 +269,7 @@ def recovery_message(path: str, report: dict, detail: str, *, read_only: bool = 
 def wide_integer(literal: bytes, at: int) -> InvalidValueError:
     """The error for JSON text holding, at offset ``at``, an integer
     ``literal`` outside the 64-bit range (found by the C core's
-    ``ps_json_check_ints``, for both codecs' ``loads_text``)."""
+    ``ps_json_check_ints``, for ``pystate._codec.loads_text``)."""
     text = literal.decode("ascii")
     if len(text) > 40:
         text = f"{text[:20]}...{text[-8:]} ({len(text)} characters)"

@@ -36,5 +36,5 @@ cdef class Writes:
 
     cpdef bint _watched(self, object scope, object key) except -1
     cdef object _enter(self, object scope, object key)
-    @cython.locals(kv=KvStore)
+    @cython.locals(kv=KvStore, errors=list)
     cdef UpdateResult _update(self, object scope, object key, object ops, bint watched)

@@ -34,8 +34,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from pystate._backend import codec as _codec
-from pystate._backend import ops as _ops
 from pystate.errors import ClosedError, ValueTooLargeError
 from pystate.storage import check_text
 
@@ -46,10 +44,16 @@ except ImportError:  # plain Python without Cython installed (PyPy)
 
     cython = types.SimpleNamespace(compiled=False)
 
-if not cython.compiled:
-    # Compiled, this is the Cython binding's Store (cimported in writes.pxd),
-    # whose raw calls the write path makes in C.
-    KvStore: Any = None
+if cython.compiled:
+    # C to C: the codec, the op engine, and (KvStore, cimported in
+    # writes.pxd) the Cython binding's raw calls.
+    from cython.cimports.pystate._codec import decode, encode, encode_trusted
+    from cython.cimports.pystate._ops import apply_into
+else:
+    from pystate._codec import decode, encode, encode_trusted
+    from pystate._ops import apply_into
+
+    KvStore: Any = None  # (compiled only)
 
 if TYPE_CHECKING:
     from pystate.storage import CasStorage, OpsStorage
@@ -64,10 +68,6 @@ EV_DELETED = "state:deleted"
 #: Stripe locks per store: writers of different keys rarely share one.
 N_STRIPES = 64
 
-_encode = _codec.dumps
-_encode_trusted = getattr(_codec, "encode_trusted", _codec.dumps)
-_decode = _codec.loads
-_apply = _ops.apply
 
 # Marks an old value not decoded yet.
 _LAZY: Any = object()
@@ -114,7 +114,7 @@ class UpdateResult:
     def old_value(self) -> Any:
         old = self._old
         if old is _LAZY:
-            old = self._old = _decode(self._old_data)
+            old = self._old = decode(self._old_data)
         return old
 
     @property
@@ -289,7 +289,7 @@ class Writes:
 
     def set(self, scope: str, key: str, value: Any) -> Any:
         """Store ``value`` at (scope, key); return the previous value or None."""
-        data = _encode(value)
+        data = encode(value)
         if self._limit >= 0 and len(data) > self._limit:
             raise ValueTooLargeError(
                 f"value of {len(data)} bytes exceeds the configured max_value_bytes limit of {self._limit}")
@@ -300,7 +300,7 @@ class Writes:
                 old = self._kv.put(scope, key, data)
             else:
                 old = self._put(scope, key, data)
-            return None if old is None else _decode(old)
+            return None if old is None else decode(old)
         lock = self._enter(scope, key)
         try:
             old = self._put(scope, key, data)
@@ -309,7 +309,7 @@ class Writes:
                 emit(EV_CREATED if old is None else EV_UPDATED, scope, key, old, _exact(data))
         finally:
             lock.release()
-        return None if old is None else _decode(old)
+        return None if old is None else decode(old)
 
     def delete(self, scope: str, key: str) -> Any:
         """Remove (scope, key); return the removed value or None."""
@@ -320,7 +320,7 @@ class Writes:
                 old = self._kv.remove(scope, key)
             else:
                 old = self._remove(scope, key)
-            return None if old is None else _decode(old)
+            return None if old is None else decode(old)
         lock = self._enter(scope, key)
         try:
             old = self._remove(scope, key)
@@ -330,7 +330,7 @@ class Writes:
                 emit(EV_DELETED, scope, key, old, None)
         finally:
             lock.release()
-        return None if old is None else _decode(old)
+        return None if old is None else decode(old)
 
     def update(self, scope: str, key: str, ops: Any) -> UpdateResult:
         """Apply ``ops`` to the value at (scope, key) atomically; see
@@ -356,11 +356,12 @@ class Writes:
                 old_data = kv.get_raw(scope, key) if kv is not None else get_raw(scope, key)
                 # The op engine works on a value of its own: decoded afresh,
                 # it shares nothing with the old value or the store.
+                errors = []
                 if old_data is None:
-                    new, errors = _apply(None, True, ops)
+                    new = apply_into(None, True, ops, errors)
                 else:
-                    new, errors = _apply(_decode(old_data), False, ops)
-                new_data = _encode_trusted(new)
+                    new = apply_into(decode(old_data), False, ops, errors)
+                new_data = encode_trusted(new)
                 if _race_hook is not None:
                     _race_hook()
                 if self._sealed:
@@ -387,11 +388,11 @@ class Writes:
     def _update_native(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
         # Checked here, so a malformed request fails with the kv adapter's
         # error before anything is sent.
-        _apply(None, True, ops)
+        apply_into(None, True, ops, [])
         old, new, errors = self.storage.apply_ops(scope, key, ops)
         if watched:
             emit = self._emit
             if emit is not None:
                 emit(EV_CREATED if old is None else EV_UPDATED, scope, key,
-                     None if old is None else _encode_trusted(old), _encode_trusted(new))
+                     None if old is None else encode_trusted(old), encode_trusted(new))
         return UpdateResult(old, new, errors)

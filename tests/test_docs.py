@@ -23,8 +23,6 @@ MODULES = [
     "pystate._ops",
     "pystate._core",
     "pystate._backend",
-    "pystate._cffi.codec",
-    "pystate._cffi.ops",
     "pystate._cffi.core",
     "pystate.functions",
     "pystate.triggers",

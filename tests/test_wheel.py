@@ -169,6 +169,21 @@ def test_the_venv_imports_pystate_from_the_wheel_not_from_the_checkout(installed
     assert backend == ("cffi" if PYPY else "cython")
 
 
+def test_the_wheel_ships_the_sources_pypy_imports(installed, tmp_path):
+    # _codec and _ops are one source each: PyPy imports the .py, CPython the
+    # module compiled from it, which comes first on import.
+    with zipfile.ZipFile(installed.wheel) as zf:
+        names = set(zf.namelist())
+    assert {"pystate/_codec.py", "pystate/_ops.py", "pystate/_cffi/core.py"} <= names, sorted(names)
+    assert not [n for n in names if n.endswith((".pyx", ".pxd", ".c"))], sorted(names)
+    code = "import pystate._codec as c, pystate._ops as o; print(c.__file__); print(o.__file__)"
+    r = run([installed.python, "-c", code], timeout=120, cwd=tmp_path, env=clean_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name, where in zip(("_codec", "_ops"), r.stdout.split()):
+        assert Path(where).name.split(".")[0] == name, where
+        assert Path(where).suffix == (".py" if PYPY else ".so"), where
+
+
 def test_the_installed_extension_modules_do_not_need_libxxhash(installed):
     readelf = need("readelf")
     for name, so in extension_modules(installed).items():

@@ -27,7 +27,7 @@ import warnings
 from typing import Any, Iterator
 
 from pystate._cffi._native import ffi, lib
-from pystate._cffi.codec import decode
+from pystate._codec import decode
 from pystate._options import check_store_options, path_bytes
 from pystate.errors import ClosedError, PayloadError, RecoveryWarning, error_for_rc, recovery_message
 

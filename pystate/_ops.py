@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The update op engine: ``state::update``'s six ops, compiled.
+"""The update op engine: ``state::update``'s six ops.
 
 Behaviour follows the iii engine's ``engine/src/update_ops.rs`` op for op
 and error code for error code; the comments below name the places where
@@ -11,68 +11,77 @@ value as Python objects anyway, so working on objects costs one decode and
 one encode per update, where a text-level engine would need one encode of
 the ops and two decodes.
 
+One source, two builds: on CPython this file is compiled by Cython (the
+types come from ``_ops.pxd``; the ``cython.compiled`` branches use the C
+API where that pays), and on PyPy it is imported as plain Python. The code
+avoids what the two builds would read differently: negative indexes
+(``wraparound=False``) and out-of-range ones (``boundscheck=False``).
+
 >>> from pystate._ops import apply
 >>> apply({"n": 1, "tags": []}, False,
 ...       [{"type": "increment", "path": "n", "by": 2},
 ...        {"type": "append", "path": "tags", "value": "x"}])
 ({'n': 3, 'tags': ['x']}, [])
 """
-from libc.math cimport isfinite
-from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check
-from cpython.dict cimport PyDict_Next
-from cpython.ref cimport PyObject
-cimport cython
 
-from pystate._codec cimport to_json
+try:
+    import cython
+except ImportError:  # plain Python, and Cython is not installed (PyPy)
+    import types
+
+    cython = types.SimpleNamespace(compiled=False)
+
 from pystate.errors import PayloadError
 
-cdef extern from *:
-    bint add_overflow "__builtin_add_overflow" (long long a, long long b, long long *r)
-    bint sub_overflow "__builtin_sub_overflow" (long long a, long long b, long long *r)
+if cython.compiled:
+    from cython.cimports.cpython.dict import PyDict_Next
+    from cython.cimports.cpython.long import PyLong_AsLongLongAndOverflow
+    from cython.cimports.cpython.ref import PyObject
+    from cython.cimports.cpython.unicode import PyUnicode_AsUTF8AndSize, PyUnicode_Check
+    from cython.cimports.libc.math import isfinite
+    from cython.cimports.pystate._codec import to_json
+else:
+    from math import isfinite
 
-cdef enum:
-    MAX_PATH_DEPTH = 32
-    MAX_SEGMENT_BYTES = 256
-    MAX_VALUE_DEPTH = 16
-    MAX_VALUE_KEYS = 1024
+    from pystate._codec import to_json
 
-cdef enum Kind:
-    K_SET
-    K_MERGE
-    K_INCREMENT
-    K_DECREMENT
-    K_APPEND
-    K_REMOVE
+__all__ = ["DOC_URL", "apply", "apply_into"]
+
+MAX_PATH_DEPTH = 32
+MAX_SEGMENT_BYTES = 256
+MAX_VALUE_DEPTH = 16
+MAX_VALUE_KEYS = 1024
+
+K_SET, K_MERGE, K_INCREMENT, K_DECREMENT, K_APPEND, K_REMOVE = range(6)
 
 DOC_URL = "https://iii.dev/docs/workers/iii-state#error-codes"
-cdef str _DOC_URL = DOC_URL
-cdef frozenset _PROTO = frozenset(("__proto__", "constructor", "prototype"))
-cdef dict _KINDS = {
+_DOC_URL = DOC_URL
+_PROTO = frozenset(("__proto__", "constructor", "prototype"))
+_KINDS = {
     "set": K_SET, "merge": K_MERGE, "increment": K_INCREMENT,
     "decrement": K_DECREMENT, "append": K_APPEND, "remove": K_REMOVE,
 }
-cdef str _F_TYPE = "type"
-cdef str _F_PATH = "path"
-cdef str _F_VALUE = "value"
-cdef str _F_BY = "by"
-cdef str _S_SET = "set"
-cdef str _S_INCREMENT = "increment"
-cdef str _S_APPEND = "append"
-cdef tuple _ROOT = ()
-cdef object _I64_MIN = -(1 << 63)
-cdef object _I64_MAX = (1 << 63) - 1
-cdef object _U64_MAX = (1 << 64) - 1
+_F_TYPE = "type"
+_F_PATH = "path"
+_F_VALUE = "value"
+_F_BY = "by"
+_S_SET = "set"
+_S_INCREMENT = "increment"
+_S_APPEND = "append"
+_ROOT = ()
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1
 # Marks an absent field, where JSON null and "missing" must differ.
-cdef object _MISSING = object()
+_MISSING = object()
 
 
-cdef inline dict _error(Py_ssize_t index, str code, str message):
+def _error(index, code, message):
     return {"op_index": index, "code": code, "message": message, "doc_url": _DOC_URL}
 
 
-cdef str _type_name(object v):
-    cdef type t = type(v)
+def _type_name(v):
+    t = type(v)
     if v is None:
         return "null"
     if t is bool:
@@ -86,16 +95,16 @@ cdef str _type_name(object v):
     return "object"
 
 
-cdef inline str _label(str path):
+def _label(path):
     return "root" if not path else path
 
 
-cdef str _segments_label(object path):
+def _segments_label(path):
     # Bracketed, never dot-joined: a dot is an ordinary character in a key.
     if not path:
         return "root"
     if type(path) is str:
-        return "[" + <str>path + "]"
+        return "[" + path + "]"
     return "[" + ", ".join(path) + "]"
 
 
@@ -104,32 +113,30 @@ cdef str _segments_label(object path):
 # Field locations ("ops[2].by") are formatted only when there is an error to
 # report: on the happy path formatting would cost more than the op itself.
 
-cdef str _describe(object v):
+def _describe(v):
     r = repr(v)
     if len(r) > 60:
         r = r[:57] + "..."
     return f"{r} ({type(v).__name__})"
 
 
-cdef inline str _at(Py_ssize_t i, str field):
+def _at(i, field):
     return f"ops[{i}].{field}" if field else f"ops[{i}]"
 
 
-cdef str _need_str(object v, Py_ssize_t i, str field):
+def _need_str(v, i, field):
     if type(v) is str:
-        return <str>v
+        return v
     if isinstance(v, str):
         return str.__str__(v)
     raise PayloadError(f"{_at(i, field)}: expected a string, got {_describe(v)}")
 
 
-cdef object _need_path(object v, Py_ssize_t i, str field):
+def _need_path(v, i, field):
     """A merge/append path, normalised: "" for the root (absent, null, "" or
     []), a str for one first-level field ("a" or ["a"]), else a tuple of
     segments. A one-element [""] stays a tuple so that it is reported as an
     empty segment, as in the engine."""
-    cdef list segs
-    cdef Py_ssize_t j
     if v is _MISSING or v is None:
         return ""
     if type(v) is str:
@@ -151,8 +158,7 @@ cdef object _need_path(object v, Py_ssize_t i, str field):
         f"{_at(i, field)}: expected a string, an array of strings or null, got {_describe(v)}")
 
 
-cdef object _need_by(object v, Py_ssize_t i, str field):
-    cdef int overflow = 0
+def _need_by(v, i, field):
     if v is _MISSING:
         raise PayloadError(f"{_at(i, field)}: missing field (an integer is required)")
     if type(v) is not int:
@@ -162,24 +168,26 @@ cdef object _need_by(object v, Py_ssize_t i, str field):
             raise PayloadError(
                 f"{_at(i, field)}: expected an integer between {_I64_MIN} and {_I64_MAX}, "
                 f"got {_describe(v)}")
-    PyLong_AsLongLongAndOverflow(v, &overflow)
-    if overflow:
+    if cython.compiled:
+        # The range test without creating or comparing int objects.
+        overflow = 0
+        PyLong_AsLongLongAndOverflow(v, cython.address(overflow))
+        fits = overflow == 0
+    else:
+        fits = _I64_MIN <= v <= _I64_MAX
+    if not fits:
         raise PayloadError(
             f"{_at(i, field)}: expected an integer between {_I64_MIN} and {_I64_MAX}, got {v}")
     return v
 
 
-@cython.no_gc
-@cython.final
-cdef class _Op:
-    """One parsed op. apply() reuses a single instance for all ops of a
-    call, which saves an allocation per op."""
-    cdef int kind
-    cdef object path     # str for set/increment/decrement/remove, tuple of segments otherwise
-    cdef object operand  # the value (private JSON copy) or `by`
+class _Op:
+    """One parsed op. apply_into() reuses a single instance for all ops of
+    a call, which saves an allocation per op (the compiled module makes it
+    a C struct with three fields, _ops.pxd)."""
 
 
-cdef int _kind_of(object t, Py_ssize_t i) except -1:
+def _kind_of(t, i):
     # Identity first: op names usually arrive as interned literals.
     if t is _S_INCREMENT:
         return K_INCREMENT
@@ -191,79 +199,102 @@ cdef int _kind_of(object t, Py_ssize_t i) except -1:
     if k is None:
         name = _need_str(t, i, "type")  # a str subclass becomes a str
         k = _KINDS.get(name)
-    if k is None:
-        raise PayloadError(
-            f"{_at(i, 'type')}: unknown op {name!r}; expected one of "
-            "set, merge, increment, decrement, append, remove")
-    return <int>k
+        if k is None:
+            raise PayloadError(
+                f"{_at(i, 'type')}: unknown op {name!r}; expected one of "
+                "set, merge, increment, decrement, append, remove")
+    return k
 
 
-cdef int _parse(object op, Py_ssize_t i, _Op out) except -1:
+def _parse(op, i, out):
     """Fill `out` from ops[i], given in the wire form
     {"type": ..., "path": ..., "value"/"by": ...} or as a documented one-key
     shorthand."""
-    cdef dict d
-    cdef int kind
-    cdef PyObject *k
-    cdef PyObject *v
-    cdef PyObject *t_ref = NULL
-    cdef PyObject *path_ref = NULL
-    cdef PyObject *value_ref = NULL
-    cdef PyObject *by_ref = NULL
-    cdef Py_ssize_t pos = 0
     if type(op) is not dict:
         if not isinstance(op, dict):
             raise PayloadError(f"{_at(i, '')}: expected an object, got {_describe(op)}")
-    d = <dict>op
     # One pass over the (few) items instead of a lookup per field: keys are
     # nearly always the interned literals, so identity settles most of them.
-    # The references are borrowed from `d`, which outlives this call.
-    while PyDict_Next(d, &pos, &k, &v):
-        if k == <PyObject *>_F_TYPE:
-            t_ref = v
-        elif k == <PyObject *>_F_PATH:
-            path_ref = v
-        elif k == <PyObject *>_F_VALUE:
-            value_ref = v
-        elif k == <PyObject *>_F_BY:
-            by_ref = v
-        elif PyUnicode_Check(<object>k):
-            key = <object>k
-            if key == _F_TYPE:
-                t_ref = v
-            elif key == _F_PATH:
-                path_ref = v
-            elif key == _F_VALUE:
-                value_ref = v
-            elif key == _F_BY:
-                by_ref = v
-    if t_ref != NULL:
-        kind = _kind_of(<object>t_ref, i)
+    if cython.compiled:
+        # The same pass on borrowed references (from `op`, which outlives
+        # this call), handed on as they are: no reference counting per
+        # item or per field.
+        t_ref = path_ref = value_ref = by_ref = cython.cast(cython.pointer[PyObject], _MISSING)
+        pos = 0
+        while PyDict_Next(op, cython.address(pos), cython.address(k), cython.address(v_ref)):
+            if k == cython.cast(cython.pointer[PyObject], _F_TYPE):
+                t_ref = v_ref
+            elif k == cython.cast(cython.pointer[PyObject], _F_PATH):
+                path_ref = v_ref
+            elif k == cython.cast(cython.pointer[PyObject], _F_VALUE):
+                value_ref = v_ref
+            elif k == cython.cast(cython.pointer[PyObject], _F_BY):
+                by_ref = v_ref
+            elif PyUnicode_Check(cython.cast(object, k)):
+                key = cython.cast(object, k)
+                if key == _F_TYPE:
+                    t_ref = v_ref
+                elif key == _F_PATH:
+                    path_ref = v_ref
+                elif key == _F_VALUE:
+                    value_ref = v_ref
+                elif key == _F_BY:
+                    by_ref = v_ref
+        return _parse_fields(op, i, out, cython.cast(object, t_ref), cython.cast(object, path_ref),
+                             cython.cast(object, value_ref), cython.cast(object, by_ref))
+    else:
+        t = path = value = by = _MISSING
+        for key, v in op.items():
+            if key is _F_TYPE:
+                t = v
+            elif key is _F_PATH:
+                path = v
+            elif key is _F_VALUE:
+                value = v
+            elif key is _F_BY:
+                by = v
+            elif isinstance(key, str):
+                if key == _F_TYPE:
+                    t = v
+                elif key == _F_PATH:
+                    path = v
+                elif key == _F_VALUE:
+                    value = v
+                elif key == _F_BY:
+                    by = v
+        return _parse_fields(op, i, out, t, path, value, by)
+
+
+def _parse_fields(op, i, out, t, path, value, by):
+    """_parse() given the fields found in `op`, _MISSING for an absent one
+    (none of them is assigned to here: they may be borrowed references)."""
+    if t is not _MISSING:
+        kind = _kind_of(t, i)
         out.kind = kind
         if kind == K_SET:
-            if path_ref == NULL:
+            if path is _MISSING:
                 raise PayloadError(f"{_at(i, 'path')}: missing field (a string is required)")
-            out.path = _need_str(<object>path_ref, i, "path")
+            out.path = _need_str(path, i, "path")
             # An absent value is JSON null, as is an explicit null.
-            out.operand = None if value_ref == NULL else to_json(<object>value_ref, i, "value")
+            out.operand = None if value is _MISSING else to_json(value, i, "value")
         elif kind == K_MERGE or kind == K_APPEND:
-            if value_ref == NULL:
+            if value is _MISSING:
                 raise PayloadError(f"{_at(i, 'value')}: missing field")
-            out.path = _need_path(_MISSING if path_ref == NULL else <object>path_ref, i, "path")
-            out.operand = to_json(<object>value_ref, i, "value")
+            out.path = _need_path(path, i, "path")
+            out.operand = to_json(value, i, "value")
         else:
-            if path_ref == NULL:
+            if path is _MISSING:
                 raise PayloadError(f"{_at(i, 'path')}: missing field (a string is required)")
-            out.path = _need_str(<object>path_ref, i, "path")
+            out.path = _need_str(path, i, "path")
             if kind == K_REMOVE:
                 out.operand = None
             else:
-                out.operand = _need_by(_MISSING if by_ref == NULL else <object>by_ref, i, "by")
+                out.operand = _need_by(by, i, "by")
         return 0
 
     # Shorthand: exactly one key naming the op.
-    if len(d) == 1:
-        (name, arg), = d.items()
+    if len(op) == 1:
+        (name, arg), = op.items()
         if name == "set":
             out.kind, out.path, out.operand = K_SET, "", to_json(arg, i, "set")
             return 0
@@ -278,26 +309,25 @@ cdef int _parse(object op, Py_ssize_t i, _Op out) except -1:
                 raise PayloadError(
                     f'{_at(i, name)}: expected {{"field": string, "by": integer}}, '
                     f"got {_describe(arg)}")
-            field = (<dict>arg).get("field", _MISSING)
+            field = arg.get("field", _MISSING)
             if field is _MISSING:
                 raise PayloadError(f"{_at(i, name + '.field')}: missing field (a string is required)")
             out.kind = K_INCREMENT if name == "increment" else K_DECREMENT
             out.path = _need_str(field, i, name + ".field")
-            out.operand = _need_by((<dict>arg).get("by", _MISSING), i, name + ".by")
+            out.operand = _need_by(arg.get("by", _MISSING), i, name + ".by")
             return 0
     raise PayloadError(
         f'{_at(i, "")}: expected {{"type": ...}} or a one-key shorthand '
-        f'(set, merge, increment, decrement, remove), got keys {sorted(map(str, d))}')
+        f'(set, merge, increment, decrement, remove), got keys {sorted(map(str, op))}')
 
 
 # ---- validation that yields per-op errors -------------------------------
 
-cdef bint _valid_path(str op, Py_ssize_t index, object path, list errors) except -1:
+def _valid_path(op, index, path, errors):
     """Check a normalised merge/append path (see _need_path)."""
-    cdef str seg
     if type(path) is str:
-        return _valid_field(op, index, <str>path, errors)
-    cdef tuple segs = <tuple>path
+        return _valid_field(op, index, path, errors)
+    segs = path
     if len(segs) > MAX_PATH_DEPTH:
         errors.append(_error(index, f"{op}.path.too_deep",
                              f"Path depth {len(segs)} exceeds maximum of {MAX_PATH_DEPTH}"))
@@ -312,10 +342,13 @@ cdef bint _valid_path(str op, Py_ssize_t index, object path, list errors) except
     return True
 
 
-cdef bint _valid_segment(str op, Py_ssize_t index, str seg, list errors) except -1:
-    cdef Py_ssize_t nbytes
+def _valid_segment(op, index, seg, errors):
     try:
-        PyUnicode_AsUTF8AndSize(seg, &nbytes)
+        if cython.compiled:
+            # Counts the bytes of the UTF-8 form, which CPython then keeps.
+            PyUnicode_AsUTF8AndSize(seg, cython.address(nbytes))
+        else:
+            nbytes = len(seg) if seg.isascii() else len(seg.encode("utf-8"))
     except UnicodeEncodeError:
         raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
     if nbytes > MAX_SEGMENT_BYTES:
@@ -331,24 +364,24 @@ cdef bint _valid_segment(str op, Py_ssize_t index, str seg, list errors) except 
     return True
 
 
-cdef inline bint _valid_field(str op, Py_ssize_t index, str path, list errors) except -1:
+def _valid_field(op, index, path, errors):
     # A string path is one first-level field, or the root when empty.
     if not path:
         return True
     return _valid_segment(op, index, path, errors)
 
 
-cdef Py_ssize_t _depth(object v):
-    cdef Py_ssize_t best = 0, d
-    cdef type t = type(v)
+def _depth(v):
+    best = 0
+    t = type(v)
     if t is dict:
-        for x in (<dict>v).values():
+        for x in v.values():
             d = _depth(x)
             if d > best:
                 best = d
         return 1 + best
     if t is list:
-        for x in <list>v:
+        for x in v:
             d = _depth(x)
             if d > best:
                 best = d
@@ -356,23 +389,24 @@ cdef Py_ssize_t _depth(object v):
     return 0
 
 
-cdef bint _valid_merge_value(Py_ssize_t index, object value, list errors) except -1:
+def _valid_merge_value(index, value, errors):
     if type(value) is not dict:
         errors.append(_error(index, "merge.value.not_an_object",
                              "Merge value must be a JSON object"))
         return False
-    if len(<dict>value) > MAX_VALUE_KEYS:
+    obj = value
+    if len(obj) > MAX_VALUE_KEYS:
         errors.append(_error(
             index, "merge.value.too_many_keys",
-            f"Merge value has {len(<dict>value)} top-level keys, exceeds maximum of {MAX_VALUE_KEYS}"))
+            f"Merge value has {len(obj)} top-level keys, exceeds maximum of {MAX_VALUE_KEYS}"))
         return False
-    for k in <dict>value:
+    for k in obj:
         if k in _PROTO:
             errors.append(_error(
                 index, "merge.value.proto_polluted",
                 f'Merge value top-level key "{k}" is a prototype-pollution sink'))
             return False
-    cdef Py_ssize_t depth = _depth(value)
+    depth = _depth(obj)
     if depth > MAX_VALUE_DEPTH:
         errors.append(_error(
             index, "merge.value.too_deep",
@@ -383,21 +417,22 @@ cdef bint _valid_merge_value(Py_ssize_t index, object value, list errors) except
 
 # ---- arithmetic -------------------------------------------------------------
 
-cdef object _step(object v, object by, bint down):
+def _step(v, by, down):
     """v + by (or v - by) with the engine's number rules, or None when v is
     not a number or the result leaves the 64-bit range: integers stay
     integers (i64 first, then u64), floats stay floats and must stay
     finite, booleans are not numbers."""
-    cdef type t = type(v)
-    cdef long long a, b, r
-    cdef int overflow = 0
-    cdef double f
+    t = type(v)
     if t is int:
-        a = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow == 0:
-            b = <long long>by
-            if not (sub_overflow(a, b, &r) if down else add_overflow(a, b, &r)):
-                return r
+        if cython.compiled:
+            # Both fit a C long long nearly always: try that first.
+            overflow = 0
+            a = PyLong_AsLongLongAndOverflow(v, cython.address(overflow))
+            if overflow == 0:
+                b = by
+                if not (sub_overflow(a, b, cython.address(r)) if down
+                        else add_overflow(a, b, cython.address(r))):
+                    return r
         # Past i64: exact arithmetic, then the range a u64 can hold. Only a
         # non-negative start may land there, as in the engine.
         res = v - by if down else v + by
@@ -405,62 +440,62 @@ cdef object _step(object v, object by, bint down):
             return res
         return None
     if t is float:
-        f = <double>v - <double>by if down else <double>v + <double>by
+        # `by` as a double first, as Python's float arithmetic takes an int.
+        x = v
+        y = by
+        f = x - y if down else x + y
         return f if isfinite(f) else None
     return None
 
 
 # ---- the engine -------------------------------------------------------------
 
-cdef dict _walk_or_create(dict root, object path):
+def _walk_or_create(root, path):
     """The dict at path (a field name or a tuple of them) under root,
     creating missing levels and replacing any non-object on the way by an
     empty object (RFC 7396 style)."""
-    cdef dict node = root
+    node = root
     if type(path) is str:
         child = node.get(path)
         if type(child) is not dict:
             child = {}
             node[path] = child
-        return <dict>child
-    for seg in <tuple>path:
+        return child
+    for seg in path:
         child = node.get(seg)
         if type(child) is not dict:
             child = {}
             node[seg] = child
-        node = <dict>child
+        node = child
     return node
 
 
-cdef object _initial_append(object value):
+def _initial_append(value):
     # A string starts a string (the concat tier); anything else an array.
     return value if type(value) is str else [value]
 
 
-cdef object _append_to(object target, object value, str label, Py_ssize_t index,
-                       list errors, bint *ok):
-    """Target after appending value, with ok[0] telling success."""
-    cdef type t = type(target)
-    ok[0] = True
+def _append_to(target, value, label, index, errors):
+    """Target after appending value, or None when it cannot apply (the
+    error is then in `errors`): no append leaves None behind."""
+    t = type(target)
     if t is list:
-        (<list>target).append(value)
+        target.append(value)
         return target
     if t is str:
         if type(value) is str:
-            return <str>target + <str>value
+            return target + value
         errors.append(_error(
             index, "append.type_mismatch",
             f"Expected string append value at path '{_label(label)}', got {_type_name(value)}."))
-        ok[0] = False
-        return target
+        return None
     if target is None:
         return _initial_append(value)
     errors.append(_error(
         index, "append.type_mismatch",
         f"Cannot append at path '{_label(label)}': target is {_type_name(target)}, "
         "expected array, string, null, or missing field."))
-    ok[0] = False
-    return target
+    return None
 
 
 def apply(current, missing, ops):
@@ -473,46 +508,38 @@ def apply(current, missing, ops):
     the caller stores anything; a well-formed op that cannot apply is
     skipped and reported in ``errors``, and the other ops still run.
     """
-    cdef list errors = []
+    errors = []
     return apply_into(current, missing, ops, errors), errors
 
 
-cdef object apply_into(object current, bint missing, object ops, list errors):
-    """apply() for compiled callers: the new value is returned, and one
-    error per op that could not apply is appended to ``errors``."""
-    cdef Py_ssize_t i, n
-    cdef int kind
-    cdef bint ok
-    cdef tuple segs
-    cdef str path
-    cdef dict target
-    cdef Py_ssize_t last
-    cdef bint down, nested
-    cdef str name
+def apply_into(current, missing, ops, errors):
+    """apply() for the bindings: the new value is returned, and one error
+    per op that could not apply is appended to ``errors``."""
     # The engine remembers whether the value is still the stand-in `{}` of
     # a missing key: a root increment, decrement or append then starts from
     # the operand instead of failing on an object.
-    cdef bint fresh = missing
+    fresh = missing
     if missing:
         current = {}
     if type(ops) is not list and type(ops) is not tuple:
         raise PayloadError(f"ops: expected an array of operations, got {_describe(ops)}")
     n = len(ops)
-    cdef _Op op = _Op.__new__(_Op)
+    op = _Op.__new__(_Op)
     for i in range(n):
         _parse(ops[i], i, op)
         kind = op.kind
         arg_path = op.path
         operand = op.operand
         if kind == K_SET:
-            path = <str>arg_path
+            path = arg_path
             if not _valid_field("set", i, path, errors):
                 continue
             if not path:
                 current = operand
                 fresh = False
             elif type(current) is dict:
-                (<dict>current)[path] = operand
+                doc = current
+                doc[path] = operand
                 fresh = False
             else:
                 errors.append(_error(
@@ -528,16 +555,17 @@ cdef object apply_into(object current, bint missing, object ops, list errors):
                 # A root merge into a non-object is silently ignored, as in
                 # the engine (it only logs a warning).
                 if type(current) is dict:
-                    (<dict>current).update(<dict>operand)
+                    doc = current
+                    doc.update(operand)
                     fresh = False
             else:
                 if type(current) is not dict:
                     current = {}
-                _walk_or_create(<dict>current, arg_path).update(<dict>operand)
+                _walk_or_create(current, arg_path).update(operand)
                 fresh = False
 
         elif kind == K_INCREMENT or kind == K_DECREMENT:
-            path = <str>arg_path
+            path = arg_path
             name = "increment" if kind == K_INCREMENT else "decrement"
             if not _valid_field(name, i, path, errors):
                 continue
@@ -555,10 +583,11 @@ cdef object apply_into(object current, bint missing, object ops, list errors):
                     current = res
                 fresh = False
             elif type(current) is dict:
-                old = (<dict>current).get(path, _MISSING)
+                doc = current
+                old = doc.get(path, _MISSING)
                 if old is _MISSING:
                     # -by of i64's minimum is 2**63: fine as a u64.
-                    (<dict>current)[path] = -operand if down else operand
+                    doc[path] = -operand if down else operand
                 else:
                     res = _step(old, operand, down)
                     if res is None:
@@ -566,7 +595,7 @@ cdef object apply_into(object current, bint missing, object ops, list errors):
                             i, name + ".not_number",
                             f"Expected number at path '{path}', got {_type_name(old)}."))
                         continue
-                    (<dict>current)[path] = res
+                    doc[path] = res
                 fresh = False
             else:
                 errors.append(_error(
@@ -581,8 +610,9 @@ cdef object apply_into(object current, bint missing, object ops, list errors):
             if not arg_path:
                 if fresh:
                     current = None
-                current = _append_to(current, operand, "root", i, errors, &ok)
-                if ok:
+                res = _append_to(current, operand, "root", i, errors)
+                if res is not None:
+                    current = res
                     fresh = False
             elif type(current) is not dict:
                 errors.append(_error(
@@ -592,37 +622,38 @@ cdef object apply_into(object current, bint missing, object ops, list errors):
             else:
                 if type(arg_path) is str:
                     nested = False
-                    target = <dict>current
+                    doc = current
                     leaf = arg_path
                 else:
-                    segs = <tuple>arg_path
+                    segs = arg_path
                     last = len(segs) - 1
                     nested = True
-                    target = _walk_or_create(<dict>current, segs[:last])
+                    doc = _walk_or_create(current, segs[:last])
                     leaf = segs[last]
-                old = target.get(leaf, _MISSING)
+                old = doc.get(leaf, _MISSING)
                 if old is _MISSING:
                     # A missing first-level field follows the value's kind
                     # (string concat tier); a missing nested leaf is always
                     # an array.
-                    target[leaf] = [operand] if nested else _initial_append(operand)
+                    doc[leaf] = [operand] if nested else _initial_append(operand)
                 else:
-                    res = _append_to(old, operand, leaf, i, errors, &ok)
-                    if ok and res is not old:  # a list grows in place
-                        target[leaf] = res
+                    res = _append_to(old, operand, leaf, i, errors)
+                    if res is not None and res is not old:  # a list grows in place
+                        doc[leaf] = res
                 # The engine clears the missing-key flag here even when the
                 # append itself failed.
                 fresh = False
 
         else:  # K_REMOVE
-            path = <str>arg_path
+            path = arg_path
             if not _valid_field("remove", i, path, errors):
                 continue
             if not path:
                 current = None
                 fresh = False
             elif type(current) is dict:
-                (<dict>current).pop(path, None)
+                doc = current
+                doc.pop(path, None)
                 fresh = False
             else:
                 errors.append(_error(
