@@ -70,14 +70,17 @@ def run_pypy(venv: Path, args: list[str], cwd: Path, timeout: int = 600) -> subp
 
 USE = r"""
 import platform, sys
-import pystate, pystate._codec, pystate._ops, pystate._cffi.core
+import pystate, pystate._codec, pystate._ops, pystate._cffi.core, pystate.writes
 
 assert platform.python_implementation() == "PyPy"
 assert pystate.backend == "cffi", pystate.backend
 # The codec and op engine CPython compiles, here as plain Python.
 assert pystate._codec.__file__.endswith("_codec.py"), pystate._codec.__file__
 assert pystate._ops.__file__.endswith("_ops.py"), pystate._ops.__file__
-assert pystate._cffi.core.apply_into is pystate._ops.apply_into
+# The write path too, using them.
+assert pystate.writes.__file__.endswith("writes.py"), pystate.writes.__file__
+assert pystate.writes.apply_into is pystate._ops.apply_into
+assert pystate._cffi.core.decode is pystate._codec.decode
 path = sys.argv[1]
 events = []
 with pystate.State(path, sync="always") as st:
