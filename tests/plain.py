@@ -1,5 +1,5 @@
-"""``pystate._codec`` and ``pystate._ops`` imported as plain Python from
-their one source, beside the compiled modules that CPython imports: what
+"""``pystate._codec``, ``pystate._ops`` and the cffi binding's
+``pystate._cffi.core`` imported as plain Python from their one source, beside the compiled modules that CPython imports: what
 PyPy runs, on this interpreter, so that tests can hold the two builds of
 the same source to the same answers.
 """
@@ -47,3 +47,10 @@ def modules(orjson: bool = True) -> tuple[ModuleType, ModuleType]:
             else:
                 sys.modules[name] = module
     return codec, ops
+
+
+@functools.cache
+def cffi_core() -> ModuleType:
+    """pystate/_cffi/core.py as plain Python (its own module object, over
+    the same compiled ``_native``): the cffi binding as PyPy runs it."""
+    return _exec("pystate._cffi.core", PACKAGE / "_cffi" / "core.py")

@@ -43,6 +43,8 @@ BACKENDS = {"cython": cy_core, "cffi": cf_core}
 #: CPython has it, and the codec again without orjson, as PyPy has it.
 py_codec, py_ops = plain.modules()
 pypy_codec, pypy_ops = plain.modules(orjson=False)
+#: The cffi binding as PyPy runs it: pystate/_cffi/core.py, not compiled.
+py_cffi_core = plain.cffi_core()
 
 
 def outcome(fn, *args):
@@ -97,6 +99,13 @@ def test_the_codec_and_op_engine_are_compiled_and_used_by_both_bindings():
     assert cf_core.decode is cy_codec.decode
     assert writes.__file__.endswith(suffixes), writes.__file__  # it cimports them
     assert pystate._backend.codec is cy_codec and pystate._backend.ops is cy_ops
+
+
+def test_the_cffi_binding_is_compiled_on_cpython_from_its_one_source():
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    assert cf_core.__file__.endswith(suffixes), cf_core.__file__
+    assert py_cffi_core.__file__.endswith("core.py"), py_cffi_core.__file__
+    assert py_cffi_core.Store is not cf_core.Store
 
 
 def test_the_plain_python_import_runs_the_plain_python_branches():
@@ -324,7 +333,9 @@ calls = hs.lists(hs.one_of(
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(calls=calls)
 def test_stores_answer_alike_in_memory(calls):
-    assert run_calls(cf_core, None, calls) == run_calls(cy_core, None, calls)
+    want = run_calls(cy_core, None, calls)
+    assert run_calls(cf_core, None, calls) == want
+    assert run_calls(py_cffi_core, None, calls) == want
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

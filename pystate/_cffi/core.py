@@ -1,3 +1,4 @@
+# cython: language_level=3, annotation_typing=False
 """cffi binding of the C core: the same ``Store`` as the Cython binding
 (``pystate/_core.pyx``), in plain Python over the compiled module
 ``pystate._cffi._native`` (cffi API mode), so it runs on PyPy as well.
@@ -68,6 +69,9 @@ _CLOSED_RC = lib.PSG_CLOSED
 _NULL = ffi.NULL
 _new = ffi.new
 _unpack = ffi.unpack
+# The update loop's two calls, bound once (a lookup on lib is not free).
+_psg_get = lib.psg_get
+_psg_put_if = lib.psg_put_if
 
 # Bytes per array handed over by list() (see _core.pyx).
 LIST_BATCH = 32 * 1024
@@ -184,9 +188,36 @@ def _text(s: Any, what: str) -> bytes:
             raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
         s = str.__str__(s)
     try:
-        return s.encode("utf-8")
+        return s.encode()
     except UnicodeEncodeError:
         raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+
+
+# The last (scope, key) encoded, with its UTF-8: an update reads, then
+# writes, the same two str objects, and encoding them again would cost a
+# tenth of a small update. Only exact str objects are kept (a str is
+# immutable, and the tuple keeps them alive, so `is` cannot be fooled by a
+# reused id); the tuple is replaced whole, so threads see a consistent one.
+# It lives in a list, not a module global: rebinding a global would
+# invalidate the compiled module's cached global lookups on every call.
+_last_names: list = [(None, None, b"", b"")]
+
+
+def _names(scope: Any, key: Any) -> tuple:
+    """(UTF-8 of scope, UTF-8 of key)."""
+    m = _last_names[0]
+    if m[0] is scope and m[1] is key:
+        return m[2], m[3]
+    if type(scope) is str and type(key) is str:
+        try:
+            s = scope.encode()
+            k = key.encode()
+        except UnicodeEncodeError:
+            pass  # _text names which one
+        else:
+            _last_names[0] = (scope, key, s, k)
+            return s, k
+    return _text(scope, "scope"), _text(key, "key")
 
 
 def _unpack_names(data: bytes, count: int) -> list:
@@ -354,8 +385,7 @@ class Store:
 
     def put(self, scope: Any, key: Any, data: bytes) -> bytes | None:
         """Store the JSON text ``data`` as it is; return the previous text or None."""
-        s = _text(scope, "scope")
-        k = _text(key, "key")
+        s, k = _names(scope, key)
         try:
             out = _tls.buf
         except AttributeError:
@@ -371,12 +401,11 @@ class Store:
     def put_if(self, scope: Any, key: Any, data: bytes, expect: bytes | None) -> bool:
         """Compare-and-set: store ``data`` only if the key holds exactly
         ``expect`` (None: does not exist); whether it was stored."""
-        s = _text(scope, "scope")
-        k = _text(key, "key")
+        s, k = _names(scope, key)
         if expect is None:
-            rc = lib.psg_put_if(self._g, s, len(s), k, len(k), data, len(data), _NULL, 0)
+            rc = _psg_put_if(self._g, s, len(s), k, len(k), data, len(data), _NULL, 0)
         else:
-            rc = lib.psg_put_if(self._g, s, len(s), k, len(k), data, len(data), expect, len(expect))
+            rc = _psg_put_if(self._g, s, len(s), k, len(k), data, len(data), expect, len(expect))
         if rc == _CONFLICT:
             return False
         if rc:
@@ -385,8 +414,7 @@ class Store:
 
     def remove(self, scope: Any, key: Any) -> bytes | None:
         """Remove (scope, key); return its JSON text, or None when there was none."""
-        s = _text(scope, "scope")
-        k = _text(key, "key")
+        s, k = _names(scope, key)
         try:
             out = _tls.buf
         except AttributeError:
@@ -403,18 +431,22 @@ class Store:
 
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
-        s = _text(scope, "scope")
-        k = _text(key, "key")
+        s, k = _names(scope, key)
         try:
             out = _tls.buf
         except AttributeError:
             out = _thread_buf()
-        rc = lib.psg_get(self._g, s, len(s), k, len(k), out)
-        data = _take(out)
+        rc = _psg_get(self._g, s, len(s), k, len(k), out)
         if rc:
             if rc == _NOTFOUND:
                 return None
             raise _error(rc, "update")
+        # _take inline, and without `filled` (PS_OK delivers a value): this
+        # is half of every update's calls into C.
+        n = out.len
+        data = _unpack(out.data, n)
+        if n > _KEEP:
+            lib.psg_buf_free(out)
         return data
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
@@ -423,8 +455,7 @@ class Store:
         >>> Store().get("users", "nobody", "?")
         '?'
         """
-        s = _text(scope, "scope")
-        k = _text(key, "key")
+        s, k = _names(scope, key)
         try:
             out = _tls.buf
         except AttributeError:
@@ -441,8 +472,7 @@ class Store:
         """Whether a key exists: ``(scope, key) in st``; a stored null exists."""
         if type(item) is not tuple or len(item) != 2:
             raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
-        s = _text(item[0], "scope")
-        k = _text(item[1], "key")
+        s, k = _names(item[0], item[1])
         rc = lib.psg_has(self._g, s, len(s), k, len(k))
         if rc and rc != _NOTFOUND:
             raise _error(rc, "in")
