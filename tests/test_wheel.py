@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["CMakeLists.txt", "pyproject.toml", "csrc", "pystate"]
 PYPY = sys.implementation.name == "pypy"
 #: The extension modules a wheel carries: PyPy builds only the cffi one.
-MODULES = {"_native"} if PYPY else {"_core", "_codec", "_ops", "writes", "_native"}
+#: The extension modules a wheel holds, by path under pystate/.
+MODULES = ({"_cffi/_native"} if PYPY else
+           {"_core", "_codec", "_ops", "writes", "_cffi/core", "_cffi/_native"})
 
 
 def need(tool: str) -> str:
@@ -139,7 +141,9 @@ def installed() -> Installed:
 
 
 def extension_modules(inst: Installed) -> dict[str, Path]:
-    found = {p.name.split(".")[0]: p for p in (inst.site_packages / "pystate").rglob("*.so")}
+    top = inst.site_packages / "pystate"
+    found = {str(p.relative_to(top).parent / p.name.split(".")[0]).removeprefix("./"): p
+             for p in top.rglob("*.so")}
     assert set(found) == MODULES, found
     return found
 
