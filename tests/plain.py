@@ -1,6 +1,6 @@
 """``pystate._codec``, ``pystate._ops`` and the cffi binding's
-``pystate._cffi.core`` imported as plain Python from their one source, beside the compiled modules that CPython imports: what
-PyPy runs, on this interpreter, so that tests can hold the two builds of
+``pystate._cffi.core`` imported as plain Python from their one source,
+beside the compiled modules that CPython imports: what PyPy runs, on this interpreter, so that tests can hold the two builds of
 the same source to the same answers.
 """
 

@@ -37,8 +37,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["CMakeLists.txt", "pyproject.toml", "csrc", "pystate"]
 PYPY = sys.implementation.name == "pypy"
-#: The extension modules a wheel carries: PyPy builds only the cffi one.
-#: The extension modules a wheel holds, by path under pystate/.
+#: The extension modules a wheel carries, by path under pystate/: PyPy
+#: builds only the cffi one.
 MODULES = ({"_cffi/_native"} if PYPY else
            {"_core", "_codec", "_ops", "writes", "_cffi/core", "_cffi/_native"})
 
@@ -142,7 +142,7 @@ def installed() -> Installed:
 
 def extension_modules(inst: Installed) -> dict[str, Path]:
     top = inst.site_packages / "pystate"
-    found = {str(p.relative_to(top).parent / p.name.split(".")[0]).removeprefix("./"): p
+    found = {str(p.relative_to(top).parent / p.name.split(".")[0])): p
              for p in top.rglob("*.so")}
     assert set(found) == MODULES, found
     return found

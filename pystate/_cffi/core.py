@@ -1,7 +1,8 @@
 # cython: language_level=3, annotation_typing=False
 """cffi binding of the C core: the same ``Store`` as the Cython binding
-(``pystate/_core.pyx``), in plain Python over the compiled module
-``pystate._cffi._native`` (cffi API mode), so it runs on PyPy as well.
+(``pystate/_core.pyx``), written in Python over the compiled module
+``pystate._cffi._native`` (cffi API mode), so it runs on PyPy as well
+(as plain Python there; CPython imports it compiled by Cython).
 
 The store is reached through ps_guard.h rather than pystate.h directly:
 cffi releases the GIL around every C call, so a thread may be inside the
@@ -203,8 +204,9 @@ def _text(s: Any, what: str) -> bytes:
 _last_names: list = [(None, None, b"", b"")]
 
 
-def _names(scope: Any, key: Any) -> tuple:
-    """(UTF-8 of scope, UTF-8 of key)."""
+def _names(scope: Any, key: Any, keep: bool = False) -> tuple:
+    """(UTF-8 of scope, UTF-8 of key); ``keep``: remember them for the
+    write that follows (get_raw, the read of an update)."""
     m = _last_names[0]
     if m[0] is scope and m[1] is key:
         return m[2], m[3]
@@ -215,7 +217,8 @@ def _names(scope: Any, key: Any) -> tuple:
         except UnicodeEncodeError:
             pass  # _text names which one
         else:
-            _last_names[0] = (scope, key, s, k)
+            if keep:
+                _last_names[0] = (scope, key, s, k)
             return s, k
     return _text(scope, "scope"), _text(key, "key")
 
@@ -431,7 +434,7 @@ class Store:
 
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
-        s, k = _names(scope, key)
+        s, k = _names(scope, key, True)
         try:
             out = _tls.buf
         except AttributeError:
