@@ -142,7 +142,7 @@ def installed() -> Installed:
 
 def extension_modules(inst: Installed) -> dict[str, Path]:
     top = inst.site_packages / "pystate"
-    found = {str(p.relative_to(top).parent / p.name.split(".")[0])): p
+    found = {str(p.relative_to(top).parent / p.name.split(".")[0]): p
              for p in top.rglob("*.so")}
     assert set(found) == MODULES, found
     return found
