@@ -134,8 +134,11 @@ static void log_unmap(ps_disk *d, ps_logf *l)
 {
     if (!l->map)
         return;
+    pthread_mutex_lock(&d->map_mu);
     munmap(l->map, l->map_cap);
     l->map = NULL;
+    l->faulted = 0;
+    pthread_mutex_unlock(&d->map_mu);
     /* Give back the preallocated tail: a closed log ends at its last
      * record. (If this fails the zeros stay, and are skipped at open.)
      * Only with the directory to ourselves: another process may have the
@@ -164,7 +167,7 @@ void ps_logf_close_fd(ps_disk *d, ps_logf *l)
 /* Make room for n more bytes in l's mapping: extend the file by a
  * preallocated step (just n when a step does not fit) and map it.
  * Returns 0 or an errno (ENOSPC, EFBIG...); the log is then unchanged. */
-static int log_reserve(ps_logf *l, size_t n)
+static int log_reserve(ps_disk *d, ps_logf *l, size_t n)
 {
     uint64_t need = l->size + n;
     if (l->map && need <= l->map_cap)
@@ -188,13 +191,93 @@ static int log_reserve(ps_logf *l, size_t n)
         if (rc)
             return rc;
     }
+    pthread_mutex_lock(&d->map_mu);
+    /* (A moved mapping keeps its pages: what was prefaulted stays so.) */
     void *m = l->map ? mremap(l->map, l->map_cap, cap, MREMAP_MAYMOVE)
                      : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, l->fd, 0);
-    if (m == MAP_FAILED)
-        return errno; /* a failed mremap leaves the old mapping in place */
-    l->map = m;
-    l->map_cap = cap;
-    return 0;
+    int rc = m == MAP_FAILED ? errno : 0; /* a failed mremap leaves the old mapping in place */
+    if (!rc) {
+        if (!l->map)
+            l->faulted = 0;
+        l->map = m;
+        l->map_cap = cap;
+    }
+    pthread_mutex_unlock(&d->map_mu);
+    return rc;
+}
+
+/* ---- prefaulting appends -------------------------------------------------------- */
+
+/* The first write to each page of a mapping is a page fault: the kernel
+ * finds or makes the page-cache page, zeroes it and marks it dirty, some
+ * microseconds each, one per 4 KiB of records. The maintenance thread
+ * takes that off the writers by faulting the pages just ahead of a log's
+ * end in (MADV_POPULATE_WRITE, which writes nothing), AHEAD bytes at a
+ * time, asked for when less than half of that is left. Within the
+ * preallocated space only, so no page beyond the file is touched. */
+#define FAULT_AHEAD (256u << 10)
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels say EINVAL */
+#endif
+
+/* Under st->mu, after an append to l's mapping. */
+static void want_prefault(ps_disk *d, ps_logf *l)
+{
+    /* (Not for a small log: its pages would mostly stay zeros.) */
+    if (l->want_fault || d->no_populate || l->size < FAULT_AHEAD ||
+        l->faulted >= l->size + FAULT_AHEAD / 2 || l->faulted >= l->map_cap)
+        return;
+    l->want_fault = 1;
+    pthread_mutex_lock(&d->sync_mu);
+    d->fault_pending = 1;
+    pthread_cond_broadcast(&d->sync_cv);
+    pthread_mutex_unlock(&d->sync_mu);
+}
+
+void ps_disk_prefault(ps_store *st)
+{
+    ps_disk *d = st->disk;
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t pg = page > 0 ? (uint64_t)page : 4096;
+    pthread_mutex_lock(&st->mu);
+    size_t n = st->scopes.n_live, k = 0;
+    ps_logf **want = n ? ps_mem_alloc(&st->mem, n * sizeof *want) : NULL;
+    for (uint32_t i = 0; i < st->scopes.n_entries; i++) {
+        const unsigned char *it = st->scopes.entries[i];
+        ps_logf *l = it ? ps_scope_of(it)->log : NULL;
+        if (l && l->want_fault) {
+            l->want_fault = 0; /* (out of memory: the next append asks again) */
+            if (want)
+                want[k++] = l;
+        }
+    }
+    /* A ps_logf lives until the store closes, and this thread stops before. */
+    for (size_t i = 0; i < k && !d->no_populate; i++) {
+        ps_logf *l = want[i];
+        if (!l->map)
+            continue;
+        /* Whole pages, from the one the log ends in (written to already,
+         * so it faults in for nothing) to AHEAD past the end. */
+        uint64_t from = (l->faulted > l->size ? l->faulted : l->size) / pg * pg;
+        uint64_t to = l->size + FAULT_AHEAD;
+        to = (to < l->map_cap ? to : l->map_cap) / pg * pg;
+        if (to <= from)
+            continue;
+        unsigned char *map = l->map;
+        /* The mapping stays put under map_mu; writers go on meanwhile. */
+        pthread_mutex_lock(&d->map_mu);
+        pthread_mutex_unlock(&st->mu);
+        int err = madvise(map + from, to - from, MADV_POPULATE_WRITE) != 0 ? errno : 0;
+        pthread_mutex_unlock(&d->map_mu);
+        pthread_mutex_lock(&st->mu);
+        if (err == EINVAL || err == ENOSYS)
+            d->no_populate = 1;
+        else if (!err && l->map == map && to > l->faulted)
+            l->faulted = to;
+    }
+    ps_mem_free(&st->mem, want, n * sizeof *want);
+    pthread_mutex_unlock(&st->mu);
 }
 
 /* A full descriptor table (ours or the process's): give back the least
@@ -444,12 +527,14 @@ int ps_disk_append(ps_store *st, ps_scope *sc, const void *scope, size_t slen, i
                 return rc;
             l->no_prealloc = 0;
         }
-        if ((rc = log_reserve(l, n)) != 0)
+        if ((rc = log_reserve(d, l, n)) != 0)
             return rc;
         ps_rec_encode(l->map + l->size, l->salt, kind, l->next_seq, key, klen, value, vlen);
         ps_log_set_end_hint(l->map, l->size + n, l->salt);
     }
     l->size += n;
+    if (d->sync_mode != PS_SYNC_ALWAYS)
+        want_prefault(d, l);
     l->next_seq++;
     atomic_store_explicit(&l->appended, l->size, memory_order_release);
     if (kind == PS_REC_PUT)

@@ -6,7 +6,8 @@
  * ps_log.h), replayed at open, appended before every change, synced by
  * policy, compacted when mostly dead. Its parts, each calling only into
  * the ones listed before it, so that no two of them call each other:
- *   ps_disk.c     a log file: its descriptor, its creation, appends, replay
+ *   ps_disk.c     a log file: its descriptor, its creation, appends (and
+ *                 prefaulting them), replay
  *   ps_follow.c   following the logs other processes append to; ps_events
  *   ps_compact.c  rewriting a log with its live records only
  *   ps_sync.c     durability: the group commit, the maintenance thread, fork
@@ -24,7 +25,8 @@
  *
  * Locks
  *   st->mu guards logs' metadata and appends; disk->sync_mu guards what
- *   is known durable. fdatasync never runs under st->mu: the thread doing
+ *   is known durable; disk->map_mu, taken after st->mu or alone, keeps a
+ *   log's mapping in place while the maintenance thread prefaults it. fdatasync never runs under st->mu: the thread doing
  *   it works on a private descriptor (dup, or a fresh open by name), so a
  *   log's own descriptor can be closed or replaced meanwhile.
  */
@@ -65,6 +67,8 @@ struct ps_logf {
     int no_prealloc;         /* its end hint is PS_LOG_NO_PREALLOC (ps_log.h) */
     int compacting;          /* a compaction of this log is under way */
     int want_compact;        /* queued for the maintenance thread */
+    int want_fault;          /* queued for prefaulting (ps_disk_prefault) */
+    uint64_t faulted;        /* bytes of the mapping prefaulted; map changes reset it */
     unsigned char *scope_name; /* for headers of rewritten logs */
     size_t scope_len;
     /* shared (ps_follow.c): the scope's slot, NULL until first needed,
@@ -98,6 +102,12 @@ struct ps_disk {
     /* durability */
     pthread_mutex_t sync_mu;
     pthread_cond_t sync_cv;
+    /* Taken around every change of a log's mapping (under st->mu) and by
+     * the maintenance thread prefaulting one (without st->mu): a mapping
+     * is never unmapped or moved while its pages are being faulted in. */
+    pthread_mutex_t map_mu;
+    int fault_pending; /* under sync_mu: some log wants prefaulting */
+    int no_populate;   /* the kernel has no MADV_POPULATE_WRITE */
     int dir_dirty; /* under sync_mu: entries created or renamed, dir not synced */
     /* the maintenance thread (ps_sync.c) */
     pthread_t thread;
@@ -141,6 +151,7 @@ ps_logf *ps_logf_new(ps_store *st, const char *name, const void *scope, size_t s
 void ps_begin_file_change(ps_logf *l);
 void ps_end_file_change(ps_logf *l);
 int ps_replay_record(void *ctx, const ps_rec *r);
+void ps_disk_prefault(ps_store *st);
 
 /* ---- ps_follow.c --------------------------------------------------------- */
 

@@ -638,6 +638,7 @@ static void disk_free(ps_store *st)
     ps_mem_free(&st->mem, d->path, d->path_cap);
     pthread_cond_destroy(&d->sync_cv);
     pthread_mutex_destroy(&d->sync_mu);
+    pthread_mutex_destroy(&d->map_mu);
     ps_mem_free(&st->mem, d, sizeof *d);
     st->disk = NULL;
 }
@@ -698,6 +699,7 @@ int ps_disk_open(ps_store *st, const ps_options *o, ps_report *rep)
     memset(d, 0, sizeof *d);
     d->dirfd = d->lockfd = -1;
     pthread_mutex_init(&d->sync_mu, NULL);
+    pthread_mutex_init(&d->map_mu, NULL);
     pthread_cond_init(&d->sync_cv, NULL);
     st->disk = d;
     d->path_cap = strlen(o->path) + 1;

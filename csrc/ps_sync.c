@@ -1,7 +1,7 @@
 /*
  * ps_sync.c - making writes durable: the group commit of sync=always, the
- * maintenance thread (periodic syncs, queued compactions), and both around
- * fork.
+ * maintenance thread (periodic syncs, queued compactions and prefaults),
+ * and both around fork.
  *
  * Durability
  *   A write reaches the operating system before memory changes and before
@@ -186,9 +186,9 @@ static int before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
-/* The maintenance thread: compactions the write path asked for, and the
- * periodic fdatasync of sync=interval. Work that writers should not wait
- * for. */
+/* The maintenance thread: prefaults and compactions the write path asked
+ * for, and the periodic fdatasync of sync=interval. Work that writers
+ * should not wait for. */
 static void *maintenance_thread(void *arg)
 {
     ps_store *st = arg;
@@ -202,16 +202,18 @@ static void *maintenance_thread(void *arg)
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         int due = periodic && !before(&now, &next);
-        if (!due && !d->compact_pending) {
+        if (!due && !d->compact_pending && !d->fault_pending) {
             if (periodic)
                 pthread_cond_timedwait(&d->sync_cv, &d->sync_mu, &next);
             else
                 pthread_cond_wait(&d->sync_cv, &d->sync_mu);
             continue;
         }
-        int compact = d->compact_pending;
-        d->compact_pending = 0;
+        int compact = d->compact_pending, fault = d->fault_pending;
+        d->compact_pending = d->fault_pending = 0;
         pthread_mutex_unlock(&d->sync_mu);
+        if (fault)
+            ps_disk_prefault(st);
         if (compact)
             run_wanted_compactions(st);
         if (due && ps_sync_all(st) != 0) {
@@ -250,6 +252,7 @@ void ps_disk_after_fork(ps_store *st)
 {
     ps_disk *d = st->disk;
     pthread_mutex_init(&d->sync_mu, NULL);
+    pthread_mutex_init(&d->map_mu, NULL);
     pthread_cond_init(&d->sync_cv, NULL);
     /* The parent's thread did not come along; a sync it was running is
      * not ours to wait for. */
