@@ -30,6 +30,20 @@ from typing import Any, Iterator
 
 from pystate._cffi._native import ffi, lib
 from pystate._codec import decode
+
+try:
+    import cython
+except ImportError:  # plain Python without Cython installed (PyPy)
+    import types
+
+    cython = types.SimpleNamespace(compiled=False)
+
+if cython.compiled:
+    # Direct C calls where the plain-Python spelling is a method call or
+    # an attribute lookup: a call into C via cffi costs little enough for
+    # these to matter (core.pxd declares the helpers that use them).
+    from cython.cimports.cpython.pythread import PyThread_get_thread_ident
+    from cython.cimports.cpython.unicode import PyUnicode_AsUTF8String
 from pystate._options import check_store_options, path_bytes
 from pystate.errors import ClosedError, PayloadError, RecoveryWarning, error_for_rc, recovery_message
 
@@ -144,9 +158,28 @@ _tls = threading.local()
 # A thread keeps at most this much buffer between calls.
 _KEEP = 64 * 1024
 
+# Compiled, the buffer the last caller used, as (thread ident, buffer),
+# replaced whole: found there without the threading.local lookup, which
+# costs more than the rest of getting it. Threads alive at once have
+# distinct idents, and a finished thread's buffer is free for whichever
+# thread reuses its ident. In a list, not a rebound global (see
+# _last_names).
+_last_buf: list = [(0, None)]
 
-def _thread_buf() -> Any:
-    b = _tls.buf = ffi.gc(_new("psg_buf *"), lib.psg_buf_free)
+
+def _thread_buffer() -> Any:
+    """This thread's psg_buf."""
+    if cython.compiled:
+        ident = PyThread_get_thread_ident()
+        m = _last_buf[0]
+        if cython.cast(cython.ulong, m[0]) == ident:
+            return m[1]
+    try:
+        b = _tls.buf
+    except AttributeError:
+        b = _tls.buf = ffi.gc(_new("psg_buf *"), lib.psg_buf_free)
+    if cython.compiled:
+        _last_buf[0] = (ident, b)
     return b
 
 
@@ -212,8 +245,12 @@ def _names(scope: Any, key: Any, keep: bool = False) -> tuple:
         return m[2], m[3]
     if type(scope) is str and type(key) is str:
         try:
-            s = scope.encode()
-            k = key.encode()
+            if cython.compiled:
+                s = PyUnicode_AsUTF8String(scope)
+                k = PyUnicode_AsUTF8String(key)
+            else:
+                s = scope.encode()
+                k = key.encode()
         except UnicodeEncodeError:
             pass  # _text names which one
         else:
@@ -389,10 +426,7 @@ class Store:
     def put(self, scope: Any, key: Any, data: bytes) -> bytes | None:
         """Store the JSON text ``data`` as it is; return the previous text or None."""
         s, k = _names(scope, key)
-        try:
-            out = _tls.buf
-        except AttributeError:
-            out = _thread_buf()
+        out = _thread_buffer()
         # The old value is delivered exactly when the key existed (a JSON
         # text is never empty), which saves an `existed` out-parameter.
         rc = lib.psg_put(self._g, s, len(s), k, len(k), data, len(data), out, _NULL)
@@ -418,10 +452,7 @@ class Store:
     def remove(self, scope: Any, key: Any) -> bytes | None:
         """Remove (scope, key); return its JSON text, or None when there was none."""
         s, k = _names(scope, key)
-        try:
-            out = _tls.buf
-        except AttributeError:
-            out = _thread_buf()
+        out = _thread_buffer()
         rc = lib.psg_del(self._g, s, len(s), k, len(k), out)
         old = _take(out)
         if rc:
@@ -435,10 +466,7 @@ class Store:
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
         s, k = _names(scope, key, True)
-        try:
-            out = _tls.buf
-        except AttributeError:
-            out = _thread_buf()
+        out = _thread_buffer()
         rc = _psg_get(self._g, s, len(s), k, len(k), out)
         if rc:
             if rc == _NOTFOUND:
@@ -459,10 +487,7 @@ class Store:
         '?'
         """
         s, k = _names(scope, key)
-        try:
-            out = _tls.buf
-        except AttributeError:
-            out = _thread_buf()
+        out = _thread_buffer()
         rc = lib.psg_get(self._g, s, len(s), k, len(k), out)
         data = _take(out)
         if rc:

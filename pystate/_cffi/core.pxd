@@ -1,0 +1,9 @@
+# The C types of pystate/_cffi/core.py when Cython compiles it (CPython):
+# the helpers every call goes through, as C functions rather than Python
+# calls. PyPy imports the .py as it is.
+cimport cython
+
+@cython.locals(ident="unsigned long")
+cdef object _thread_buffer()
+cdef tuple _names(object scope, object key, bint keep=*)
+cdef object _take(object buf)
