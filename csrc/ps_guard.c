@@ -41,6 +41,18 @@ static void *buf_alloc(void *ctx, size_t n)
     return b->data;
 }
 
+typedef struct inline_ctx {
+    psg_inline *in;
+    psg_buf *spill;
+} inline_ctx;
+
+static void *inline_alloc(void *ctx, size_t n)
+{
+    inline_ctx *c = ctx;
+    c->in->len = n;
+    return n <= PSG_INLINE ? c->in->data : buf_alloc(c->spill, n);
+}
+
 /* Every call that delivers into a buf starts by marking it empty. */
 static inline psg_buf *empty(psg_buf *b)
 {
@@ -167,6 +179,14 @@ int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen
             psg_buf *value)
 {
     ps_sink sink = {buf_alloc, empty(value)};
+    GUARDED(g, ps_get(g->st, scope, slen, key, klen, &sink));
+}
+
+int psg_get_inline(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
+                   psg_inline *in, psg_buf *spill)
+{
+    inline_ctx c = {in, empty(spill)};
+    ps_sink sink = {inline_alloc, &c};
     GUARDED(g, ps_get(g->st, scope, slen, key, klen, &sink));
 }
 

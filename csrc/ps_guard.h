@@ -48,6 +48,15 @@ typedef struct psg_buf {
     int filled;
 } psg_buf;
 
+/* A value handed out in place: a value of up to PSG_INLINE bytes is copied
+ * into data, a longer one goes to a psg_buf; len says which, and is the
+ * only field a binding then reads. Owner: the caller. */
+#define PSG_INLINE 4096
+typedef struct psg_inline {
+    size_t len;
+    char data[PSG_INLINE];
+} psg_inline;
+
 /* Several values handed out (ps_list's arrays). Owner: the caller. */
 typedef struct psg_bufs {
     psg_buf *items;
@@ -78,6 +87,11 @@ void psg_bufs_free(psg_bufs *b);
 /* The calls of pystate.h, with values delivered into bufs. */
 int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *value);
+/* psg_get for bindings whose every read of a struct field costs (cffi): a
+ * value of up to PSG_INLINE bytes lands in `in`, a longer one in `spill`;
+ * in->len is its length either way. */
+int psg_get_inline(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
+                   psg_inline *in, psg_buf *spill);
 /* PS_OK if (scope, key) exists, else PS_NOTFOUND. */
 int psg_has(psg *g, const char *scope, size_t slen, const char *key, size_t klen);
 int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen,

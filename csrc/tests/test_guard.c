@@ -91,6 +91,33 @@ TEST(calls_go_through_and_values_land_in_bufs)
     psg_free(g);
 }
 
+TEST(an_inline_get_copies_small_values_in_place_and_spills_long_ones)
+{
+    psg *g = open_guard();
+    REQUIRE(g);
+    static psg_inline in;
+    psg_buf spill = {0};
+    static char big[PSG_INLINE + 3];
+    memset(big, '7', sizeof big);
+    CHECK_RC(psg_put(g, S("s"), S("small"), S("[1]"), NULL, NULL), PS_OK);
+    CHECK_RC(psg_put(g, S("s"), S("edge"), big, PSG_INLINE, NULL, NULL), PS_OK);
+    CHECK_RC(psg_put(g, S("s"), S("big"), big, sizeof big, NULL, NULL), PS_OK);
+    CHECK_RC(psg_get_inline(g, S("s"), S("small"), &in, &spill), PS_OK);
+    CHECK(in.len == 3 && memcmp(in.data, "[1]", 3) == 0 && !spill.filled);
+    CHECK_RC(psg_get_inline(g, S("s"), S("edge"), &in, &spill), PS_OK);
+    CHECK(in.len == PSG_INLINE && memcmp(in.data, big, PSG_INLINE) == 0 && !spill.filled);
+    CHECK_RC(psg_get_inline(g, S("s"), S("big"), &in, &spill), PS_OK);
+    CHECK(in.len == sizeof big && spill.filled && spill.len == sizeof big &&
+          memcmp(spill.data, big, sizeof big) == 0);
+    /* A miss delivers nothing, and says so by its status alone. */
+    CHECK_RC(psg_get_inline(g, S("s"), S("nope"), &in, &spill), PS_NOTFOUND);
+    CHECK(!spill.filled);
+    CHECK_RC(psg_close(g), PS_OK);
+    CHECK_RC(psg_get_inline(g, S("s"), S("small"), &in, &spill), PSG_CLOSED);
+    psg_buf_free(&spill);
+    psg_free(g);
+}
+
 TEST(calls_after_close_return_closed)
 {
     psg *g = open_guard();

@@ -87,6 +87,8 @@ typedef struct ps_stats {
 typedef struct psg psg;
 typedef struct psg_buf { char *data; size_t len; size_t cap; int filled; } psg_buf;
 typedef struct psg_bufs { psg_buf *items; size_t count; size_t cap; } psg_bufs;
+#define PSG_INLINE ...
+typedef struct psg_inline { size_t len; char data[...]; ...; } psg_inline;
 
 const char *ps_strerror(int rc);
 int ps_json_check_ints(const char *text, size_t len, size_t *at, size_t *n);
@@ -101,6 +103,8 @@ void psg_buf_free(psg_buf *b);
 void psg_bufs_free(psg_bufs *b);
 int psg_get(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *value);
+int psg_get_inline(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
+                   psg_inline *in, psg_buf *spill);
 int psg_has(psg *g, const char *scope, size_t slen, const char *key, size_t klen);
 int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             const char *value, size_t vlen, psg_buf *old, int *existed);

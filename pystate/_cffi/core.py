@@ -85,7 +85,7 @@ _NULL = ffi.NULL
 _new = ffi.new
 _unpack = ffi.unpack
 # The update loop's two calls, bound once (a lookup on lib is not free).
-_psg_get = lib.psg_get
+_psg_get_inline = lib.psg_get_inline
 _psg_put_if = lib.psg_put_if
 
 # Bytes per array handed over by list() (see _core.pyx).
@@ -150,37 +150,58 @@ def _message(rep: Any) -> str:
     return ffi.string(rep.message).decode("utf-8", "replace")
 
 
-# Each thread's psg_buf, reused by every call it makes (its memory too):
-# a call fills it and _take() copies the value out before any other code
+# Each thread's buffers, reused by every call it makes (their memory too):
+# a call fills them and the value is copied out before any other code
 # runs. cffi's ffi.new, or a free per call, would cost more than the rest
-# of a small get.
+# of a small get. A thread's state is (psg_buf, psg_inline, the inline
+# length as a size_t *, the inline struct as a cffi buffer): reads go
+# through the inline struct, whose value a slice of the buffer copies out,
+# because reading a struct field by name costs a cffi attribute lookup.
 _tls = threading.local()
 # A thread keeps at most this much buffer between calls.
 _KEEP = 64 * 1024
+_INLINE = lib.PSG_INLINE
+_DATA_AT = ffi.offsetof("psg_inline", "data")
 
-# Compiled, the buffer the last caller used, as (thread ident, buffer),
+# Compiled, the state the last caller used, as (thread ident, state),
 # replaced whole: found there without the threading.local lookup, which
 # costs more than the rest of getting it. Threads alive at once have
-# distinct idents, and a finished thread's buffer is free for whichever
+# distinct idents, and a finished thread's buffers are free for whichever
 # thread reuses its ident. In a list, not a rebound global (see
 # _last_names).
 _last_buf: list = [(0, None)]
 
 
-def _thread_buffer() -> Any:
-    """This thread's psg_buf."""
+def _thread_buffer() -> tuple:
+    """This thread's (psg_buf, psg_inline, its length, its bytes)."""
     if cython.compiled:
         ident = PyThread_get_thread_ident()
         m = _last_buf[0]
         if cython.cast(cython.ulong, m[0]) == ident:
             return m[1]
     try:
-        b = _tls.buf
+        t = _tls.state
     except AttributeError:
-        b = _tls.buf = ffi.gc(_new("psg_buf *"), lib.psg_buf_free)
+        inline = _new("psg_inline *")
+        t = _tls.state = (ffi.gc(_new("psg_buf *"), lib.psg_buf_free), inline,
+                          ffi.addressof(inline, "len"), ffi.buffer(inline))
     if cython.compiled:
-        _last_buf[0] = (ident, b)
-    return b
+        _last_buf[0] = (ident, t)
+    return t
+
+
+def _read(g: Any, s: bytes, k: bytes, what: str) -> bytes | None:
+    """The JSON text at (s, k), UTF-8 names, or None (psg_get_inline)."""
+    t = _thread_buffer()
+    rc = _psg_get_inline(g, s, len(s), k, len(k), t[1], t[0])
+    if rc:
+        if rc == _NOTFOUND:
+            return None
+        raise _error(rc, what)
+    n = t[2][0]
+    if n <= _INLINE:
+        return t[3][_DATA_AT:_DATA_AT + n]
+    return _take(t[0])
 
 
 def _take(buf: Any) -> bytes | None:
@@ -426,7 +447,7 @@ class Store:
     def put(self, scope: Any, key: Any, data: bytes) -> bytes | None:
         """Store the JSON text ``data`` as it is; return the previous text or None."""
         s, k = _names(scope, key)
-        out = _thread_buffer()
+        out = _thread_buffer()[0]
         # The old value is delivered exactly when the key existed (a JSON
         # text is never empty), which saves an `existed` out-parameter.
         rc = lib.psg_put(self._g, s, len(s), k, len(k), data, len(data), out, _NULL)
@@ -452,7 +473,7 @@ class Store:
     def remove(self, scope: Any, key: Any) -> bytes | None:
         """Remove (scope, key); return its JSON text, or None when there was none."""
         s, k = _names(scope, key)
-        out = _thread_buffer()
+        out = _thread_buffer()[0]
         rc = lib.psg_del(self._g, s, len(s), k, len(k), out)
         old = _take(out)
         if rc:
@@ -466,19 +487,7 @@ class Store:
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
         s, k = _names(scope, key, True)
-        out = _thread_buffer()
-        rc = _psg_get(self._g, s, len(s), k, len(k), out)
-        if rc:
-            if rc == _NOTFOUND:
-                return None
-            raise _error(rc, "update")
-        # _take inline, and without `filled` (PS_OK delivers a value): this
-        # is half of every update's calls into C.
-        n = out.len
-        data = _unpack(out.data, n)
-        if n > _KEEP:
-            lib.psg_buf_free(out)
-        return data
+        return _read(self._g, s, k, "update")
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
         """The value at (scope, key), or ``default`` when there is none.
@@ -487,14 +496,8 @@ class Store:
         '?'
         """
         s, k = _names(scope, key)
-        out = _thread_buffer()
-        rc = lib.psg_get(self._g, s, len(s), k, len(k), out)
-        data = _take(out)
-        if rc:
-            if rc == _NOTFOUND:
-                return default
-            raise _error(rc, "get")
-        return decode(data)
+        data = _read(self._g, s, k, "get")
+        return default if data is None else decode(data)
 
     def __contains__(self, item: Any) -> bool:
         """Whether a key exists: ``(scope, key) in st``; a stored null exists."""
