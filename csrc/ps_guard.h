@@ -13,7 +13,8 @@
  * belongs to the caller and is reused by the next call given the same buf
  * (free it with psg_buf_free, which may be called on an empty buf). This
  * saves bindings a callback into the interpreter, and an allocation, for
- * every value.
+ * every value. psg_get_inline copies a short value into the caller's
+ * psg_inline instead, for bindings to which each struct field read costs.
  *
  * Every function returns what the ps_* function it wraps returns (see
  * pystate.h), or PSG_CLOSED.
