@@ -409,6 +409,40 @@ def test_module_level_helpers_agree():
     assert py_ops.DOC_URL == cy_ops.DOC_URL
 
 
+@pytest.mark.parametrize("core", [cf_core, py_cffi_core], ids=["compiled", "plain"])
+def test_cffi_reads_from_many_threads_never_see_each_others_values(core):
+    # Each thread reads through buffers of its own (found by thread ident
+    # once compiled), values in place and spilled alike; short-lived
+    # threads may reuse a finished one's ident, and so its buffers.
+    import threading
+
+    st = core.Store()
+    sizes = [3, 4000, 4094, 4095, 4200, 70_000]  # around PSG_INLINE and _KEEP
+    for t in range(4):
+        for n in sizes:
+            st.put("s", f"{t}-{n}", orjson.dumps(f"{t}" * (n - 2)))
+    bad = []
+
+    def reader(t, rounds):
+        for _ in range(rounds):
+            for n in sizes:
+                want = orjson.dumps(f"{t}" * (n - 2))
+                if st.get_raw("s", f"{t}-{n}") != want or st.get("s", f"{t}-{n}") != f"{t}" * (n - 2):
+                    bad.append((t, n))
+
+    long_lived = [threading.Thread(target=reader, args=(t, 300)) for t in range(2)]
+    for th in long_lived:
+        th.start()
+    for i in range(40):
+        th = threading.Thread(target=reader, args=(2 + i % 2, 5))
+        th.start()
+        th.join()
+    for th in long_lived:
+        th.join()
+    assert bad == []
+    assert st.get_raw("s", "nobody") is None
+
+
 @pytest.mark.parametrize("args", [("s", -1), ("s", "10"), (1,)])
 def test_items_refuses_bad_arguments_alike_when_called(args):
     got = []
