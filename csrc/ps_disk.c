@@ -197,9 +197,7 @@ static int log_reserve(ps_disk *d, ps_logf *l, size_t n)
                      : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, l->fd, 0);
     int rc = m == MAP_FAILED ? errno : 0; /* a failed mremap leaves the old mapping in place */
     if (!rc) {
-        if (!l->map)
-            l->faulted = 0;
-        l->map = m;
+        l->map = m; /* (a fresh map: log_unmap left faulted at 0) */
         l->map_cap = cap;
     }
     pthread_mutex_unlock(&d->map_mu);
