@@ -229,7 +229,10 @@ static void want_prefault(ps_disk *d, ps_logf *l)
     l->want_fault = 1;
     pthread_mutex_lock(&d->sync_mu);
     d->fault_pending = 1;
-    pthread_cond_broadcast(&d->sync_cv);
+    /* A polling thread finds the request by itself: no futex wake-up,
+     * which costs a busy writer more than the faults it saves. */
+    if (!d->polling)
+        pthread_cond_broadcast(&d->sync_cv);
     pthread_mutex_unlock(&d->sync_mu);
 }
 

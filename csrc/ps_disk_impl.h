@@ -107,6 +107,7 @@ struct ps_disk {
      * is never unmapped or moved while its pages are being faulted in. */
     pthread_mutex_t map_mu;
     int fault_pending; /* under sync_mu: some log wants prefaulting */
+    int polling;       /* under sync_mu: short sleeps the thread has left (ps_sync.c) */
     int no_populate;   /* the kernel has no MADV_POPULATE_WRITE */
     int dir_dirty; /* under sync_mu: entries created or renamed, dir not synced */
     /* the maintenance thread (ps_sync.c) */

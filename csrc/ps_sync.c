@@ -186,6 +186,17 @@ static int before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+/* Once asked to prefault, the thread looks for more requests every
+ * POLL_MS for POLL_ROUNDS rounds, and writers meanwhile only leave them
+ * (want_prefault, ps_disk.c): a writer filling the logs asks without a
+ * futex wake-up each time (4% of a file update, measured on a 2-CPU VM).
+ * POLL_MS is under the time a writer takes to fill the half window left
+ * when it asks: 128 KiB is some 500 updates of ~250 bytes, over a
+ * millisecond even when they all go to one log. A store that stops
+ * asking goes back to sleeping after POLL_ROUNDS * POLL_MS = 50 ms. */
+#define POLL_MS 1
+#define POLL_ROUNDS 50
+
 /* The maintenance thread: prefaults and compactions the write path asked
  * for, and the periodic fdatasync of sync=interval. Work that writers
  * should not wait for. */
@@ -203,14 +214,23 @@ static void *maintenance_thread(void *arg)
         clock_gettime(CLOCK_REALTIME, &now);
         int due = periodic && !before(&now, &next);
         if (!due && !d->compact_pending && !d->fault_pending) {
-            if (periodic)
+            if (d->polling) {
+                d->polling--;
+                struct timespec soon = now;
+                add_ms(&soon, POLL_MS);
+                pthread_cond_timedwait(&d->sync_cv, &d->sync_mu,
+                                       periodic && before(&next, &soon) ? &next : &soon);
+            } else if (periodic) {
                 pthread_cond_timedwait(&d->sync_cv, &d->sync_mu, &next);
-            else
+            } else {
                 pthread_cond_wait(&d->sync_cv, &d->sync_mu);
+            }
             continue;
         }
         int compact = d->compact_pending, fault = d->fault_pending;
         d->compact_pending = d->fault_pending = 0;
+        if (fault)
+            d->polling = POLL_ROUNDS;
         pthread_mutex_unlock(&d->sync_mu);
         if (fault)
             ps_disk_prefault(st);
@@ -258,6 +278,7 @@ void ps_disk_after_fork(ps_store *st)
      * not ours to wait for. */
     d->thread_running = 0;
     d->stopping = 0;
+    d->polling = 0; /* (the child's thread, once started, sleeps until asked) */
     ps_table *s = &st->scopes;
     for (uint32_t i = 0; i < s->n_entries; i++) {
         const unsigned char *it = s->entries[i];
