@@ -189,7 +189,7 @@ static int before(const struct timespec *a, const struct timespec *b)
 /* Once asked to prefault, the thread looks for more requests every
  * POLL_MS for POLL_ROUNDS rounds, and writers meanwhile only leave them
  * (want_prefault, ps_disk.c): a writer filling the logs asks without a
- * futex wake-up each time (4% of a file update, measured on a 2-CPU VM).
+ * futex wake-up each time (2 to 4% of a file update on a 2-CPU VM).
  * POLL_MS is under the time a writer takes to fill the half window left
  * when it asks: 128 KiB is some 500 updates of ~250 bytes, over a
  * millisecond even when they all go to one log. A store that stops
