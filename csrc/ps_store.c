@@ -259,6 +259,19 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     return rc;
 }
 
+int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen)
+{
+    ps_where w;
+    lock(st);
+    /* The scope as this process has it: no catching up with other
+     * processes here (ps_get does that), so nothing is read or changed. */
+    ps_scope *sc = ps_scope_find(st, scope, slen, &w);
+    if (sc)
+        ps_table_prefetch(&sc->table, ps_hash(&st->hasher, key, klen));
+    unlock(st);
+    return PS_OK;
+}
+
 /* Write "[" values[i..j) "]" into buf, skipping holes. */
 static void write_array(const ps_table *t, uint32_t i, uint32_t j, unsigned char *buf)
 {

@@ -100,6 +100,13 @@ void ps_table_free(ps_table *t, ps_mem *m);
 const unsigned char *ps_table_find(const ps_table *t, const void *key,
                                    size_t klen, uint64_t h, ps_where *w);
 
+/* Start loading the index slot a lookup of hash h begins at. */
+static inline void ps_table_prefetch(const ps_table *t, uint64_t h)
+{
+    if (t->index)
+        __builtin_prefetch(&t->index[(uint32_t)h & (((uint32_t)1 << t->bits) - 1)]);
+}
+
 /* Give the key found at *w a new value. Returns 0 or ENOMEM (unchanged). */
 int ps_table_replace(ps_table *t, ps_mem *m, const ps_where *w,
                      const void *value, size_t vlen);

@@ -250,6 +250,12 @@ int ps_store_inspect(const ps_options *opts, ps_report *report);
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *value);
 
+/* A hint that (scope, key) is about to be read: starts the first memory
+ * load of its lookup (the index slot, a cache miss in a big table), so
+ * that work the caller does before its ps_get overlaps the wait. Reads
+ * nothing from disk and changes nothing. Returns PS_OK. */
+int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen);
+
 /* Deliver all values of `scope`, in key order, as JSON array texts
  * "[v1,v2,...]" through `out`: one call per array, each array at most
  * `batch` bytes long (a single longer value gets an array of its own;

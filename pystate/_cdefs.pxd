@@ -91,6 +91,7 @@ cdef extern from "pystate.h" nogil:
 
     int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *value)
+    int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen)
     int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
                 const ps_sink *out)
     int ps_groups(ps_store *st, const ps_sink *out, size_t *count)

@@ -26,3 +26,4 @@ cdef class Store:
     cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1
     cpdef object remove(self, object scope, object key)
     cpdef object get_raw(self, object scope, object key)
+    cpdef int prefetch(self, object scope, object key) except -1

@@ -1,6 +1,6 @@
 # The C types of pystate/_ops.py, which Cython compiles in pure-Python
-# mode, and its C entry point for _core.pyx (apply_into, cpdef: the cffi
-# binding calls it by name).
+# mode, and its C entry points (cpdef: the write path, pystate/writes.py,
+# calls parse_ops and apply_parsed directly; apply_into is both in one).
 cimport cython
 from cpython.ref cimport PyObject
 
@@ -13,7 +13,7 @@ cdef int K_SET, K_MERGE, K_INCREMENT, K_DECREMENT, K_APPEND, K_REMOVE
 cdef str _DOC_URL, _F_TYPE, _F_PATH, _F_VALUE, _F_BY, _S_SET, _S_INCREMENT, _S_APPEND
 cdef frozenset _PROTO
 cdef dict _KINDS
-cdef tuple _ROOT
+cdef tuple _ROOT, _NAMES
 cdef object _I64_MIN, _I64_MAX, _U64_MAX, _MISSING
 
 @cython.final
@@ -22,10 +22,15 @@ cdef class _Op:
     cdef int kind
     cdef object path     # str for set/increment/decrement/remove, tuple of segments otherwise
     cdef object operand  # the value (private JSON copy) or `by`
+    cdef object invalid  # the error dict of a path that cannot apply, or None
+    cdef _Op next        # the next op of the request, or None
 
-@cython.locals(errors=list, fresh=bint, n=Py_ssize_t, i=Py_ssize_t, op=_Op, kind=int,
-               path=str, name=str, down=bint, nested=bint, doc=dict, segs=tuple, last=Py_ssize_t)
 cpdef object apply_into(object current, bint missing, object ops, list errors)
+@cython.locals(first=_Op, last=_Op, n=Py_ssize_t, i=Py_ssize_t, op=_Op, kind=int)
+cpdef _Op parse_ops(object ops)
+@cython.locals(fresh=bint, i=Py_ssize_t, op=_Op, kind=int,
+               path=str, name=str, down=bint, nested=bint, doc=dict, segs=tuple, last=Py_ssize_t)
+cpdef object apply_parsed(object current, bint missing, _Op parsed, list errors)
 
 cdef dict _error(Py_ssize_t index, str code, str message)
 @cython.locals(t=type)
@@ -47,10 +52,10 @@ cdef int _parse(object op, Py_ssize_t i, _Op out) except -1
 cdef int _parse_fields(object op, Py_ssize_t i, _Op out, object t, object path, object value,
                        object by) except -1
 @cython.locals(segs=tuple, seg=str)
-cdef bint _valid_path(str op, Py_ssize_t index, object path, list errors) except -1
+cdef object _path_error(str op, Py_ssize_t index, object path)
 @cython.locals(nbytes=Py_ssize_t)
-cdef bint _valid_segment(str op, Py_ssize_t index, str seg, list errors) except -1
-cdef bint _valid_field(str op, Py_ssize_t index, str path, list errors) except -1
+cdef object _segment_error(str op, Py_ssize_t index, str seg)
+cdef object _field_error(str op, Py_ssize_t index, str path)
 @cython.locals(best=Py_ssize_t, d=Py_ssize_t, t=type)
 cdef Py_ssize_t _depth(object v) except -1
 @cython.locals(obj=dict, depth=Py_ssize_t)

@@ -45,7 +45,7 @@ else:
 
     from pystate._codec import to_json
 
-__all__ = ["DOC_URL", "apply", "apply_into"]
+__all__ = ["DOC_URL", "apply", "apply_into", "apply_parsed", "parse_ops"]
 
 MAX_PATH_DEPTH = 32
 MAX_SEGMENT_BYTES = 256
@@ -68,6 +68,7 @@ _F_BY = "by"
 _S_SET = "set"
 _S_INCREMENT = "increment"
 _S_APPEND = "append"
+_NAMES = ("set", "merge", "increment", "decrement", "append", "remove")  # by kind
 _ROOT = ()
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
@@ -182,9 +183,11 @@ def _need_by(v, i, field):
 
 
 class _Op:
-    """One parsed op. apply_into() reuses a single instance for all ops of
-    a call, which saves an allocation per op (the compiled module makes it
-    a C struct with three fields, _ops.pxd)."""
+    """One op as parse_ops() leaves it for apply_parsed(): its kind, its
+    normalised path, its operand (a private JSON copy, or `by`), the error
+    its path gives (None: the path can apply) and the next op (None after
+    the last: a chain, which costs no container). The compiled module
+    makes it a class of C fields (_ops.pxd)."""
 
 
 def _kind_of(t, i):
@@ -323,26 +326,25 @@ def _parse_fields(op, i, out, t, path, value, by):
 
 # ---- validation that yields per-op errors -------------------------------
 
-def _valid_path(op, index, path, errors):
-    """Check a normalised merge/append path (see _need_path)."""
+def _path_error(op, index, path):
+    """The error of a normalised merge/append path (see _need_path), or
+    None when it can apply."""
     if type(path) is str:
-        return _valid_field(op, index, path, errors)
+        return _field_error(op, index, path)
     segs = path
     if len(segs) > MAX_PATH_DEPTH:
-        errors.append(_error(index, f"{op}.path.too_deep",
-                             f"Path depth {len(segs)} exceeds maximum of {MAX_PATH_DEPTH}"))
-        return False
+        return _error(index, f"{op}.path.too_deep",
+                      f"Path depth {len(segs)} exceeds maximum of {MAX_PATH_DEPTH}")
     for seg in segs:
         if not seg:
-            errors.append(_error(index, f"{op}.path.empty_segment",
-                                 "Path contains an empty segment"))
-            return False
-        if not _valid_segment(op, index, seg, errors):
-            return False
-    return True
+            return _error(index, f"{op}.path.empty_segment", "Path contains an empty segment")
+        err = _segment_error(op, index, seg)
+        if err is not None:
+            return err
+    return None
 
 
-def _valid_segment(op, index, seg, errors):
+def _segment_error(op, index, seg):
     try:
         if cython.compiled:
             # Counts the bytes of the UTF-8 form, which CPython then keeps.
@@ -352,23 +354,19 @@ def _valid_segment(op, index, seg, errors):
     except UnicodeEncodeError:
         raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
     if nbytes > MAX_SEGMENT_BYTES:
-        errors.append(_error(
-            index, f"{op}.path.segment_too_long",
-            f"Path segment of {nbytes} bytes exceeds maximum of {MAX_SEGMENT_BYTES}"))
-        return False
+        return _error(index, f"{op}.path.segment_too_long",
+                      f"Path segment of {nbytes} bytes exceeds maximum of {MAX_SEGMENT_BYTES}")
     if (nbytes == 9 or nbytes == 11) and seg in _PROTO:
-        errors.append(_error(
-            index, f"{op}.path.proto_polluted",
-            f"Path segment '{seg}' is not allowed (prototype pollution)."))
-        return False
-    return True
+        return _error(index, f"{op}.path.proto_polluted",
+                      f"Path segment '{seg}' is not allowed (prototype pollution).")
+    return None
 
 
-def _valid_field(op, index, path, errors):
+def _field_error(op, index, path):
     # A string path is one first-level field, or the root when empty.
     if not path:
-        return True
-    return _valid_segment(op, index, path, errors)
+        return None
+    return _segment_error(op, index, path)
 
 
 def _depth(v):
@@ -515,25 +513,69 @@ def apply(current, missing, ops):
 def apply_into(current, missing, ops, errors):
     """apply() for the bindings: the new value is returned, and one error
     per op that could not apply is appended to ``errors``."""
+    return apply_parsed(current, missing, parse_ops(ops), errors)
+
+
+def parse_ops(ops):
+    """Check a request's ops and put them in the form apply_parsed() takes
+    (None for no ops).
+
+    Everything about an op that does not depend on the value is settled
+    here, in op order, so a malformed request raises PayloadError (or
+    InvalidValueError) naming the first bad op before anything is read.
+    The parsed ops hold private copies of the values in ``ops`` and
+    apply_parsed() puts those into the new value: parse again for every
+    value the ops are applied to.
+
+    >>> parse_ops([{"type": "nonsense"}])
+    Traceback (most recent call last):
+    ...
+    pystate.errors.PayloadError: ops[0].type: unknown op 'nonsense'; expected one of set, merge, increment, decrement, append, remove
+    """
+    if type(ops) is not list and type(ops) is not tuple:
+        raise PayloadError(f"ops: expected an array of operations, got {_describe(ops)}")
+    n = len(ops)
+    first = last = None
+    for i in range(n):
+        op = _Op.__new__(_Op)
+        _parse(ops[i], i, op)
+        kind = op.kind
+        if kind == K_MERGE or kind == K_APPEND:
+            op.invalid = _path_error(_NAMES[kind], i, op.path)
+        else:
+            op.invalid = _field_error(_NAMES[kind], i, op.path)
+        op.next = None
+        if last is None:
+            first = op
+        else:
+            last.next = op
+        last = op
+    return first
+
+
+def apply_parsed(current, missing, parsed, errors):
+    """apply_into() on ops from parse_ops()."""
     # The engine remembers whether the value is still the stand-in `{}` of
     # a missing key: a root increment, decrement or append then starts from
     # the operand instead of failing on an object.
     fresh = missing
     if missing:
         current = {}
-    if type(ops) is not list and type(ops) is not tuple:
-        raise PayloadError(f"ops: expected an array of operations, got {_describe(ops)}")
-    n = len(ops)
-    op = _Op.__new__(_Op)
-    for i in range(n):
-        _parse(ops[i], i, op)
+    op = None
+    i = -1
+    while True:
+        op = parsed if op is None else op.next
+        if op is None:
+            break
+        i += 1
+        if op.invalid is not None:
+            errors.append(op.invalid)
+            continue
         kind = op.kind
         arg_path = op.path
         operand = op.operand
         if kind == K_SET:
             path = arg_path
-            if not _valid_field("set", i, path, errors):
-                continue
             if not path:
                 current = operand
                 fresh = False
@@ -547,8 +589,6 @@ def apply_into(current, missing, ops, errors):
                     f"Cannot set at path '{path}': target is {_type_name(current)}, expected object."))
 
         elif kind == K_MERGE:
-            if not _valid_path("merge", i, arg_path, errors):
-                continue
             if not _valid_merge_value(i, operand, errors):
                 continue
             if not arg_path:
@@ -567,8 +607,6 @@ def apply_into(current, missing, ops, errors):
         elif kind == K_INCREMENT or kind == K_DECREMENT:
             path = arg_path
             name = "increment" if kind == K_INCREMENT else "decrement"
-            if not _valid_field(name, i, path, errors):
-                continue
             down = kind == K_DECREMENT
             if not path:
                 if fresh:
@@ -603,10 +641,9 @@ def apply_into(current, missing, ops, errors):
                     f"Cannot {name} at path '{path}': target is {_type_name(current)}, expected object."))
 
         elif kind == K_APPEND:
-            # Order matters (as in the engine): validate the path, then
-            # require an object root, and only then create intermediates.
-            if not _valid_path("append", i, arg_path, errors):
-                continue
+            # Order matters (as in the engine): validate the path (in
+            # parse_ops), then require an object root, and only then
+            # create intermediates.
             if not arg_path:
                 if fresh:
                     current = None
@@ -646,8 +683,6 @@ def apply_into(current, missing, ops, errors):
 
         else:  # K_REMOVE
             path = arg_path
-            if not _valid_field("remove", i, path, errors):
-                continue
             if not path:
                 current = None
                 fresh = False

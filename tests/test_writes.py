@@ -73,3 +73,41 @@ def test_an_update_closed_under_it_raises_and_gives_back_its_turn():
         _writes._set_race_hook(None)
     assert st.get("s", "k") == {"n": 0}
     assert not any(lock.locked() for lock in st._writes._turns)
+
+
+def test_an_update_retried_after_a_conflict_applies_its_ops_to_fresh_copies():
+    # The ops' values go into the new value (set puts its value there, and
+    # the append then grows that very list): a retry must start again from
+    # the request, or it would append to the list of the dropped attempt.
+    st = pystate.State()
+    st.set("s", "k", {"n": 0})
+    race, calls = _race_once(st, lambda: st.set("s", "k", {"n": 1}))
+    ops = [{"type": "set", "path": "x", "value": [1]},
+           {"type": "append", "path": "x", "value": 2}]
+    _writes._set_race_hook(race)
+    try:
+        r = st.update("s", "k", ops)
+    finally:
+        _writes._set_race_hook(None)
+    assert len(calls) == 2
+    assert r.new_value == {"n": 1, "x": [1, 2]} == st.get("s", "k")
+    assert ops[0]["value"] == [1]
+
+
+def test_update_checks_the_names_before_the_ops():
+    # As before the ops were parsed ahead of the read: a bad scope is what
+    # a request with a bad scope and bad ops is refused for.
+    st = pystate.State()
+    try:
+        st.update(5, "k", [{"type": "nonsense"}])  # type: ignore[arg-type]
+    except pystate.PayloadError as e:
+        assert "scope" in str(e) and "nonsense" not in str(e)
+    else:
+        raise AssertionError("a bad scope was taken")
+    try:
+        st.update("s", "k", [{"type": "nonsense"}])
+    except pystate.PayloadError as e:
+        assert "nonsense" in str(e)
+    else:
+        raise AssertionError("a bad op was taken")
+    assert st.get("s", "k") is None

@@ -295,6 +295,30 @@ TEST(get_without_a_sink_only_says_whether_the_key_exists)
     ps_store_close(st);
 }
 
+TEST(prefetch_is_a_hint_that_changes_nothing)
+{
+    /* Present, missing key, missing scope, empty store: always PS_OK, and
+     * the store reads as before. */
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    CHECK_RC(ps_prefetch(st, S("s"), S("k")), PS_OK);
+    for (int i = 0; i < 100; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%d", i);
+        put_str(st, "s", k, "1");
+    }
+    CHECK_RC(ps_prefetch(st, S("s"), S("k7")), PS_OK);
+    CHECK_RC(ps_prefetch(st, S("s"), S("absent")), PS_OK);
+    CHECK_RC(ps_prefetch(st, S("none"), S("k7")), PS_OK);
+    ps_stats stats;
+    ps_stats_get(st, &stats);
+    CHECK(stats.scopes == 1 && stats.keys == 100);
+    CHECK_RC(ps_get(st, S("s"), S("k7"), NULL), PS_OK);
+    CHECK_RC(ps_get(st, S("none"), S("k7"), NULL), PS_NOTFOUND);
+    CHECK(ps_check(st, NULL) == PS_OK);
+    ps_store_close(st);
+}
+
 TEST(groups_are_sorted_and_only_non_empty)
 {
     ps_store *st = open_store(NULL);
