@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.ref cimport PyObject, Py_XDECREF
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from pystate._cdefs cimport *
 from pystate._codec cimport decode
@@ -43,6 +43,10 @@ cdef extern from "Python.h":
     char *raw_bytes_data "PyBytes_AS_STRING" (PyObject *o)
     int raw_list_append "PyList_Append" (PyObject *list, PyObject *item)
     void PyErr_Clear()
+    # Without Cython's "except NULL": _text tests the result itself, which
+    # spares a try block (and its exception-state saves) on every call.
+    const char *utf8_of "PyUnicode_AsUTF8AndSize" (object s, Py_ssize_t *n)
+    bint PyErr_ExceptionMatches(object exc)
 
 #: Names and values of the C core's status codes, from the header itself.
 RC_CODES = {
@@ -261,11 +265,14 @@ cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
     it, and ASCII strings need no conversion at all)."""
     if type(s) is not str and not isinstance(s, str):
         raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
-    try:
-        return PyUnicode_AsUTF8AndSize(s, n)
-    except UnicodeEncodeError:
-        raise PayloadError(
-            f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+    cdef const char *p = utf8_of(s, n)
+    if p == NULL:
+        if PyErr_ExceptionMatches(UnicodeEncodeError):
+            PyErr_Clear()
+            raise PayloadError(
+                f"{what}: not valid Unicode text (it contains a lone surrogate)")
+        return NULL  # another error (MemoryError), raised as it is
+    return p
 
 
 cdef list _unpack_names(bytes data, size_t count):

@@ -7,6 +7,8 @@ import dataclasses
 import datetime
 import enum
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -192,6 +194,26 @@ def test_scope_and_key_must_be_strings(st, bad):
         assert e.value.code == "deserialization_error"
         assert "expected a string" in e.value.message
     assert st.list_groups() == []
+
+
+def test_none_for_both_names_is_refused_as_the_first_call_of_a_process():
+    # A fresh process: a binding that caches the last names it encoded must
+    # not start with a cache that None matches.
+    code = (
+        "import pystate\n"
+        "st = pystate.State()\n"
+        "for call in (lambda: st.set(None, None, 1), lambda: st.get(None, None),\n"
+        "             lambda: st.update(None, None, [])):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except pystate.PayloadError as e:\n"
+        "        assert 'expected a string' in e.message, e.message\n"
+        "    else:\n"
+        "        raise SystemExit('accepted None names')\n"
+        "assert st.list_groups() == [], st.list_groups()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_lone_surrogate_in_key_is_refused(st):

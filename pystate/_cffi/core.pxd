@@ -5,6 +5,7 @@ cimport cython
 
 @cython.locals(ident="unsigned long")
 cdef tuple _thread_buffer()
+@cython.locals(m=tuple)
 cdef tuple _names(object scope, object key, bint keep=*)
 cdef object _take(object buf)
 cdef Py_ssize_t _INLINE, _DATA_AT

@@ -255,15 +255,18 @@ def _text(s: Any, what: str) -> bytes:
 # reused id); the tuple is replaced whole, so threads see a consistent one.
 # It lives in a list, not a module global: rebinding a global would
 # invalidate the compiled module's cached global lookups on every call.
-_last_names: list = [(None, None, b"", b"")]
+# It starts with names no caller can pass (None would match a first call
+# with None for both names, which then went through as two empty names).
+_last_names: list = [(object(), object(), b"", b"")]
 
 
 def _names(scope: Any, key: Any, keep: bool = False) -> tuple:
-    """(UTF-8 of scope, UTF-8 of key); ``keep``: remember them for the
-    write that follows (get_raw, the read of an update)."""
+    """(scope, key, UTF-8 of scope, UTF-8 of key); ``keep``: remember them
+    for the write that follows (get_raw, the read of an update), which then
+    gets the remembered tuple itself: no new one."""
     m = _last_names[0]
     if m[0] is scope and m[1] is key:
-        return m[2], m[3]
+        return m
     if type(scope) is str and type(key) is str:
         try:
             if cython.compiled:
@@ -275,10 +278,11 @@ def _names(scope: Any, key: Any, keep: bool = False) -> tuple:
         except UnicodeEncodeError:
             pass  # _text names which one
         else:
+            m = (scope, key, s, k)
             if keep:
-                _last_names[0] = (scope, key, s, k)
-            return s, k
-    return _text(scope, "scope"), _text(key, "key")
+                _last_names[0] = m
+            return m
+    return (scope, key, _text(scope, "scope"), _text(key, "key"))
 
 
 def _unpack_names(data: bytes, count: int) -> list:
@@ -446,7 +450,7 @@ class Store:
 
     def put(self, scope: Any, key: Any, data: bytes) -> bytes | None:
         """Store the JSON text ``data`` as it is; return the previous text or None."""
-        s, k = _names(scope, key)
+        _, _, s, k = _names(scope, key)
         out = _thread_buffer()[0]
         # The old value is delivered exactly when the key existed (a JSON
         # text is never empty), which saves an `existed` out-parameter.
@@ -459,7 +463,7 @@ class Store:
     def put_if(self, scope: Any, key: Any, data: bytes, expect: bytes | None) -> bool:
         """Compare-and-set: store ``data`` only if the key holds exactly
         ``expect`` (None: does not exist); whether it was stored."""
-        s, k = _names(scope, key)
+        _, _, s, k = _names(scope, key)
         if expect is None:
             rc = _psg_put_if(self._g, s, len(s), k, len(k), data, len(data), _NULL, 0)
         else:
@@ -472,7 +476,7 @@ class Store:
 
     def remove(self, scope: Any, key: Any) -> bytes | None:
         """Remove (scope, key); return its JSON text, or None when there was none."""
-        s, k = _names(scope, key)
+        _, _, s, k = _names(scope, key)
         out = _thread_buffer()[0]
         rc = lib.psg_del(self._g, s, len(s), k, len(k), out)
         old = _take(out)
@@ -486,7 +490,7 @@ class Store:
 
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
-        s, k = _names(scope, key, True)
+        _, _, s, k = _names(scope, key, True)
         return _read(self._g, s, k, "update")
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
@@ -495,7 +499,7 @@ class Store:
         >>> Store().get("users", "nobody", "?")
         '?'
         """
-        s, k = _names(scope, key)
+        _, _, s, k = _names(scope, key)
         data = _read(self._g, s, k, "get")
         return default if data is None else decode(data)
 
@@ -503,7 +507,7 @@ class Store:
         """Whether a key exists: ``(scope, key) in st``; a stored null exists."""
         if type(item) is not tuple or len(item) != 2:
             raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
-        s, k = _names(item[0], item[1])
+        _, _, s, k = _names(item[0], item[1])
         rc = lib.psg_has(self._g, s, len(s), k, len(k))
         if rc and rc != _NOTFOUND:
             raise _error(rc, "in")
