@@ -530,7 +530,7 @@ def parse_ops(ops):
     >>> parse_ops([{"type": "nonsense"}])
     Traceback (most recent call last):
     ...
-    pystate.errors.PayloadError: ops[0].type: unknown op 'nonsense'; expected one of set, merge, increment, decrement, append, remove
+    pystate.errors.PayloadError: deserialization_error: ops[0].type: unknown op 'nonsense'; expected one of set, merge, increment, decrement, append, remove
     """
     if type(ops) is not list and type(ops) is not tuple:
         raise PayloadError(f"ops: expected an array of operations, got {_describe(ops)}")

@@ -105,7 +105,8 @@ assert pystate._codec.__file__.endswith("_codec.py"), pystate._codec.__file__
 assert pystate._ops.__file__.endswith("_ops.py"), pystate._ops.__file__
 # The write path too, using them.
 assert pystate.writes.__file__.endswith("writes.py"), pystate.writes.__file__
-assert pystate.writes.apply_into is pystate._ops.apply_into
+assert pystate.writes.parse_ops is pystate._ops.parse_ops
+assert pystate.writes.apply_parsed is pystate._ops.apply_parsed
 assert pystate._cffi.core.decode is pystate._codec.decode
 path = sys.argv[1]
 events = []
