@@ -33,6 +33,16 @@ struct ps_store {
     /* every open store is on one list, for fork (ps_store.c) */
     ps_store *prev_open, *next_open;
     unsigned long forks; /* ps_forks when this store last resumed */
+    /* The lookup the last call made (ps_store.c: recall), and how many
+     * times mu has been taken through lock(), so that a call can tell
+     * whether anyone else came in between. */
+    uint64_t calls;
+    struct {
+        uint64_t calls;              /* st->calls when it was made; 0: none */
+        const unsigned char *scope;  /* the scope's item in `scopes` */
+        ps_where key;                /* the key's lookup in that scope ... */
+        int found;                   /* ... when it found the key */
+    } last;
 };
 
 /* The scope stored as an item's value in st->scopes. */

@@ -111,6 +111,7 @@ static void unregister_open(ps_store *st)
 static inline void lock(ps_store *st)
 {
     pthread_mutex_lock(&st->mu);
+    st->calls++;
     if (__builtin_expect(st->forks != atomic_load_explicit(&ps_forks, memory_order_relaxed), 0)) {
         st->forks = atomic_load(&ps_forks);
         ps_disk_resume(st);
@@ -154,6 +155,56 @@ static ps_scope *scope_for_read(ps_store *st, const char *scope, size_t slen, ps
     else
         sc = ps_disk_discover(st, scope, slen, w, rc);
     return sc;
+}
+
+/* ---- the last lookup -----------------------------------------------------
+ *
+ * An update is two calls on one key: a read, then a compare-and-set of the
+ * value computed from it, and each call would find the scope and the key
+ * again. So an in-memory call leaves its lookup in st->last, and the next
+ * call takes it over when it names the same scope and key and nobody took
+ * mu in between: then nothing changed, since in memory every change takes
+ * mu through lock(). Names are compared with the items the lookup found,
+ * so a lookup is never taken for another key. File-based stores keep none:
+ * their tables also change with what other processes write. */
+
+/* Keep the lookup of this call: sw the scope's (NULL: the one recalled),
+ * kw the key's (NULL: none made), found whether kw found the key. */
+static void remember(ps_store *st, const ps_where *sw, const ps_where *kw, int found)
+{
+    if (st->disk)
+        return;
+    if (sw)
+        st->last.scope = st->scopes.entries[sw->pos];
+    st->last.calls = st->calls;
+    if (kw)
+        st->last.key = *kw;
+    st->last.found = kw && found;
+}
+
+/* The scope named, when the last call found it and nobody came since. */
+static ps_scope *recall_scope(const ps_store *st, const char *scope, size_t slen)
+{
+    const unsigned char *it = st->last.scope;
+    if (st->last.calls + 1 != st->calls || !it || st->disk)
+        return NULL;
+    if (ps_item_klen(it) != slen || memcmp(ps_item_key(it), scope, slen) != 0)
+        return NULL;
+    return ps_scope_of(it);
+}
+
+/* The key's item and lookup in sc (from recall_scope), when the last call
+ * found that key. */
+static const unsigned char *recall_key(const ps_store *st, const ps_scope *sc, const char *key,
+                                       size_t klen, ps_where *kw)
+{
+    if (!st->last.found)
+        return NULL;
+    const unsigned char *it = sc->table.entries[st->last.key.pos];
+    if (ps_item_klen(it) != klen || memcmp(ps_item_key(it), key, klen) != 0)
+        return NULL;
+    *kw = st->last.key;
+    return it;
 }
 
 static int deliver(const ps_sink *sink, const void *p, size_t n)
@@ -241,13 +292,18 @@ int ps_store_close(ps_store *st)
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const ps_sink *value)
 {
-    int rc;
-    ps_where w;
+    int rc = 0;
+    ps_where sw, kw;
     lock(st);
-    ps_scope *sc = scope_for_read(st, scope, slen, &w, &rc);
+    ps_scope *sc = recall_scope(st, scope, slen);
+    const int recalled = sc != NULL;
+    if (!recalled)
+        sc = scope_for_read(st, scope, slen, &sw, &rc);
     if (sc && rc == 0) {
-        const unsigned char *it =
-            ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &w);
+        const unsigned char *it = recalled ? recall_key(st, sc, key, klen, &kw) : NULL;
+        if (!it)
+            it = ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+        remember(st, recalled ? NULL : &sw, &kw, it != NULL);
         if (it)
             rc = value ? deliver(value, ps_item_value(it), ps_item_vlen(it)) : PS_OK;
         else
@@ -266,8 +322,10 @@ int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, s
     /* The scope as this process has it: no catching up with other
      * processes here (ps_get does that), so nothing is read or changed. */
     ps_scope *sc = ps_scope_find(st, scope, slen, &w);
-    if (sc)
+    if (sc) {
         ps_table_prefetch(&sc->table, ps_hash(&st->hasher, key, klen));
+        remember(st, &w, NULL, 0); /* saves the ps_get that follows the scope's lookup */
+    }
     unlock(st);
     return PS_OK;
 }
@@ -550,13 +608,12 @@ static ps_scope *scope_for_write(ps_store *st, const char *scope, size_t slen, p
     return sc;
 }
 
-/* Lock the store and take (sc) for a change: found or made, and, file-
- * based, locked against other processes and up to date. NULL (nothing
- * held) with *rc set on failure. */
+/* With st locked, take (sc) for a change: found or made, and, file-based,
+ * locked against other processes and up to date. NULL with *rc set on
+ * failure, and st then unlocked. */
 static ps_scope *begin_write(ps_store *st, const char *scope, size_t slen, ps_where *sw,
                              int *created, int *rc)
 {
-    lock(st);
     ps_scope *sc = scope_for_write(st, scope, slen, sw, created);
     *rc = sc ? 0 : ENOMEM;
     if (sc && st->disk)
@@ -578,6 +635,7 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     int rc, created;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
+    lock(st);
     ps_scope *sc = begin_write(st, scope, slen, &sw, &created, &rc);
     if (!sc)
         return rc;
@@ -608,11 +666,17 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     int rc, created = 0;
     ps_where sw, kw;
     ps_commit c = {NULL, 0, 0, -1};
-    ps_scope *sc = begin_write(st, scope, slen, &sw, &created, &rc);
-    if (!sc)
-        return rc;
-    const unsigned char *it =
-        ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    lock(st);
+    /* Nearly always the key the caller has just read (see recall). */
+    ps_scope *sc = recall_scope(st, scope, slen);
+    const unsigned char *it = sc ? recall_key(st, sc, key, klen, &kw) : NULL;
+    const int recalled = it != NULL;
+    if (!recalled) {
+        sc = begin_write(st, scope, slen, &sw, &created, &rc);
+        if (!sc)
+            return rc;
+        it = ps_table_find(&sc->table, key, klen, ps_hash(&st->hasher, key, klen), &kw);
+    }
     if (!it) {
         rc = expect ? PS_CONFLICT : 0;
     } else if (!expect || ps_item_vlen(it) != elen ||
@@ -623,6 +687,8 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     }
     if (rc == 0)
         rc = put_locked(st, sc, scope, slen, it, &kw, key, klen, value, vlen, &c);
+    if (rc == 0 && it)
+        remember(st, recalled ? NULL : &sw, &kw, 1); /* a replace moves nothing */
     if (st->disk)
         ps_disk_write_end(st, sc);
     if (rc && created)
