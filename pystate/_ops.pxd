@@ -7,6 +7,7 @@ from cpython.ref cimport PyObject
 cdef extern from *:
     bint add_overflow "__builtin_add_overflow" (long long a, long long b, long long *r)
     bint sub_overflow "__builtin_sub_overflow" (long long a, long long b, long long *r)
+    bint PyUnicode_IS_ASCII(object s)
 
 cdef Py_ssize_t MAX_PATH_DEPTH, MAX_SEGMENT_BYTES, MAX_VALUE_DEPTH, MAX_VALUE_KEYS
 cdef int K_SET, K_MERGE, K_INCREMENT, K_DECREMENT, K_APPEND, K_REMOVE
@@ -53,8 +54,10 @@ cdef int _parse_fields(object op, Py_ssize_t i, _Op out, object t, object path, 
                        object by) except -1
 @cython.locals(segs=tuple, seg=str)
 cdef object _path_error(str op, Py_ssize_t index, object path)
-@cython.locals(nbytes=Py_ssize_t)
+@cython.locals(nbytes=Py_ssize_t, ascii=bint)
 cdef object _segment_error(str op, Py_ssize_t index, str seg)
+@cython.locals(nbytes=Py_ssize_t)
+cdef Py_ssize_t _utf8_size(Py_ssize_t index, str seg) except -1
 cdef object _field_error(str op, Py_ssize_t index, str path)
 @cython.locals(best=Py_ssize_t, d=Py_ssize_t, t=type)
 cdef Py_ssize_t _depth(object v) except -1

@@ -345,14 +345,13 @@ def _path_error(op, index, path):
 
 
 def _segment_error(op, index, seg):
-    try:
-        if cython.compiled:
-            # Counts the bytes of the UTF-8 form, which CPython then keeps.
-            PyUnicode_AsUTF8AndSize(seg, cython.address(nbytes))
-        else:
-            nbytes = len(seg) if seg.isascii() else len(seg.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
+    # An ASCII segment (nearly every one) is its own UTF-8: nothing to
+    # convert, and no try block on the way.
+    if cython.compiled:
+        ascii = PyUnicode_IS_ASCII(seg)
+    else:
+        ascii = seg.isascii()
+    nbytes = len(seg) if ascii else _utf8_size(index, seg)
     if nbytes > MAX_SEGMENT_BYTES:
         return _error(index, f"{op}.path.segment_too_long",
                       f"Path segment of {nbytes} bytes exceeds maximum of {MAX_SEGMENT_BYTES}")
@@ -360,6 +359,19 @@ def _segment_error(op, index, seg):
         return _error(index, f"{op}.path.proto_polluted",
                       f"Path segment '{seg}' is not allowed (prototype pollution).")
     return None
+
+
+def _utf8_size(index, seg):
+    """The length in UTF-8 of a path segment; PayloadError if it has none."""
+    try:
+        if cython.compiled:
+            # Counts the bytes of the UTF-8 form, which CPython then keeps.
+            PyUnicode_AsUTF8AndSize(seg, cython.address(nbytes))
+        else:
+            nbytes = len(seg.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PayloadError(f"ops[{index}].path: not valid Unicode text") from None
+    return nbytes
 
 
 def _field_error(op, index, path):
