@@ -20,7 +20,6 @@ cdef class Store:
 
     cdef int _open(self) except -1
     cdef int _enter(self) except -1
-    cdef dict _per_scope(self)
     # Each returns a new reference to a bytes object of its own, or None.
     cpdef object put(self, object scope, object key, bytes data)
     cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1

@@ -12,7 +12,7 @@ file-based store release it around the C call (a pwrite, maybe an
 fdatasync); their old values then arrive in a malloc'd buffer, since no
 Python object can be made without the GIL.
 """
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -25,6 +25,8 @@ from pystate._codec cimport decode
 import os
 import warnings
 
+from pystate import _reports
+from pystate._codec import decode as decode_object  # decode, as a Python callable
 from pystate._options import check_store_options, path_bytes
 
 from pystate.errors import (
@@ -34,6 +36,7 @@ from pystate.errors import (
     error_for_rc,
     recovery_message,
 )
+from pystate.storage import paged_items
 
 cdef extern from "<unistd.h>" nogil:
     int usleep(unsigned int usec)
@@ -208,17 +211,10 @@ cdef void _hook_trampoline(void *ctx, int point) noexcept with gil:
         pass
 
 
-cdef dict _report_dict(ps_report *r):
-    return {
-        "logs": r.logs,
-        "records": r.records,
-        "torn_tails": r.torn_tails,
-        "bytes_cut": r.bytes_cut,
-        "repaired": r.repaired,
-        "records_lost": r.records_lost,
-        "logs_lost": r.logs_lost,
-        "stray_files": r.stray_files,
-    }
+cdef inline object _fields(dict struct_as_dict):
+    # _reports reads a C struct through a field getter; Cython turns a
+    # struct into a dict of its fields.
+    return struct_as_dict.__getitem__
 
 
 def inspect(path, *, repair=False) -> dict:
@@ -252,12 +248,7 @@ def inspect(path, *, repair=False) -> dict:
         if msg:
             _with_message(err, msg)
         raise err
-    out = _report_dict(&rep)
-    msg = rep.message.decode("utf-8", "replace")
-    out["problem"] = msg if rc else None
-    out["detail"] = msg or None
-    out["ok"] = rc == PS_OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
-    return out
+    return _reports.inspection(_fields(rep), rep.message.decode("utf-8", "replace"), failed=rc == PS_CORRUPT)
 
 
 cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
@@ -357,7 +348,7 @@ cdef class Store:
             self.path = os.fspath(path)
             self.sync = sync
             self.read_only = read_only
-            text = recovery_message(self.path, _report_dict(&rep),
+            text = recovery_message(self.path, _reports.recovery(_fields(rep)),
                                     rep.message.decode("utf-8", "replace"), read_only=read_only)
             if text:
                 warnings.warn(text, RecoveryWarning, stacklevel=4)
@@ -701,13 +692,7 @@ cdef class Store:
         >>> list(st.items("s"))
         [('a', 1), ('b', [2])]
         """
-        pos = 0
-        while True:
-            pairs, pos = self.items_page(scope, pos, page)
-            if not pairs:
-                return
-            for key, raw in pairs:
-                yield key, decode(raw)
+        return paged_items(self.items_page, decode_object, scope, page)
 
     def stats(self) -> dict:
         """Counters: scopes, keys, key/value bytes, reclaimable memory
@@ -723,48 +708,18 @@ cdef class Store:
         cdef ps_report rep
         self._open()
         ps_stats_get(self._st, &s)
-        out = {
-            "scopes": s.scopes,
-            "keys": s.keys,
-            "key_bytes": s.key_bytes,
-            "value_bytes": s.value_bytes,
-            "dead_bytes": s.dead_bytes,
-            "heap_bytes": s.heap_bytes,
-        }
         if not self.durable:
-            return out
+            return _reports.stats(_fields(s))
         ps_recovery_get(self._st, &rep)
-        out.update(
-            path=self.path,
-            sync=self.sync,
-            log_bytes=s.log_bytes,
-            log_dead_bytes=s.log_dead_bytes,
-            compactions=s.compactions,
-            sync_errors=s.sync_errors,
-            recovery=_report_dict(&rep),
-            per_scope=self._per_scope(),
-        )
-        return out
-
-    cdef dict _per_scope(self):
         cdef _Out out
         _out_init(&out)
-        cdef size_t count = 0, i
-        cdef uint32_t n
+        cdef size_t count = 0
         cdef int rc = ps_scope_stats(self._st, &out.sink, &count)
         data = _take(&out)
         if rc:
             raise _error(rc, "stats")
-        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
-        cdef dict per = {}
-        for i in range(count):
-            n = _le32(p)
-            name = PyUnicode_DecodeUTF8(<const char *>p + 4, n, NULL)
-            p += 4 + n
-            per[name] = {"keys": _le64(p), "live_bytes": _le64(p + 8),
-                         "dead_bytes": _le64(p + 16), "file_bytes": _le64(p + 24)}
-            p += 32
-        return per
+        return _reports.stats(_fields(s), path=self.path, sync=self.sync, recovery=_reports.recovery(_fields(rep)),
+                              per_scope=_reports.per_scope(data, count))
 
     # ---- durability ------------------------------------------------------
 
@@ -821,17 +776,8 @@ cdef class Store:
         self._busy -= 1
         if rc and rc != PS_CORRUPT:
             raise _error(rc, "check")
-        return {
-            "ok": rc == PS_OK,
-            "logs": rep.logs,
-            "records": rep.records,
-            "problem": rep.message.decode("utf-8", "replace") if rc else None,
-        }
+        return _reports.check(_fields(rep), rep.message.decode("utf-8", "replace"), failed=rc == PS_CORRUPT)
 
 
 cdef inline uint32_t _le32(const unsigned char *p) noexcept:
     return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint64_t _le64(const unsigned char *p) noexcept:
-    return _le32(p) | (<uint64_t>_le32(p + 4) << 32)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 from pystate.errors import ConfigError, PayloadError
 
 __all__ = ["Storage", "CasStorage", "OpsStorage", "EventFeed", "Opened", "ADAPTERS", "open_storage", "check_text", "check_pair",
-           "refuse_kv_options"]
+           "refuse_kv_options", "paged_items"]
 
 #: emit(event_type, scope, key, old_json, new_json)
 Emit = Callable[[str, str, str, "bytes | None", "bytes | None"], None]
@@ -192,7 +192,7 @@ def check_text(value: Any, what: str) -> str:
     >>> check_text(1, "scope")
     Traceback (most recent call last):
     ...
-    pystate.errors.PayloadError: scope: expected a string, got int
+    pystate.errors.PayloadError: deserialization_error: scope: expected a string, got int
     """
     if not isinstance(value, str):
         raise PayloadError(f"{what}: expected a string, got {type(value).__name__}")
@@ -201,6 +201,25 @@ def check_text(value: Any, what: str) -> str:
     except UnicodeEncodeError:
         raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
     return value
+
+
+def paged_items(items_page: Callable[[str, int, int], tuple[builtins.list[tuple[str, bytes]], int]],
+                decode: Callable[[bytes], Any], scope: str, page: int) -> Iterator[tuple[str, Any]]:
+    """``items(scope, page)`` of a storage that has ``items_page``: each
+    ``(key, value)``, asking for ``page`` pairs at a time, so a big scope is
+    never all in memory.
+
+    >>> pages = {0: ([("a", b"1")], 1), 1: ([("b", b"2")], 2), 2: ([], 0)}
+    >>> list(paged_items(lambda scope, pos, n: pages[pos], int, "s", 1))
+    [('a', 1), ('b', 2)]
+    """
+    pos = 0
+    while True:
+        pairs, pos = items_page(scope, pos, page)
+        if not pairs:
+            return
+        for key, raw in pairs:
+            yield key, decode(raw)
 
 
 def check_pair(item: Any) -> tuple[str, str]:

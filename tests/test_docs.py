@@ -30,6 +30,8 @@ MODULES = [
     "pystate.aio",
     "pystate.config",
     "pystate._options",
+    "pystate._reports",
+    "pystate.storage",
 ]
 
 

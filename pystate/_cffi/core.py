@@ -26,8 +26,10 @@ import os
 import struct
 import threading
 import warnings
+from functools import partial
 from typing import Any, Iterator
 
+from pystate import _reports
 from pystate._cffi._native import ffi, lib
 from pystate._codec import decode
 
@@ -46,6 +48,7 @@ if cython.compiled:
     from cython.cimports.cpython.unicode import PyUnicode_AsUTF8String
 from pystate._options import check_store_options, path_bytes
 from pystate.errors import ClosedError, PayloadError, RecoveryWarning, error_for_rc, recovery_message
+from pystate.storage import paged_items
 
 __all__ = ["Store", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
            "inspect"]
@@ -92,7 +95,6 @@ _psg_put_if = lib.psg_put_if
 LIST_BATCH = 32 * 1024
 
 _U32 = struct.Struct("<I")
-_SCOPE_STATS = struct.Struct("<QQQQ")
 
 
 def strerror(rc: int) -> str:
@@ -223,19 +225,6 @@ def _take_once(buf: Any) -> bytes | None:
         lib.psg_buf_free(buf)
 
 
-def _report_dict(r: Any) -> dict:
-    return {
-        "logs": r.logs,
-        "records": r.records,
-        "torn_tails": r.torn_tails,
-        "bytes_cut": r.bytes_cut,
-        "repaired": r.repaired,
-        "records_lost": r.records_lost,
-        "logs_lost": r.logs_lost,
-        "stray_files": r.stray_files,
-    }
-
-
 def _text(s: Any, what: str) -> bytes:
     """UTF-8 of a scope or key."""
     if type(s) is not str:
@@ -319,12 +308,7 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
         if msg:
             _with_message(err, msg)
         raise err
-    out = _report_dict(rep)
-    msg = _message(rep)
-    out["problem"] = msg if rc else None
-    out["detail"] = msg or None
-    out["ok"] = rc == _OK and not (rep.torn_tails or rep.repaired or rep.stray_files)
-    return out
+    return _reports.inspection(partial(getattr, rep), _message(rep), failed=rc == _CORRUPT)
 
 
 class Store:
@@ -384,7 +368,7 @@ class Store:
             self._path = os.fspath(path)
             self._sync = sync
             self._ro = read_only
-            text = recovery_message(self._path, _report_dict(rep), _message(rep),
+            text = recovery_message(self._path, _reports.recovery(partial(getattr, rep)), _message(rep),
                                     read_only=read_only)
             if text:
                 warnings.warn(text, RecoveryWarning, stacklevel=4)
@@ -590,16 +574,7 @@ class Store:
         ``page`` entries at a time."""
         # Checked now, not at the first next(), as the Cython binding does.
         _new("size_t *", page)
-        return self._c_items(scope, page)
-
-    def _c_items(self, scope: Any, page: int) -> Iterator[tuple]:
-        pos = 0
-        while True:
-            pairs, pos = self.items_page(scope, pos, page)
-            if not pairs:
-                return
-            for key, raw in pairs:
-                yield key, decode(raw)
+        return paged_items(self.items_page, decode, scope, page)
 
     def stats(self) -> dict:
         """Counters (see the Cython binding's ``stats``)."""
@@ -607,48 +582,21 @@ class Store:
         rc = lib.psg_stats(self._g, s)
         if rc:
             raise _error(rc, "stats")
-        out = {
-            "scopes": s.scopes,
-            "keys": s.keys,
-            "key_bytes": s.key_bytes,
-            "value_bytes": s.value_bytes,
-            "dead_bytes": s.dead_bytes,
-            "heap_bytes": s.heap_bytes,
-        }
         if not self.durable:
-            return out
+            return _reports.stats(partial(getattr, s))
         rep = _new("ps_report *")
         rc = lib.psg_recovery(self._g, rep)
         if rc:
             raise _error(rc, "stats")
-        out.update(
-            path=self._path,
-            sync=self._sync,
-            log_bytes=s.log_bytes,
-            log_dead_bytes=s.log_dead_bytes,
-            compactions=s.compactions,
-            sync_errors=s.sync_errors,
-            recovery=_report_dict(rep),
-            per_scope=self._c_per_scope(),
-        )
-        return out
-
-    def _c_per_scope(self) -> dict:
         out = _new("psg_buf *")
         count = _new("size_t *")
         rc = lib.psg_scope_stats(self._g, out, count)
         data = _take_once(out)
         if rc:
             raise _error(rc, "stats")
-        per = {}
-        p = 0
-        for _ in range(count[0]):
-            (n,) = _U32.unpack_from(data, p)
-            name = data[p + 4:p + 4 + n].decode("utf-8")
-            keys, live, dead, size = _SCOPE_STATS.unpack_from(data, p + 4 + n)
-            per[name] = {"keys": keys, "live_bytes": live, "dead_bytes": dead, "file_bytes": size}
-            p += 4 + n + 32
-        return per
+        return _reports.stats(partial(getattr, s), path=self._path, sync=self._sync,
+                              recovery=_reports.recovery(partial(getattr, rep)),
+                              per_scope=_reports.per_scope(data, count[0]))
 
     # ---- durability ------------------------------------------------------
 
@@ -677,9 +625,4 @@ class Store:
         rc = lib.psg_check(self._g, rep)
         if rc and rc != _CORRUPT:
             raise _error(rc, "check")
-        return {
-            "ok": rc == _OK,
-            "logs": rep.logs,
-            "records": rep.records,
-            "problem": _message(rep) if rc else None,
-        }
+        return _reports.check(partial(getattr, rep), _message(rep), failed=rc == _CORRUPT)
