@@ -196,12 +196,6 @@ cdef inline void memset_options(ps_options *o) noexcept:
     memset(o, 0, sizeof(ps_options))
 
 
-def _with_message(err, message):
-    err.message = message
-    err.args = (message,)
-    return err
-
-
 cdef void _hook_trampoline(void *ctx, int point) noexcept with gil:
     # Testing aid only: C calls this with the store locked, so the hook
     # must not use the store, and no other thread may be writing.
@@ -209,6 +203,10 @@ cdef void _hook_trampoline(void *ctx, int point) noexcept with gil:
         (<object>ctx)(COMPACT_HOOK_POINTS.get(point, point))
     except BaseException:
         pass
+
+
+cdef inline str _message(ps_report *rep):
+    return rep.message.decode("utf-8", "replace")
 
 
 cdef inline object _fields(dict struct_as_dict):
@@ -243,12 +241,8 @@ def inspect(path, *, repair=False) -> dict:
     with nogil:
         rc = ps_store_inspect(&o, &rep)
     if rc and rc != PS_CORRUPT:
-        err = _error(rc, f"inspect {path!r}")
-        msg = rep.message.decode("utf-8", "replace")
-        if msg:
-            _with_message(err, msg)
-        raise err
-    return _reports.inspection(_fields(rep), rep.message.decode("utf-8", "replace"), failed=rc == PS_CORRUPT)
+        raise _reports.failure(_error(rc, f"inspect {path!r}"), _message(&rep))
+    return _reports.inspection(_fields(rep), _message(&rep), failed=rc == PS_CORRUPT)
 
 
 cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
@@ -314,20 +308,21 @@ cdef class Store:
     def __init__(self, path=None, *, sync="interval", save_interval_ms=5000, repair=False,
                  read_only=False, _compact_hook=None, _compact_min_dead=0,
                  _max_open_files=0):
-        cdef bytes bpath = check_store_options(path, sync, save_interval_ms, repair, read_only)
+        cdef dict fields = check_store_options(path, sync, save_interval_ms, repair, read_only,
+                                               _compact_min_dead, _max_open_files)
         if self._st != NULL:
             return
         cdef ps_options o
         cdef ps_report rep
+        cdef bytes bpath
         memset_options(&o)
-        if bpath is not None:
+        if fields is not None:
+            bpath = fields["path"]  # alive until ps_store_open copies it
             o.path = bpath
-            o.sync = SYNC_MODES[sync]
-            o.sync_interval_ms = save_interval_ms
-            o.repair = 1 if repair else 0
-            o.read_only = 1 if read_only else 0
-            o.compact_min_dead = _compact_min_dead
-            o.max_open_files = _max_open_files
+            o.sync = SYNC_MODES[fields["sync"]]
+            o.sync_interval_ms = fields["sync_interval_ms"]
+            o.repair, o.read_only = fields["repair"], fields["read_only"]
+            o.compact_min_dead, o.max_open_files = fields["compact_min_dead"], fields["max_open_files"]
             if _compact_hook is not None:
                 self._hook = _compact_hook
                 o.hook = _hook_trampoline
@@ -337,11 +332,7 @@ cdef class Store:
         with nogil:
             rc = ps_store_open(&st, &o, &rep)
         if rc:
-            err = _error(rc, f"open {path!r}")
-            msg = rep.message.decode("utf-8", "replace")
-            if msg:  # the C core's report says what and where (file, offset)
-                _with_message(err, msg)
-            raise err
+            raise _reports.failure(_error(rc, f"open {path!r}"), _message(&rep))
         self._st = st
         if path is not None:
             self.durable = True
@@ -349,7 +340,7 @@ cdef class Store:
             self.sync = sync
             self.read_only = read_only
             text = recovery_message(self.path, _reports.recovery(_fields(rep)),
-                                    rep.message.decode("utf-8", "replace"), read_only=read_only)
+                                    _message(&rep), read_only=read_only)
             if text:
                 warnings.warn(text, RecoveryWarning, stacklevel=4)
 
@@ -776,7 +767,7 @@ cdef class Store:
         self._busy -= 1
         if rc and rc != PS_CORRUPT:
             raise _error(rc, "check")
-        return _reports.check(_fields(rep), rep.message.decode("utf-8", "replace"), failed=rc == PS_CORRUPT)
+        return _reports.check(_fields(rep), _message(&rep), failed=rc == PS_CORRUPT)
 
 
 cdef inline uint32_t _le32(const unsigned char *p) noexcept:

@@ -1,13 +1,13 @@
 """The rules for a store's open options, written once for both bindings.
 
-The Cython and the cffi ``Store`` each fill their C options struct from what
-:func:`check_store_options` accepted; neither checks an option itself, so an
+The Cython and the cffi ``Store`` each fill their C options struct with the
+fields :func:`check_store_options` returns; neither checks an option itself, so an
 option refused by one binding is refused by the other with the same
 :class:`~pystate.errors.ConfigError`.
 
 >>> check_store_options(None, "interval", 5000, False, False)
->>> check_store_options("data", "always", 200, False, False)
-b'data'
+>>> check_store_options("data", "always", 200, False, True)["read_only"]
+1
 >>> try:
 ...     check_max_value_bytes(2**70)
 ... except ConfigError as e:
@@ -107,11 +107,15 @@ def check_max_value_bytes(value: Any) -> None:
 
 
 def check_store_options(
-    path: Any, sync: Any, save_interval_ms: Any, repair: Any, read_only: Any
-) -> bytes | None:
-    """Refuse a bad open option of a kv store with ConfigError; return the
-    path as bytes (None for an in-memory store). (``max_value_bytes`` is
-    every adapter's: :func:`check_max_value_bytes`.)"""
+    path: Any, sync: Any, save_interval_ms: Any, repair: Any, read_only: Any,
+    compact_min_dead: int = 0, max_open_files: int = 0,
+) -> dict[str, Any] | None:
+    """Refuse a bad open option of a kv store with ConfigError. Return None
+    for an in-memory store, and for a file store the ps_options fields to
+    open it with, by their C names: ``path`` as bytes, ``sync`` by its name
+    (each binding has the C constants) and the rest as the integers C takes.
+    (``max_value_bytes`` is every adapter's: :func:`check_max_value_bytes`.)
+    The last two are testing knobs (:data:`TESTING_OPTIONS`)."""
     for name, flag in (("repair", repair), ("read_only", read_only)):
         if type(flag) is not bool:
             raise ConfigError(f"{name}: expected True or False, got {flag!r}")
@@ -125,4 +129,12 @@ def check_store_options(
         raise ConfigError(f"sync: expected one of {', '.join(SYNC_NAMES)}, got {sync!r}")
     if type(save_interval_ms) is not int or not 100 <= save_interval_ms <= 3_600_000:
         raise ConfigError(f"save_interval_ms: expected an integer from 100 to 3600000, got {save_interval_ms!r}")
-    return path_bytes(path)
+    return {
+        "path": path_bytes(path),
+        "sync": sync,
+        "sync_interval_ms": save_interval_ms,
+        "repair": 1 if repair else 0,
+        "read_only": 1 if read_only else 0,
+        "compact_min_dead": compact_min_dead,
+        "max_open_files": max_open_files,
+    }

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-__all__ = ["COUNTERS", "LOG_COUNTERS", "RECOVERY", "check", "inspection", "per_scope", "recovery", "stats"]
+__all__ = ["COUNTERS", "LOG_COUNTERS", "RECOVERY", "check", "failure", "inspection", "per_scope", "recovery", "stats"]
 
 Field = Callable[[str], Any]
 
@@ -71,6 +71,16 @@ def check(field: Field, message: str, *, failed: bool) -> dict[str, Any]:
     """``Store.check()`` from a ps_report; ``failed`` when ps_check returned
     PS_CORRUPT."""
     return {"ok": not failed, "logs": field("logs"), "records": field("records"), "problem": message if failed else None}
+
+
+def failure(err: Exception, message: str) -> Exception:
+    """``err``, the exception of a failed open or inspect, with the C core's
+    report line (what and where: file, offset) as its message when the
+    report has one."""
+    if message:
+        err.message = message  # type: ignore[attr-defined]  # a StateError
+        err.args = (message,)
+    return err
 
 
 def per_scope(data: bytes, count: int) -> dict[str, dict[str, int]]:

@@ -142,12 +142,6 @@ def _error(rc: int, what: str) -> Exception:
     return error_for_rc(rc, _RC_NAMES.get(rc), what, strerror(rc))
 
 
-def _with_message(err: Any, message: str) -> Any:
-    err.message = message
-    err.args = (message,)
-    return err
-
-
 def _message(rep: Any) -> str:
     return ffi.string(rep.message).decode("utf-8", "replace")
 
@@ -303,11 +297,7 @@ def inspect(path: Any, *, repair: bool = False) -> dict:
     o.repair = 1 if repair else 0
     rc = lib.ps_store_inspect(o, rep)
     if rc and rc != _CORRUPT:
-        err = _error(rc, f"inspect {path!r}")
-        msg = _message(rep)
-        if msg:
-            _with_message(err, msg)
-        raise err
+        raise _reports.failure(_error(rc, f"inspect {path!r}"), _message(rep))
     return _reports.inspection(partial(getattr, rep), _message(rep), failed=rc == _CORRUPT)
 
 
@@ -337,18 +327,13 @@ class Store:
         self._ro = False
         self._hook: Any = None
         self.durable = False
-        bpath = check_store_options(path, sync, save_interval_ms, repair, read_only)
-        o = _new("ps_options *")
+        fields = check_store_options(path, sync, save_interval_ms, repair, read_only, _compact_min_dead, _max_open_files)
         rep = _new("ps_report *")
-        if bpath is not None:
-            cpath = _new("char[]", bpath)  # alive until psg_open copies it
-            o.path = cpath
-            o.sync = SYNC_MODES[sync]
-            o.sync_interval_ms = save_interval_ms
-            o.repair = 1 if repair else 0
-            o.read_only = 1 if read_only else 0
-            o.compact_min_dead = _compact_min_dead
-            o.max_open_files = _max_open_files
+        if fields is None:
+            o = _new("ps_options *")
+        else:
+            cpath = _new("char[]", fields["path"])  # alive until psg_open copies it
+            o = _new("ps_options *", {**fields, "path": cpath, "sync": SYNC_MODES[sync]})
             if _compact_hook is not None:
                 self._hook = ffi.new_handle(_compact_hook)
                 o.hook = lib.pystate_compact_hook
@@ -356,11 +341,7 @@ class Store:
         out = _new("psg **")
         rc = lib.psg_open(out, o, rep)
         if rc:
-            err = _error(rc, f"open {path!r}")
-            msg = _message(rep)
-            if msg:  # the C core's report says what and where (file, offset)
-                _with_message(err, msg)
-            raise err
+            raise _reports.failure(_error(rc, f"open {path!r}"), _message(rep))
         self._g = out[0]
         self._closed = False
         if path is not None:
