@@ -31,9 +31,10 @@ from pystate._options import check_store_options, path_bytes
 
 from pystate.errors import (
     ClosedError,
-    PayloadError,
     RecoveryWarning,
+    bad_name,
     error_for_rc,
+    not_a_pair,
     recovery_message,
 )
 from pystate.storage import paged_items
@@ -249,13 +250,12 @@ cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
     """UTF-8 of a scope or key, borrowed from the str object (CPython caches
     it, and ASCII strings need no conversion at all)."""
     if type(s) is not str and not isinstance(s, str):
-        raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
+        raise bad_name(what, s)
     cdef const char *p = utf8_of(s, n)
     if p == NULL:
         if PyErr_ExceptionMatches(UnicodeEncodeError):
             PyErr_Clear()
-            raise PayloadError(
-                f"{what}: not valid Unicode text (it contains a lone surrogate)")
+            raise bad_name(what, s)
         return NULL  # another error (MemoryError), raised as it is
     return p
 
@@ -554,7 +554,7 @@ cdef class Store:
         (True, False)
         """
         if type(item) is not tuple or len(item) != 2:
-            raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+            raise not_a_pair(item)
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(item[0], &sl, "scope")
         cdef const char *k = _text(item[1], &kl, "key")

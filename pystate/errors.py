@@ -266,6 +266,26 @@ def recovery_message(path: str, report: dict, detail: str, *, read_only: bool = 
     return f"{what}. {detail}" if detail else what
 
 
+def bad_name(what: str, value: object) -> PayloadError:
+    """The error for a scope or key (``what`` says which) that is not a
+    str, or, given a str, that cannot be UTF-8 (a lone surrogate): every
+    storage refuses the same names with the same words.
+
+    >>> bad_name("scope", 1).message
+    'scope: expected a string, got int'
+    >>> bad_name("key", "\\ud800").message
+    'key: not valid Unicode text (it contains a lone surrogate)'
+    """
+    if isinstance(value, str):
+        return PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)")
+    return PayloadError(f"{what}: expected a string, got {type(value).__name__}")
+
+
+def not_a_pair(item: object) -> PayloadError:
+    """The error for ``item in st`` when ``item`` is no (scope, key) tuple."""
+    return PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+
+
 def wide_integer(literal: bytes, at: int) -> InvalidValueError:
     """The error for JSON text holding, at offset ``at``, an integer
     ``literal`` outside the 64-bit range (found by the C core's

@@ -22,7 +22,7 @@ import builtins
 import importlib
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
-from pystate.errors import ConfigError, PayloadError
+from pystate.errors import ConfigError, bad_name, not_a_pair
 
 __all__ = ["Storage", "CasStorage", "OpsStorage", "EventFeed", "Opened", "ADAPTERS", "open_storage", "check_text", "check_pair",
            "refuse_kv_options", "paged_items"]
@@ -195,11 +195,11 @@ def check_text(value: Any, what: str) -> str:
     pystate.errors.PayloadError: deserialization_error: scope: expected a string, got int
     """
     if not isinstance(value, str):
-        raise PayloadError(f"{what}: expected a string, got {type(value).__name__}")
+        raise bad_name(what, value)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+        raise bad_name(what, value) from None
     return value
 
 
@@ -226,5 +226,5 @@ def check_pair(item: Any) -> tuple[str, str]:
     """The ``(scope, key)`` of ``(scope, key) in st``, checked as the kv
     store checks it."""
     if type(item) is not tuple or len(item) != 2:
-        raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+        raise not_a_pair(item)
     return check_text(item[0], "scope"), check_text(item[1], "key")

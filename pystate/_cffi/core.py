@@ -47,7 +47,7 @@ if cython.compiled:
     from cython.cimports.cpython.pythread import PyThread_get_thread_ident
     from cython.cimports.cpython.unicode import PyUnicode_AsUTF8String
 from pystate._options import check_store_options, path_bytes
-from pystate.errors import ClosedError, PayloadError, RecoveryWarning, error_for_rc, recovery_message
+from pystate.errors import ClosedError, RecoveryWarning, bad_name, error_for_rc, not_a_pair, recovery_message
 from pystate.storage import paged_items
 
 __all__ = ["Store", "RC_CODES", "RC_END", "SYNC_MODES", "strerror", "version",
@@ -223,12 +223,12 @@ def _text(s: Any, what: str) -> bytes:
     """UTF-8 of a scope or key."""
     if type(s) is not str:
         if not isinstance(s, str):
-            raise PayloadError(f"{what}: expected a string, got {type(s).__name__}")
+            raise bad_name(what, s)
         s = str.__str__(s)
     try:
         return s.encode()
     except UnicodeEncodeError:
-        raise PayloadError(f"{what}: not valid Unicode text (it contains a lone surrogate)") from None
+        raise bad_name(what, s) from None
 
 
 # The last (scope, key) encoded, with its UTF-8: an update reads, then
@@ -471,7 +471,7 @@ class Store:
     def __contains__(self, item: Any) -> bool:
         """Whether a key exists: ``(scope, key) in st``; a stored null exists."""
         if type(item) is not tuple or len(item) != 2:
-            raise PayloadError(f"in: expected a (scope, key) pair, got {type(item).__name__}")
+            raise not_a_pair(item)
         _, _, s, k = _names(item[0], item[1])
         rc = lib.psg_has(self._g, s, len(s), k, len(k))
         if rc and rc != _NOTFOUND:
