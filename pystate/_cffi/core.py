@@ -79,7 +79,6 @@ COMPACT_HOOK_POINTS = {
 #: One past the last status code (the header's sentinel).
 RC_END = lib.PS_RC_END
 
-_OK = lib.PS_OK
 _NOTFOUND = lib.PS_NOTFOUND
 _CONFLICT = lib.PS_CONFLICT
 _CORRUPT = lib.PS_CORRUPT
