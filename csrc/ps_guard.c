@@ -187,7 +187,7 @@ int psg_get_inline(psg *g, const char *scope, size_t slen, const char *key, size
 {
     inline_ctx c = {in, empty(spill)};
     ps_sink sink = {inline_alloc, &c};
-    GUARDED(g, ps_get(g->st, scope, slen, key, klen, &sink));
+    GUARDED(g, ps_get_seen(g->st, scope, slen, key, klen, &sink, &in->seen));
 }
 
 int psg_has(psg *g, const char *scope, size_t slen, const char *key, size_t klen)
@@ -207,6 +207,11 @@ int psg_put_if(psg *g, const char *scope, size_t slen, const char *key, size_t k
                const char *value, size_t vlen, const char *expect, size_t elen)
 {
     GUARDED(g, ps_put_if(g->st, scope, slen, key, klen, value, vlen, expect, elen));
+}
+
+int psg_put_seen(psg *g, uint64_t seen, const char *value, size_t vlen)
+{
+    GUARDED(g, ps_put_seen(g->st, seen, value, vlen));
 }
 
 int psg_del(psg *g, const char *scope, size_t slen, const char *key, size_t klen,

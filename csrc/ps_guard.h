@@ -50,11 +50,12 @@ typedef struct psg_buf {
 } psg_buf;
 
 /* A value handed out in place: a value of up to PSG_INLINE bytes is copied
- * into data, a longer one goes to a psg_buf; len says which, and is the
- * only field a binding then reads. Owner: the caller. */
+ * into data, a longer one goes to a psg_buf; len says which. seen is the
+ * read's token for psg_put_seen (see ps_get_seen). Owner: the caller. */
 #define PSG_INLINE 4096
 typedef struct psg_inline {
     size_t len;
+    uint64_t seen;
     char data[PSG_INLINE];
 } psg_inline;
 
@@ -99,6 +100,7 @@ int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen
             const char *value, size_t vlen, psg_buf *old, int *existed);
 int psg_put_if(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
                const char *value, size_t vlen, const char *expect, size_t elen);
+int psg_put_seen(psg *g, uint64_t seen, const char *value, size_t vlen);
 int psg_del(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *old);
 int psg_list(psg *g, const char *scope, size_t slen, size_t batch, psg_bufs *out);

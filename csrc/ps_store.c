@@ -292,6 +292,12 @@ int ps_store_close(ps_store *st)
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
            const ps_sink *value)
 {
+    return ps_get_seen(st, scope, slen, key, klen, value, NULL);
+}
+
+int ps_get_seen(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen,
+                const ps_sink *value, uint64_t *seen)
+{
     int rc = 0;
     ps_where sw, kw;
     lock(st);
@@ -311,6 +317,9 @@ int ps_get(ps_store *st, const char *scope, size_t slen, const char *key, size_t
     } else if (rc == 0) {
         rc = PS_NOTFOUND;
     }
+    if (seen)
+        /* This call's number, which st->last keeps (see recall). */
+        *seen = rc == PS_OK && !st->disk ? st->calls : 0;
     unlock(st);
     return rc;
 }
@@ -696,6 +705,26 @@ int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key, siz
     unlock(st);
     if (rc == 0)
         rc = ps_disk_commit_wait(st, &c);
+    return rc;
+}
+
+int ps_put_seen(ps_store *st, uint64_t seen, const char *value, size_t vlen)
+{
+    if (st->read_only)
+        return PS_READONLY;
+    if (vlen > PS_MAX_LEN)
+        return PS_TOOBIG;
+    int rc = PS_CONFLICT;
+    lock(st);
+    /* The read was the last call, so st->last is its lookup, and nothing
+     * has changed since: in memory every change is a call. */
+    if (seen && seen == st->last.calls && seen + 1 == st->calls && st->last.found && !st->disk) {
+        ps_where kw = st->last.key;
+        rc = ps_table_replace(&ps_scope_of(st->last.scope)->table, &st->mem, &kw, value, vlen);
+        if (rc == 0)
+            remember(st, NULL, &kw, 1); /* a replace moves nothing */
+    }
+    unlock(st);
     return rc;
 }
 

@@ -250,6 +250,11 @@ int ps_store_inspect(const ps_options *opts, ps_report *report);
 int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
            size_t klen, const ps_sink *value);
 
+/* ps_get, and in *seen (the caller's) a token for ps_put_seen: nonzero
+ * when the value was found in an in-memory store, else 0. */
+int ps_get_seen(ps_store *st, const char *scope, size_t slen, const char *key,
+                size_t klen, const ps_sink *value, uint64_t *seen);
+
 /* A hint that (scope, key) is about to be read: starts the first memory
  * load of its lookup (the index slot, a cache miss in a big table), so
  * that work the caller does before its ps_get overlaps the wait. Reads
@@ -314,6 +319,14 @@ int ps_put(ps_store *st, const char *scope, size_t slen, const char *key,
 int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key,
               size_t klen, const char *value, size_t vlen, const char *expect,
               size_t elen);
+
+/* ps_put_if of the value a ps_get_seen read, without the names or the
+ * compare: store `value` at the key that read found, when it was the last
+ * call on st (nothing can have changed that key since). PS_CONFLICT, with
+ * nothing changed, when another call came in between or seen is 0: the
+ * key may still hold what was read, so the caller goes on to ps_put_if.
+ * Otherwise as ps_put_if. */
+int ps_put_seen(ps_store *st, uint64_t seen, const char *value, size_t vlen);
 
 /* Delete (scope, key). The old value is delivered through `old` when it is
  * not NULL. Deleting the last key of a scope removes the scope.

@@ -91,6 +91,8 @@ cdef extern from "pystate.h" nogil:
 
     int ps_get(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *value)
+    int ps_get_seen(ps_store *st, const char *scope, size_t slen, const char *key,
+                    size_t klen, const ps_sink *value, uint64_t *seen)
     int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, size_t klen)
     int ps_list(ps_store *st, const char *scope, size_t slen, size_t batch,
                 const ps_sink *out)
@@ -108,6 +110,7 @@ cdef extern from "pystate.h" nogil:
     int ps_put_if(ps_store *st, const char *scope, size_t slen, const char *key,
                   size_t klen, const char *value, size_t vlen, const char *expect,
                   size_t elen)
+    int ps_put_seen(ps_store *st, uint64_t seen, const char *value, size_t vlen)
     int ps_del(ps_store *st, const char *scope, size_t slen, const char *key,
                size_t klen, const ps_sink *old)
 

@@ -2,6 +2,7 @@
 # and read the compiled write path (pystate/writes.py) calls directly,
 # without a Python call per write. Other callers use them by name.
 cimport cython
+from libc.stdint cimport uint64_t
 from pystate._cdefs cimport ps_store
 
 
@@ -25,4 +26,7 @@ cdef class Store:
     cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1
     cpdef object remove(self, object scope, object key)
     cpdef object get_raw(self, object scope, object key)
+    # get_raw, and in *seen the read's token for put_seen (ps_get_seen).
+    cdef object _get_seen(self, object scope, object key, uint64_t *seen)
+    cpdef bint put_seen(self, uint64_t seen, bytes data) except -1
     cpdef int prefetch(self, object scope, object key) except -1

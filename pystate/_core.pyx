@@ -12,7 +12,7 @@ file-based store release it around the C call (a pwrite, maybe an
 fdatasync); their old values then arrive in a malloc'd buffer, since no
 Python object can be made without the GIL.
 """
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -465,6 +465,29 @@ cdef class Store:
             raise _error(rc, "update")
         return True
 
+    cpdef bint put_seen(self, uint64_t seen, bytes data) except -1:
+        """put_if of the text a :meth:`get_seen` read, given its token:
+        stores ``data`` when that read was the store's last call (nothing
+        can have changed the key since). False, with nothing changed, when
+        it was not: the key may still hold what was read, so the caller
+        goes on to put_if.
+
+        >>> st = Store()
+        >>> _ = st.put("s", "k", b'1')
+        >>> data, seen = st.get_seen("s", "k")
+        >>> st.put_seen(seen, b'2'), st.put_seen(seen, b'3'), st.get("s", "k")
+        (True, False, 2)
+        """
+        if self.durable or seen == 0:
+            return False
+        self._open()
+        cdef int rc = ps_put_seen(self._st, seen, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if rc == PS_CONFLICT:
+            return False
+        if rc:
+            raise _error(rc, "update")
+        return True
+
     cpdef object remove(self, object scope, object key):
         """Remove (scope, key); return the removed JSON text, or None when
         there was none."""
@@ -507,19 +530,29 @@ cdef class Store:
 
     cpdef object get_raw(self, object scope, object key):
         """The JSON text at (scope, key), or None."""
+        return self._get_seen(scope, key, NULL)
+
+    cdef object _get_seen(self, object scope, object key, uint64_t *seen):
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
         cdef _Out out
         _out_init(&out)
         self._open()
-        cdef int rc = ps_get(self._st, s, sl, k, kl, &out.sink)
+        cdef int rc = ps_get_seen(self._st, s, sl, k, kl, &out.sink, seen)
         data = _take(&out)
         if rc == PS_NOTFOUND:
             return None
         if rc:
             raise _error(rc, "update")
         return data
+
+    def get_seen(self, scope, key):
+        """(get_raw(scope, key), a token for :meth:`put_seen`: 0 when
+        there is none, for a missing key or a file store)."""
+        cdef uint64_t seen = 0
+        data = self._get_seen(scope, key, &seen)
+        return data, seen
 
     def get(self, scope, key, default=None):
         """The value at (scope, key), or ``default`` when there is none.

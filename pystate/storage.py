@@ -115,12 +115,18 @@ class Storage(Protocol):
 class CasStorage(Storage, Protocol):
     """A storage the write path updates by compare-and-set (kv, redis)."""
 
-    def get_raw(self, scope: str, key: str) -> bytes | None:
-        """The text at (scope, key), or None."""
-
     def put_if(self, scope: str, key: str, data: bytes, expect: bytes | None) -> bool:
         """Store ``data`` only if the key holds exactly ``expect`` (None: does
         not exist); whether it did."""
+
+    def get_seen(self, scope: str, key: str) -> tuple[bytes | None, int]:
+        """(the text at (scope, key) or None, a token for put_seen: 0 for
+        none)."""
+
+    def put_seen(self, seen: int, data: bytes) -> bool:
+        """put_if of what the read that gave ``seen`` read, when the storage
+        can tell that nothing changed the key since: whether it stored
+        ``data``. False when it cannot tell; the caller then calls put_if."""
 
 
 class OpsStorage(Storage, Protocol):

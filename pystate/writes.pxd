@@ -1,6 +1,7 @@
 # The types of pystate/writes.py when Cython compiles it (CPython): the
 # write path's state as C fields, its helpers as C functions.
 cimport cython
+from libc.stdint cimport uint64_t
 from pystate._core cimport Store as KvStore
 
 cdef class UpdateResult:
@@ -30,11 +31,12 @@ cdef class Writes:
     cdef object _put
     cdef object _put_if
     cdef object _remove
-    cdef object _get_raw
+    cdef object _get_seen
+    cdef object _put_seen
     cdef bint _native
     cdef KvStore _kv                  # the Cython binding's Store, called in C; else None
 
     cpdef bint _watched(self, object scope, object key) except -1
     cdef object _enter(self, object scope, object key)
-    @cython.locals(kv=KvStore, errors=list)
+    @cython.locals(kv=KvStore, errors=list, seen=uint64_t)
     cdef UpdateResult _update(self, object scope, object key, object ops, bint watched)

@@ -179,7 +179,7 @@ class Writes:
 
     __slots__ = ("storage", "max_value_bytes", "_limit", "_sealed", "_emit", "_admit", "_pending", "_bound",
                  "_all", "_scopes", "_keys", "_pairs", "_stripes", "_turns", "_put", "_put_if", "_remove",
-                 "_get_raw", "_native", "_kv")
+                 "_get_seen", "_put_seen", "_native", "_kv")
 
     def __init__(self, storage: CasStorage | OpsStorage, max_value_bytes: int | None = None) -> None:
         self.storage: Any = storage
@@ -205,7 +205,8 @@ class Writes:
             self._kv = storage
         if not self._native:
             self._put_if = self.storage.put_if
-            self._get_raw = self.storage.get_raw
+            self._get_seen = self.storage.get_seen
+            self._put_seen = self.storage.put_seen
 
     # ---- the trigger gate ----------------------------------------------
 
@@ -348,18 +349,20 @@ class Writes:
     def _update(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
         if self._native:
             return self._update_native(scope, key, ops, watched)
-        get_raw, put_if = self._get_raw, self._put_if
+        get_seen, put_seen, put_if = self._get_seen, self._put_seen, self._put_if
         kv = self._kv
         turn = None
+        seen = 0   # the read's token for put_seen, from kv (a C integer)
+        token = 0  # the same, from any other storage
         if kv is not None:
             # The key's index slot is on its way from memory while the ops
             # are parsed (the miss was 7% of an in-memory update). prefetch
             # checks the names first, as get_raw does without it.
             kv.prefetch(scope, key)
             parsed = parse_ops(ops)
-            old_data = kv.get_raw(scope, key)
+            old_data = kv._get_seen(scope, key, cython.address(seen))
         else:
-            old_data = get_raw(scope, key)
+            old_data, token = get_seen(scope, key)
             parsed = parse_ops(ops)
         try:
             while True:
@@ -375,8 +378,12 @@ class Writes:
                     _race_hook()
                 if self._sealed:
                     raise _closed()
-                if (kv.put_if(scope, key, new_data, old_data) if kv is not None
-                        else put_if(scope, key, new_data, old_data)):
+                # put_seen when nothing came between the read and this write
+                # (nearly always), without the names or the compare.
+                if kv is not None:
+                    if (seen != 0 and kv.put_seen(seen, new_data)) or kv.put_if(scope, key, new_data, old_data):
+                        break
+                elif (token and put_seen(token, new_data)) or put_if(scope, key, new_data, old_data):
                     break
                 if turn is None:
                     # A contended key: from the first conflict on, its
@@ -387,7 +394,10 @@ class Writes:
                     turn.acquire()
                 # Again, with the ops parsed afresh: their values went into
                 # the value just dropped.
-                old_data = kv.get_raw(scope, key) if kv is not None else get_raw(scope, key)
+                if kv is not None:
+                    old_data = kv._get_seen(scope, key, cython.address(seen))
+                else:
+                    old_data, token = get_seen(scope, key)
                 parsed = parse_ops(ops)
         finally:
             if turn is not None:

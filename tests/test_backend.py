@@ -443,6 +443,39 @@ def test_cffi_reads_from_many_threads_never_see_each_others_values(core):
     assert st.get_raw("s", "nobody") is None
 
 
+def _seen_script(st):
+    # What put_seen answers after each kind of call in between.
+    st.put("s", "k", b"1")
+    st.put("s", "j", b"2")
+    out = []
+    data, seen = st.get_seen("s", "k")
+    out += [data, seen != 0, st.put_seen(seen, b"3"), st.put_seen(seen, b"4")]
+    data, seen = st.get_seen("s", "k")
+    st.get_raw("s", "j")
+    out += [data, st.put_seen(seen, b"5")]
+    older, newer = st.get_seen("s", "k")[1], st.get_seen("s", "k")[1]
+    out += [st.put_seen(older, b"6")]
+    older, newer = st.get_seen("s", "k")[1], st.get_seen("s", "k")[1]
+    out += [st.put_seen(newer, b"7")]
+    out += [st.get_seen("s", "nobody"), st.get_seen("nowhere", "k"), st.put_seen(0, b"8")]
+    return out + [st.get_raw("s", "k"), st.get_raw("s", "j")]
+
+
+def test_put_seen_answers_alike_in_both_bindings():
+    got = [_seen_script(core.Store()) for core in (cf_core, cy_core)]
+    assert got[0] == got[1] == [b"1", True, True, False, b"3", False, False, True,
+                                (None, 0), (None, 0), False, b"7", b"2"]
+
+
+def test_a_file_stores_reads_vouch_for_nothing(tmp_path):
+    for core in (cf_core, cy_core):
+        st = core.Store(str(tmp_path / core.__name__))
+        st.put("s", "k", b"1")
+        data, seen = st.get_seen("s", "k")
+        assert (data, seen, st.put_seen(seen, b"2"), st.get_raw("s", "k")) == (b"1", 0, False, b"1")
+        st.close()
+
+
 @pytest.mark.parametrize("args", [("s", -1), ("s", "10"), (1,)])
 def test_items_refuses_bad_arguments_alike_when_called(args):
     got = []

@@ -94,6 +94,31 @@ def test_an_update_retried_after_a_conflict_applies_its_ops_to_fresh_copies():
     assert ops[0]["value"] == [1]
 
 
+def test_an_update_under_an_update_of_another_key_writes_each_key_its_own_value():
+    # Between an update's read and its write, the race hook updates a key
+    # of the same length in another scope: that inner update's read is the
+    # store's last one when the outer write comes, and the outer write must
+    # still land on its own key.
+    st = pystate.State()
+    st.set("s1", "ka", {"n": 1})
+    st.set("s2", "ka", {"n": 10})
+    st.set("s1", "kb", {"n": 100})
+    inc = [{"type": "increment", "path": "n", "by": 1}]
+    race, calls = _race_once(st, lambda: (st.update("s2", "ka", inc), st.get("s1", "kb")))
+    _writes._set_race_hook(race)
+    try:
+        r = st.update("s1", "ka", inc)
+    finally:
+        _writes._set_race_hook(None)
+    assert r.new_value == {"n": 2} and r.old_value == {"n": 1}
+    assert st.get("s1", "ka") == {"n": 2}
+    assert st.get("s2", "ka") == {"n": 11}
+    assert st.get("s1", "kb") == {"n": 100}
+    # A read in between changed nothing: no retry (the hook ran twice: once
+    # in each update, with no third for a retried outer one).
+    assert len(calls) == 2
+
+
 def test_update_checks_the_names_before_the_ops():
     # As before the ops were parsed ahead of the read: a bad scope is what
     # a request with a bad scope and bad ops is refused for.

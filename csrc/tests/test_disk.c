@@ -139,6 +139,11 @@ TEST(writes_survive_close_and_reopen_in_order)
         put_s(st, "t", "x", "\"y\"");
         put_s(st, "gone", "k", "1");
         del_s(st, "gone", "k");
+        /* Other processes write a file store: no read vouches for a key. */
+        uint64_t seen = 99;
+        CHECK_RC(ps_get_seen(st, "s", 1, "c", 1, NULL, &seen), PS_OK);
+        CHECK(seen == 0);
+        CHECK_RC(ps_put_seen(st, seen, "6", 1), PS_CONFLICT);
         CHECK_RC(ps_store_close(st), PS_OK);
         ps_report rep;
         st = open_dir(dir, mode, 0, &rep, NULL);

@@ -172,6 +172,67 @@ TEST(a_write_after_a_read_sees_what_changed_in_between)
     ps_store_close(st);
 }
 
+static uint64_t seen_of(ps_store *st, const char *scope, const char *key)
+{
+    uint64_t seen = 99;
+    int rc = ps_get_seen(st, scope, strlen(scope), key, strlen(key), NULL, &seen);
+    CHECK(rc == PS_OK || (rc == PS_NOTFOUND && seen == 0));
+    return seen;
+}
+
+TEST(put_seen_replaces_only_what_the_last_call_read)
+{
+    ps_store *st = open_store(NULL);
+    REQUIRE(st);
+    buf_sink b = {0};
+    CHECK_RC(put_str(st, "s1", "ka", "1"), PS_OK);
+    CHECK_RC(put_str(st, "s1", "kb", "2"), PS_OK);
+    CHECK_RC(put_str(st, "s2", "ka", "3"), PS_OK);
+    uint64_t seen = seen_of(st, "s1", "ka");
+    CHECK(seen != 0);
+    CHECK_RC(ps_put_seen(st, seen, S("10")), PS_OK);
+    /* The write was a call too: the token is spent. */
+    CHECK_RC(ps_put_seen(st, seen, S("11")), PS_CONFLICT);
+    /* Any call in between, even a read of another name, voids it. */
+    seen = seen_of(st, "s1", "ka");
+    CHECK_RC(get_str(st, "s1", "kb", &b), PS_OK);
+    CHECK_RC(ps_put_seen(st, seen, S("12")), PS_CONFLICT);
+    seen = seen_of(st, "s1", "ka");
+    CHECK_RC(ps_prefetch(st, S("s2"), S("ka")), PS_OK);
+    CHECK_RC(ps_put_seen(st, seen, S("12")), PS_CONFLICT);
+    /* An older read's token, with a newer read of the same key last. */
+    uint64_t older = seen_of(st, "s1", "ka");
+    uint64_t newer = seen_of(st, "s1", "ka");
+    CHECK(older != newer);
+    CHECK_RC(ps_put_seen(st, older, S("13")), PS_CONFLICT);
+    older = seen_of(st, "s1", "ka");
+    newer = seen_of(st, "s1", "ka");
+    CHECK_RC(ps_put_seen(st, newer, S("a value longer than the one before")), PS_OK);
+    /* No token for a key that is not there, and 0 is never one. */
+    CHECK(seen_of(st, "s1", "nobody") == 0);
+    CHECK(seen_of(st, "nowhere", "ka") == 0);
+    CHECK_RC(ps_put_seen(st, 0, S("14")), PS_CONFLICT);
+    /* A key deleted after its read (its scope with it: under ASan, a
+     * lookup kept too long is a read of freed memory). */
+    CHECK_RC(put_str(st, "s3", "k", "1"), PS_OK);
+    seen = seen_of(st, "s3", "k");
+    CHECK_RC(ps_del(st, S("s3"), S("k"), NULL), PS_OK);
+    CHECK_RC(ps_put_seen(st, seen, S("15")), PS_CONFLICT);
+    CHECK_RC(get_str(st, "s3", "k", &b), PS_NOTFOUND);
+    seen = seen_of(st, "s2", "ka");
+    CHECK_RC(ps_put_seen(st, seen, "x", (size_t)PS_MAX_LEN + 1), PS_TOOBIG);
+
+    CHECK_RC(get_str(st, "s1", "ka", &b), PS_OK);
+    CHECK(strcmp(b.data, "a value longer than the one before") == 0);
+    CHECK_RC(get_str(st, "s1", "kb", &b), PS_OK);
+    CHECK(strcmp(b.data, "2") == 0);
+    CHECK_RC(get_str(st, "s2", "ka", &b), PS_OK);
+    CHECK(strcmp(b.data, "3") == 0);
+    CHECK(ps_check(st, NULL) == PS_OK);
+    buf_reset(&b);
+    ps_store_close(st);
+}
+
 TEST(list_joins_values_in_key_order)
 {
     ps_store *st = open_store(NULL);
@@ -550,9 +611,14 @@ TEST(every_allocation_failure_is_clean)
             int rc;
             buf_sink b = {0};
             ps_sink s = sink_of(&b);
-            if (i % 5 == 4)
+            if (i % 5 == 4) {
                 rc = ps_del(st, scope, 1, key, strlen(key), &s);
-            else
+            } else if (i % 5 == 3) {
+                uint64_t seen = 0;
+                rc = ps_get_seen(st, scope, 1, key, strlen(key), NULL, &seen);
+                if (rc == PS_OK)
+                    rc = ps_put_seen(st, seen, val, strlen(val));
+            } else
                 rc = ps_put(st, scope, 1, key, strlen(key), val, strlen(val), &s, NULL);
             buf_reset(&b);
             if (rc == ENOMEM) {

@@ -88,7 +88,7 @@ typedef struct psg psg;
 typedef struct psg_buf { char *data; size_t len; size_t cap; int filled; } psg_buf;
 typedef struct psg_bufs { psg_buf *items; size_t count; size_t cap; } psg_bufs;
 #define PSG_INLINE ...
-typedef struct psg_inline { size_t len; char data[...]; ...; } psg_inline;
+typedef struct psg_inline { size_t len; uint64_t seen; char data[...]; ...; } psg_inline;
 
 const char *ps_strerror(int rc);
 int ps_json_check_ints(const char *text, size_t len, size_t *at, size_t *n);
@@ -110,6 +110,7 @@ int psg_put(psg *g, const char *scope, size_t slen, const char *key, size_t klen
             const char *value, size_t vlen, psg_buf *old, int *existed);
 int psg_put_if(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
                const char *value, size_t vlen, const char *expect, size_t elen);
+int psg_put_seen(psg *g, uint64_t seen, const char *value, size_t vlen);
 int psg_del(psg *g, const char *scope, size_t slen, const char *key, size_t klen,
             psg_buf *old);
 int psg_list(psg *g, const char *scope, size_t slen, size_t batch, psg_bufs *out);

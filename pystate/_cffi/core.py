@@ -89,6 +89,7 @@ _unpack = ffi.unpack
 # The update loop's two calls, bound once (a lookup on lib is not free).
 _psg_get_inline = lib.psg_get_inline
 _psg_put_if = lib.psg_put_if
+_psg_put_seen = lib.psg_put_seen
 
 # Bytes per array handed over by list() (see _core.pyx).
 LIST_BATCH = 32 * 1024
@@ -168,7 +169,7 @@ _last_buf: list = [(0, None)]
 
 
 def _thread_buffer() -> tuple:
-    """This thread's (psg_buf, psg_inline, its length, its bytes)."""
+    """This thread's (psg_buf, psg_inline, its length, its bytes, its seen)."""
     if cython.compiled:
         ident = PyThread_get_thread_ident()
         m = _last_buf[0]
@@ -179,7 +180,8 @@ def _thread_buffer() -> tuple:
     except AttributeError:
         inline = _new("psg_inline *")
         t = _tls.state = (ffi.gc(_new("psg_buf *"), lib.psg_buf_free), inline,
-                          ffi.addressof(inline, "len"), ffi.buffer(inline))
+                          ffi.addressof(inline, "len"), ffi.buffer(inline),
+                          ffi.addressof(inline, "seen"))
     if cython.compiled:
         _last_buf[0] = (ident, t)
     return t
@@ -438,6 +440,21 @@ class Store:
             raise _error(rc, "update")
         return True
 
+    def put_seen(self, seen: int, data: bytes) -> bool:
+        """put_if of the text a :meth:`get_seen` read, given its token:
+        stores ``data`` when that read was the store's last call (nothing
+        can have changed the key since). False, with nothing changed, when
+        it was not: the key may still hold what was read, so the caller
+        goes on to put_if."""
+        if not seen:
+            return False
+        rc = _psg_put_seen(self._g, seen, data, len(data))
+        if rc == _CONFLICT:
+            return False
+        if rc:
+            raise _error(rc, "update")
+        return True
+
     def remove(self, scope: Any, key: Any) -> bytes | None:
         """Remove (scope, key); return its JSON text, or None when there was none."""
         _, _, s, k = _names(scope, key)
@@ -456,6 +473,14 @@ class Store:
         """The JSON text at (scope, key), or None."""
         _, _, s, k = _names(scope, key, True)
         return _read(self._g, s, k, "update")
+
+    def get_seen(self, scope: Any, key: Any) -> tuple:
+        """(get_raw(scope, key), a token for :meth:`put_seen`: 0 when
+        there is none, for a missing key or a file store)."""
+        _, _, s, k = _names(scope, key, True)
+        t = _thread_buffer()
+        data = _read(self._g, s, k, "update")
+        return data, (0 if data is None else t[4][0])
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
         """The value at (scope, key), or ``default`` when there is none.

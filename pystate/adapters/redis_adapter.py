@@ -244,12 +244,17 @@ class RedisStorage:
         old: bytes | None = self._call(self._scripts["delete"], keys=[PREFIX + scope], args=[key, scope, self._channel])
         return old
 
-    def get_raw(self, scope: str, key: str) -> bytes | None:
-        """The text at (scope, key), or None."""
+    def get_seen(self, scope: str, key: str) -> tuple[bytes | None, int]:
+        """(the text at (scope, key) or None, 0): a server others share
+        vouches for no read, so every update's write is a put_if."""
         _text(scope, "scope")
         _text(key, "key")
         data: bytes | None = self._call(self._redis.hget, PREFIX + scope, key)
-        return data
+        return data, 0
+
+    def put_seen(self, seen: int, data: bytes) -> bool:
+        """Always False (see get_seen)."""
+        return False
 
     # ---- reads ---------------------------------------------------------------
 
