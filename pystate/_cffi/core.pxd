@@ -9,5 +9,5 @@ cdef tuple _thread_buffer()
 cdef tuple _names(object scope, object key, bint keep=*)
 cdef object _take(object buf)
 cdef Py_ssize_t _INLINE, _DATA_AT
-@cython.locals(t=tuple, n=Py_ssize_t)
-cdef object _read(object g, bytes s, bytes k, str what)
+@cython.locals(n=Py_ssize_t)
+cdef object _read(object g, bytes s, bytes k, str what, tuple t)

@@ -187,9 +187,9 @@ def _thread_buffer() -> tuple:
     return t
 
 
-def _read(g: Any, s: bytes, k: bytes, what: str) -> bytes | None:
-    """The JSON text at (s, k), UTF-8 names, or None (psg_get_inline)."""
-    t = _thread_buffer()
+def _read(g: Any, s: bytes, k: bytes, what: str, t: tuple) -> bytes | None:
+    """The JSON text at (s, k), UTF-8 names, or None (psg_get_inline into
+    ``t``, this thread's _thread_buffer())."""
     rc = _psg_get_inline(g, s, len(s), k, len(k), t[1], t[0])
     if rc:
         if rc == _NOTFOUND:
@@ -472,14 +472,14 @@ class Store:
     def get_raw(self, scope: Any, key: Any) -> bytes | None:
         """The JSON text at (scope, key), or None."""
         _, _, s, k = _names(scope, key, True)
-        return _read(self._g, s, k, "update")
+        return _read(self._g, s, k, "update", _thread_buffer())
 
     def get_seen(self, scope: Any, key: Any) -> tuple:
         """(get_raw(scope, key), a token for :meth:`put_seen`: 0 when
         there is none, for a missing key or a file store)."""
         _, _, s, k = _names(scope, key, True)
         t = _thread_buffer()
-        data = _read(self._g, s, k, "update")
+        data = _read(self._g, s, k, "update", t)
         return data, (0 if data is None else t[4][0])
 
     def get(self, scope: Any, key: Any, default: Any = None) -> Any:
@@ -489,7 +489,7 @@ class Store:
         '?'
         """
         _, _, s, k = _names(scope, key)
-        data = _read(self._g, s, k, "get")
+        data = _read(self._g, s, k, "get", _thread_buffer())
         return default if data is None else decode(data)
 
     def __contains__(self, item: Any) -> bool:
