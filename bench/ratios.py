@@ -23,7 +23,7 @@ TARGETS = {
     "insert": 1.2,
     "overwrite": 1.1,
     "delete": 1.1,
-    "update": 0.8,
+    "update": 0.75,
     "list": 1.0,
 }
 
