@@ -10,6 +10,7 @@ cdef class UpdateResult:
     cdef object _new
     cdef list _errors
 
+cdef object _old_of(UpdateResult r)
 @cython.locals(r=UpdateResult)
 cdef UpdateResult _result(object old_data, object new, list errors)
 

@@ -112,10 +112,7 @@ class UpdateResult:
 
     @property
     def old_value(self) -> Any:
-        old = self._old
-        if old is _LAZY:
-            old = self._old = decode(self._old_data)
-        return old
+        return _old_of(self)
 
     @property
     def new_value(self) -> Any:
@@ -128,31 +125,41 @@ class UpdateResult:
     def to_response(self) -> dict[str, Any]:
         """The engine's ``state::update`` response: ``errors`` only when
         there are any."""
-        r = {"old_value": self.old_value, "new_value": self._new}
+        r = {"old_value": _old_of(self), "new_value": self._new}
         if self._errors:
             r["errors"] = self._errors
         return r
 
     def __iter__(self) -> Iterator[Any]:
-        return iter((self.old_value, self._new, self._errors))
+        return iter((_old_of(self), self._new, self._errors))
 
     def __len__(self) -> int:
         return 3
 
     def __getitem__(self, i: Any) -> Any:
-        return (self.old_value, self._new, self._errors)[i]
+        return (_old_of(self), self._new, self._errors)[i]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, UpdateResult):
             other = tuple(other)
         if isinstance(other, tuple):
-            return (self.old_value, self._new, self._errors) == other
+            return (_old_of(self), self._new, self._errors) == other
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"UpdateResult(old_value={self.old_value!r}, new_value={self._new!r}, errors={self._errors!r})"
+        return f"UpdateResult(old_value={_old_of(self)!r}, new_value={self._new!r}, errors={self._errors!r})"
+
+
+def _old_of(r: UpdateResult) -> Any:
+    # old_value, as a C call for the methods that read it (unpacking is
+    # the usual way to read a result).
+    old = r._old
+    if old is _LAZY:
+        old = r._old = decode(r._old_data)
+        r._old_data = None
+    return old
 
 
 def _result(old_data: bytes | None, new: Any, errors: list[dict[str, Any]]) -> UpdateResult:
