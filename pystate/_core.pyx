@@ -478,9 +478,9 @@ cdef class Store:
         >>> st.put_seen(seen, b'2'), st.put_seen(seen, b'3'), st.get("s", "k")
         (True, False, 2)
         """
+        self._open()
         if self.durable or seen == 0:
             return False
-        self._open()
         cdef int rc = ps_put_seen(self._st, seen, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         if rc == PS_CONFLICT:
             return False

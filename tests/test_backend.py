@@ -391,6 +391,17 @@ def test_closed_stores_refuse_alike(call, args):
     assert got[0] == got[1] and got[0][1] == "ClosedError"
 
 
+@pytest.mark.parametrize("call, args", [("get_seen", ("s", "k")), ("put_seen", (0, b"1")),
+                                        ("put_seen", (7, b"1")), ("put_if", ("s", "k", b"1", None))])
+def test_closed_stores_refuse_the_update_calls_alike(call, args):
+    got = []
+    for core in (cf_core, cy_core):
+        st = core.Store()
+        st.close()
+        got.append(outcome(getattr(st, call), *args))
+    assert got[0] == got[1] and got[0][1] == "ClosedError"
+
+
 def test_options_are_refused_alike(tmp_path):
     cases = [((tmp_path / "a",), {"sync": "sometimes"}),
              ((tmp_path / "b",), {"save_interval_ms": 5}), ((), {"repair": True}), (("",), {})]

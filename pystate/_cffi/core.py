@@ -446,8 +446,6 @@ class Store:
         can have changed the key since). False, with nothing changed, when
         it was not: the key may still hold what was read, so the caller
         goes on to put_if."""
-        if not seen:
-            return False
         rc = _psg_put_seen(self._g, seen, data, len(data))
         if rc == _CONFLICT:
             return False
