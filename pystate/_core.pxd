@@ -25,8 +25,8 @@ cdef class Store:
     cpdef object put(self, object scope, object key, bytes data)
     cpdef bint put_if(self, object scope, object key, bytes data, bytes expect) except -1
     cpdef object remove(self, object scope, object key)
-    cpdef object get_raw(self, object scope, object key)
-    # get_raw, and in *seen the read's token for put_seen (ps_get_seen).
+    # The JSON text at (scope, key) or None, and in *seen (NULL: not
+    # wanted) the read's token for put_seen (ps_get_seen).
     cdef object _get_seen(self, object scope, object key, uint64_t *seen)
     cpdef bint put_seen(self, uint64_t seen, bytes data) except -1
     cpdef int prefetch(self, object scope, object key) except -1

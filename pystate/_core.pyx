@@ -480,6 +480,8 @@ cdef class Store:
         """
         self._open()
         if self.durable or seen == 0:
+            # What C would answer (a file store's reads give no token),
+            # without waiting on a file store's lock while holding the GIL.
             return False
         cdef int rc = ps_put_seen(self._st, seen, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         if rc == PS_CONFLICT:
@@ -518,19 +520,15 @@ cdef class Store:
     # ---- reads ----------------------------------------------------------
 
     cpdef int prefetch(self, object scope, object key) except -1:
-        """Make the checks get_raw makes, then start loading the first
+        """Make the checks get_seen makes, then start loading the first
         thing its lookup reads (``ps_prefetch``): work done before the
-        get_raw then overlaps that cache miss. Reads and changes nothing."""
+        get_seen then overlaps that cache miss. Reads and changes nothing."""
         cdef Py_ssize_t sl, kl
         cdef const char *s = _text(scope, &sl, "scope")
         cdef const char *k = _text(key, &kl, "key")
         self._open()
         ps_prefetch(self._st, s, sl, k, kl)
         return 0
-
-    cpdef object get_raw(self, object scope, object key):
-        """The JSON text at (scope, key), or None."""
-        return self._get_seen(scope, key, NULL)
 
     cdef object _get_seen(self, object scope, object key, uint64_t *seen):
         cdef Py_ssize_t sl, kl
@@ -548,8 +546,9 @@ cdef class Store:
         return data
 
     def get_seen(self, scope, key):
-        """(get_raw(scope, key), a token for :meth:`put_seen`: 0 when
-        there is none, for a missing key or a file store)."""
+        """(the JSON text at (scope, key) or None, a token for
+        :meth:`put_seen`: 0 when there is none, for a missing key or a
+        file store)."""
         cdef uint64_t seen = 0
         data = self._get_seen(scope, key, &seen)
         return data, seen

@@ -364,7 +364,7 @@ class Writes:
         if kv is not None:
             # The key's index slot is on its way from memory while the ops
             # are parsed (the miss was 7% of an in-memory update). prefetch
-            # checks the names first, as get_raw does without it.
+            # checks the names first, as the read does without it.
             kv.prefetch(scope, key)
             parsed = parse_ops(ops)
             old_data = kv._get_seen(scope, key, cython.address(seen))

@@ -15,7 +15,7 @@ callback per value.
 >>> st = Store()
 >>> st.put("s", "k", b'{"n":1}') is None
 True
->>> st.get("s", "k"), st.get_raw("s", "k")
+>>> st.get("s", "k"), st.get_seen("s", "k")[0]
 ({'n': 1}, b'{"n":1}')
 """
 
@@ -246,7 +246,7 @@ _last_names: list = [(object(), object(), b"", b"")]
 
 def _names(scope: Any, key: Any, keep: bool = False) -> tuple:
     """(scope, key, UTF-8 of scope, UTF-8 of key); ``keep``: remember them
-    for the write that follows (get_raw, the read of an update), which then
+    for the write that follows (get_seen, the read of an update), which then
     gets the remembered tuple itself: no new one."""
     m = _last_names[0]
     if m[0] is scope and m[1] is key:
@@ -467,14 +467,10 @@ class Store:
 
     # ---- reads --------------------------------------------------------------
 
-    def get_raw(self, scope: Any, key: Any) -> bytes | None:
-        """The JSON text at (scope, key), or None."""
-        _, _, s, k = _names(scope, key, True)
-        return _read(self._g, s, k, "update", _thread_buffer())
-
     def get_seen(self, scope: Any, key: Any) -> tuple:
-        """(get_raw(scope, key), a token for :meth:`put_seen`: 0 when
-        there is none, for a missing key or a file store)."""
+        """(the JSON text at (scope, key) or None, a token for
+        :meth:`put_seen`: 0 when there is none, for a missing key or a
+        file store)."""
         _, _, s, k = _names(scope, key, True)
         t = _thread_buffer()
         data = _read(self._g, s, k, "update", t)
