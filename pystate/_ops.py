@@ -29,7 +29,7 @@ try:
 except ImportError:  # plain Python, and Cython is not installed (PyPy)
     import types
 
-    cython = types.SimpleNamespace(compiled=False)
+    cython = types.SimpleNamespace(compiled=False, cclass=lambda cls: cls, freelist=lambda n: lambda cls: cls)
 
 from pystate.errors import PayloadError
 
@@ -182,6 +182,8 @@ def _need_by(v, i, field):
     return v
 
 
+@cython.freelist(16)
+@cython.cclass
 class _Op:
     """One op as parse_ops() leaves it for apply_parsed(): its kind, its
     normalised path, its operand (a private JSON copy, or `by`), the error

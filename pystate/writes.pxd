@@ -6,13 +6,11 @@ from pystate._core cimport Store as KvStore
 
 cdef class UpdateResult:
     cdef object _old
-    cdef object _old_data
     cdef object _new
     cdef list _errors
 
-cdef object _old_of(UpdateResult r)
 @cython.locals(r=UpdateResult)
-cdef UpdateResult _result(object old_data, object new, list errors)
+cdef UpdateResult _result(object old, object new, list errors)
 
 cdef class Writes:
     cdef readonly object storage

@@ -42,15 +42,15 @@ try:
 except ImportError:  # plain Python without Cython installed (PyPy)
     import types
 
-    cython = types.SimpleNamespace(compiled=False)
+    cython = types.SimpleNamespace(compiled=False, cclass=lambda cls: cls, freelist=lambda n: lambda cls: cls)
 
 if cython.compiled:
     # C to C: the codec, the op engine, and (KvStore, cimported in
     # writes.pxd) the Cython binding's raw calls.
-    from cython.cimports.pystate._codec import decode, encode, encode_trusted
+    from cython.cimports.pystate._codec import copy_containers, decode, encode, encode_trusted
     from cython.cimports.pystate._ops import apply_parsed, parse_ops
 else:
-    from pystate._codec import decode, encode, encode_trusted
+    from pystate._codec import copy_containers, decode, encode, encode_trusted
     from pystate._ops import apply_parsed, parse_ops
 
     KvStore: Any = None  # (compiled only)
@@ -69,9 +69,6 @@ EV_DELETED = "state:deleted"
 N_STRIPES = 64
 
 
-# Marks an old value not decoded yet.
-_LAZY: Any = object()
-
 # Tests set this to run code between an update's read and its write, to
 # prove that a concurrent writer makes the update start over.
 _race_hook: Callable[[], None] | None = None
@@ -88,13 +85,15 @@ def _closed() -> ClosedError:
     return ClosedError("the store is closed")
 
 
+@cython.freelist(16)
+@cython.cclass
 class UpdateResult:
     """What ``update`` returns: the value before and after, and the errors
     of the ops that could not apply (empty when all applied).
 
     Unpacks like a tuple: ``old, new, errors = st.update(...)``.
-    ``old_value`` and ``new_value`` share no dict or list: the old value is
-    decoded afresh from the text the update replaced, when first read.
+    ``old_value`` and ``new_value`` share no dict or list with each other
+    or with the store.
 
     >>> r = UpdateResult({"n": 1}, {"n": 2})
     >>> old, new, errors = r
@@ -102,17 +101,16 @@ class UpdateResult:
     {'old_value': {'n': 1}, 'new_value': {'n': 2}}
     """
 
-    __slots__ = ("_old", "_old_data", "_new", "_errors")
+    __slots__ = ("_old", "_new", "_errors")
 
     def __init__(self, old_value: Any = None, new_value: Any = None, errors: Any = None) -> None:
         self._old = old_value
-        self._old_data: Any = None  # the replaced text, while old_value is not decoded
         self._new = new_value
         self._errors: list[dict[str, Any]] = [] if errors is None else list(errors)
 
     @property
     def old_value(self) -> Any:
-        return _old_of(self)
+        return self._old
 
     @property
     def new_value(self) -> Any:
@@ -125,47 +123,36 @@ class UpdateResult:
     def to_response(self) -> dict[str, Any]:
         """The engine's ``state::update`` response: ``errors`` only when
         there are any."""
-        r = {"old_value": _old_of(self), "new_value": self._new}
+        r = {"old_value": self._old, "new_value": self._new}
         if self._errors:
             r["errors"] = self._errors
         return r
 
     def __iter__(self) -> Iterator[Any]:
-        return iter((_old_of(self), self._new, self._errors))
+        return iter((self._old, self._new, self._errors))
 
     def __len__(self) -> int:
         return 3
 
     def __getitem__(self, i: Any) -> Any:
-        return (_old_of(self), self._new, self._errors)[i]
+        return (self._old, self._new, self._errors)[i]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, UpdateResult):
             other = tuple(other)
         if isinstance(other, tuple):
-            return (_old_of(self), self._new, self._errors) == other
+            return (self._old, self._new, self._errors) == other
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"UpdateResult(old_value={_old_of(self)!r}, new_value={self._new!r}, errors={self._errors!r})"
+        return f"UpdateResult(old_value={self._old!r}, new_value={self._new!r}, errors={self._errors!r})"
 
 
-def _old_of(r: UpdateResult) -> Any:
-    # old_value, as a C call for the methods that read it (unpacking is
-    # the usual way to read a result).
-    old = r._old
-    if old is _LAZY:
-        old = r._old = decode(r._old_data)
-        r._old_data = None
-    return old
-
-
-def _result(old_data: bytes | None, new: Any, errors: list[dict[str, Any]]) -> UpdateResult:
+def _result(old: Any, new: Any, errors: list[dict[str, Any]]) -> UpdateResult:
     r = UpdateResult.__new__(UpdateResult)
-    r._old = None if old_data is None else _LAZY
-    r._old_data = old_data
+    r._old = old
     r._new = new
     r._errors = errors
     return r
@@ -373,13 +360,16 @@ class Writes:
             parsed = parse_ops(ops)
         try:
             while True:
-                # The op engine works on a value of its own: decoded afresh,
-                # it shares nothing with the old value or the store.
+                # The text is decoded once; the op engine works on a copy of
+                # its containers, so old and new share none (a copy costs
+                # about a quarter of a second decode).
                 errors = []
                 if old_data is None:
+                    old = None
                     new = apply_parsed(None, True, parsed, errors)
                 else:
-                    new = apply_parsed(decode(old_data), False, parsed, errors)
+                    old = decode(old_data)
+                    new = apply_parsed(copy_containers(old), False, parsed, errors)
                 new_data = encode_trusted(new)
                 if _race_hook is not None:
                     _race_hook()
@@ -413,7 +403,7 @@ class Writes:
             emit = self._emit
             if emit is not None:
                 emit(EV_CREATED if old_data is None else EV_UPDATED, scope, key, old_data, _exact(new_data))
-        return _result(old_data, new, errors)
+        return _result(old, new, errors)
 
     def _update_native(self, scope: str, key: str, ops: Any, watched: bool) -> UpdateResult:
         # Checked here, so a malformed request fails with the kv adapter's
