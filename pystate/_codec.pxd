@@ -5,6 +5,10 @@
 cimport cython
 from cpython.ref cimport PyObject
 
+cdef extern from "_decode.h":
+    # New reference; NotImplemented when orjson must decide (pystate/_decode.c).
+    object ps_json_decode(const char *text, Py_ssize_t n)
+
 cdef int MAX_DEPTH
 cdef object _I64_MIN, _U64_MAX, _dumps, _loads
 
@@ -12,6 +16,7 @@ cdef object _I64_MIN, _U64_MAX, _dumps, _loads
 @cython.locals(data=bytes)
 cpdef bytes encode(object value)
 cpdef bytes encode_trusted(object value)
+@cython.locals(value=object)
 cpdef object decode(object data)
 cpdef object to_json(object v, Py_ssize_t index, str field)
 @cython.locals(t=type, d=dict, out=list, pos=Py_ssize_t, key="PyObject *", val="PyObject *",

@@ -1,0 +1,417 @@
+/* A JSON decoder for the texts pystate reads most: its own.
+ *
+ * Every update and read decodes a stored text, and orjson spends about as
+ * much of its time on its own machinery (a parsed document, then objects
+ * built from it) as on the objects. The texts pystate stores are compact
+ * JSON written by orjson: objects, arrays, plain ASCII or UTF-8 strings,
+ * short numbers. This decoder builds the objects in one pass over such a
+ * text, and declines (Py_NotImplemented) at the first thing outside that
+ * form: an escape or control character in a string, invalid UTF-8, a number
+ * with more than 18 digits or one a double cannot hold exactly enough to
+ * round correctly in one step, nesting deeper than MAX_DEPTH, or anything
+ * that is not JSON. orjson then decodes the whole text and decides, so a
+ * declined text gives exactly orjson's value or error; what is accepted
+ * decodes to the value orjson gives (tests/test_codec.py compares the two).
+ */
+#include "_decode.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* Deeper values are declined: orjson's own limit (1024) then applies. */
+#define MAX_DEPTH 128
+/* Digits in a number; more are declined (no overflow of a uint64_t). */
+#define MAX_DIGITS 18
+/* Object keys of at most this many ASCII bytes are kept in a cache, so the
+ * keys a store repeats in every value are made once. */
+#define KEY_CACHE_LEN 32
+#define KEY_CACHE_SLOTS 1024
+
+typedef struct {
+    const unsigned char *p, *end;
+    PyObject **stack;  /* the values of the containers being built */
+    Py_ssize_t top, cap;
+    PyObject *local[64];  /* the stack while it fits */
+} decoder;
+
+/* A declined text: no exception is set, and the caller returns
+ * Py_NotImplemented. */
+#define DECLINE NULL
+
+/* Owned by the module: one reference each, kept for the process's life
+ * (under the GIL: no other thread touches it). */
+static PyObject *key_cache[KEY_CACHE_SLOTS];
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The bytes that end the plain run of a string: the quote, a backslash,
+ * control characters (the text's closing NUL among them) and non-ASCII. */
+static const unsigned char STOP[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+static PyObject *value(decoder *d, int depth);
+
+/* Compact texts have no whitespace: one test, and *end is the NUL. */
+static inline void skip_ws(decoder *d)
+{
+    if (*d->p > ' ')
+        return;
+    while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t'))
+        d->p++;
+}
+
+static int grow(decoder *d)
+{
+    Py_ssize_t cap = d->cap * 2;
+    PyObject **s;
+    if (d->stack == d->local) {
+        s = PyMem_Malloc((size_t)cap * sizeof *s);
+        if (s)
+            memcpy(s, d->local, (size_t)d->top * sizeof *s);
+    } else {
+        s = PyMem_Realloc(d->stack, (size_t)cap * sizeof *s);
+    }
+    if (!s) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->stack = s;
+    d->cap = cap;
+    return 0;
+}
+
+static inline int push(decoder *d, PyObject *v)
+{
+    if (d->top == d->cap && grow(d) < 0) {
+        Py_DECREF(v);
+        return -1;
+    }
+    d->stack[d->top++] = v;
+    return 0;
+}
+
+/* Release the values above `base`. */
+static void drop(decoder *d, Py_ssize_t base)
+{
+    while (d->top > base) {
+        d->top--;
+        Py_DECREF(d->stack[d->top]);
+    }
+}
+
+/* d->p is on the opening quote. Sets *start, *n and *ascii to the
+ * string's bytes and, if hash is not NULL, *hash to their FNV-1a hash;
+ * 0, or -1 to decline. */
+static inline int scan_string(decoder *d, const unsigned char **start, Py_ssize_t *n, int *ascii,
+                              uint32_t *hash)
+{
+    const unsigned char *s = d->p + 1, *p = s;
+    uint32_t h = 2166136261u;
+    int plain = 1;
+    for (;;) {
+        if (hash)
+            while (!STOP[*p]) {
+                h = (h ^ *p) * 16777619u;
+                p++;
+            }
+        else
+            while (!STOP[*p])
+                p++;
+        if (*p == '"')
+            break;
+        if (*p < 0x80 || p >= d->end)
+            return -1;  /* an escape, a control character, or the text's end */
+        plain = 0;
+        hash = NULL;  /* non-ASCII keys are not cached */
+        p++;
+    }
+    *start = s;
+    *n = p - s;
+    *ascii = plain;
+    if (hash)
+        *hash = h;
+    d->p = p + 1;
+    return 0;
+}
+
+static PyObject *make_string(const unsigned char *s, Py_ssize_t n, int ascii)
+{
+    if (ascii) {
+        PyObject *u = PyUnicode_New(n, 127);
+        if (u && n)
+            memcpy(PyUnicode_1BYTE_DATA(u), s, (size_t)n);
+        return u;
+    }
+    PyObject *u = PyUnicode_DecodeUTF8((const char *)s, n, NULL);
+    if (!u && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();  /* not UTF-8: orjson says how */
+        return DECLINE;
+    }
+    return u;
+}
+
+static PyObject *string(decoder *d)
+{
+    const unsigned char *s;
+    Py_ssize_t n;
+    int ascii;
+    if (scan_string(d, &s, &n, &ascii, NULL) < 0)
+        return DECLINE;
+    return make_string(s, n, ascii);
+}
+
+static PyObject *key(decoder *d)
+{
+    const unsigned char *s;
+    Py_ssize_t n;
+    int ascii;
+    uint32_t h = 0;
+    if (scan_string(d, &s, &n, &ascii, &h) < 0)
+        return DECLINE;
+    if (!ascii || n > KEY_CACHE_LEN)
+        return make_string(s, n, ascii);
+    PyObject **slot = &key_cache[(h ^ (h >> 16)) & (KEY_CACHE_SLOTS - 1)];
+    PyObject *k = *slot;
+    if (k && PyUnicode_GET_LENGTH(k) == n && memcmp(PyUnicode_1BYTE_DATA(k), s, (size_t)n) == 0) {
+        Py_INCREF(k);
+        return k;
+    }
+    k = make_string(s, n, 1);
+    if (!k)
+        return NULL;
+    /* Hashed once here: every dict it goes into reads the cached hash. */
+    if (PyObject_Hash(k) == -1) {
+        Py_DECREF(k);
+        return NULL;
+    }
+    Py_INCREF(k);
+    Py_XSETREF(*slot, k);
+    return k;
+}
+
+static PyObject *number(decoder *d)
+{
+    const unsigned char *p = d->p, *end = d->end;
+    int neg = 0, digits = 0, frac = 0, is_float = 0;
+    uint64_t m = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p == end || *p < '0' || *p > '9')
+        return DECLINE;
+    if (*p == '0') {
+        p++;
+        digits = 1;
+        if (p < end && *p >= '0' && *p <= '9')
+            return DECLINE;  /* a leading zero */
+    } else {
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (++digits > MAX_DIGITS)
+                return DECLINE;
+            m = m * 10 + (uint64_t)(*p++ - '0');
+        }
+    }
+    if (p < end && *p == '.') {
+        is_float = 1;
+        p++;
+        if (p == end || *p < '0' || *p > '9')
+            return DECLINE;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (++digits > MAX_DIGITS)
+                return DECLINE;
+            m = m * 10 + (uint64_t)(*p++ - '0');
+            frac++;
+        }
+    }
+    int exp = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        int eneg = 0;
+        is_float = 1;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        if (p == end || *p < '0' || *p > '9')
+            return DECLINE;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (exp > 1000)
+                return DECLINE;
+            exp = exp * 10 + (*p++ - '0');
+        }
+        if (eneg)
+            exp = -exp;
+    }
+    d->p = p;
+    if (!is_float)
+        return PyLong_FromLongLong(neg ? -(long long)m : (long long)m);
+    /* Both m and 10^|e| are exact doubles, so one multiplication or
+     * division rounds correctly (Clinger's fast path); other numbers are
+     * left to orjson. */
+    int e = exp - frac;
+    if (m > ((uint64_t)1 << 53) || e < -22 || e > 22)
+        return DECLINE;
+    double x = e < 0 ? (double)m / POW10[-e] : (double)m * POW10[e];
+    return PyFloat_FromDouble(neg ? -x : x);
+}
+
+static PyObject *literal(decoder *d, const char *word, size_t n, PyObject *v)
+{
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0)
+        return DECLINE;
+    d->p += n;
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *array(decoder *d, int depth)
+{
+    Py_ssize_t base = d->top;
+    d->p++;
+    skip_ws(d);
+    if (d->p < d->end && *d->p == ']') {
+        d->p++;
+        return PyList_New(0);
+    }
+    for (;;) {
+        PyObject *v = value(d, depth + 1);
+        if (!v || push(d, v) < 0)
+            goto fail;
+        skip_ws(d);
+        if (d->p == d->end)
+            goto fail;
+        if (*d->p == ']')
+            break;
+        if (*d->p != ',')
+            goto fail;
+        d->p++;
+        skip_ws(d);
+    }
+    d->p++;
+    Py_ssize_t n = d->top - base;
+    PyObject *list = PyList_New(n);
+    if (!list)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyList_SET_ITEM(list, i, d->stack[base + i]);  /* the list takes the references */
+    d->top = base;
+    return list;
+fail:
+    drop(d, base);
+    return NULL;
+}
+
+static PyObject *object(decoder *d, int depth)
+{
+    Py_ssize_t base = d->top;
+    d->p++;
+    skip_ws(d);
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        return PyDict_New();
+    }
+    for (;;) {
+        if (d->p == d->end || *d->p != '"')
+            goto fail;
+        PyObject *k = key(d);
+        if (!k || push(d, k) < 0)
+            goto fail;
+        skip_ws(d);
+        if (d->p == d->end || *d->p != ':')
+            goto fail;
+        d->p++;
+        skip_ws(d);
+        PyObject *v = value(d, depth + 1);
+        if (!v || push(d, v) < 0)
+            goto fail;
+        skip_ws(d);
+        if (d->p == d->end)
+            goto fail;
+        if (*d->p == '}')
+            break;
+        if (*d->p != ',')
+            goto fail;
+        d->p++;
+        skip_ws(d);
+    }
+    d->p++;
+    PyObject *dict = _PyDict_NewPresized((d->top - base) / 2);
+    if (!dict)
+        goto fail;
+    /* In text order: a repeated key keeps its last value, as in orjson. */
+    for (Py_ssize_t i = base; i < d->top; i += 2) {
+        PyObject *k = d->stack[i];
+        /* Every key is an exact str, hashed already (cached keys) or now. */
+        Py_hash_t h = ((PyASCIIObject *)k)->hash;
+        if (h == -1 && (h = PyObject_Hash(k)) == -1) {
+            Py_DECREF(dict);
+            goto fail;
+        }
+        if (_PyDict_SetItem_KnownHash(dict, k, d->stack[i + 1], h) < 0) {
+            Py_DECREF(dict);
+            goto fail;
+        }
+    }
+    drop(d, base);
+    return dict;
+fail:
+    drop(d, base);
+    return NULL;
+}
+
+static PyObject *value(decoder *d, int depth)
+{
+    if (d->p == d->end || depth > MAX_DEPTH)
+        return DECLINE;
+    switch (*d->p) {
+    case '{':
+        return object(d, depth);
+    case '[':
+        return array(d, depth);
+    case '"':
+        return string(d);
+    case 't':
+        return literal(d, "true", 4, Py_True);
+    case 'f':
+        return literal(d, "false", 5, Py_False);
+    case 'n':
+        return literal(d, "null", 4, Py_None);
+    default:
+        return number(d);
+    }
+}
+
+PyObject *ps_json_decode(const char *text, Py_ssize_t n)
+{
+    if (text[n] != '\0')
+        return PyErr_Format(PyExc_SystemError, "ps_json_decode: the text must end in a NUL byte");
+    decoder d;
+    d.p = (const unsigned char *)text;
+    d.end = d.p + n;
+    d.stack = d.local;
+    d.top = 0;
+    d.cap = (Py_ssize_t)(sizeof d.local / sizeof d.local[0]);
+    skip_ws(&d);
+    PyObject *v = value(&d, 0);
+    if (v) {
+        skip_ws(&d);
+        if (d.p != d.end)
+            Py_CLEAR(v);  /* something after the value */
+    }
+    if (d.stack != d.local)
+        PyMem_Free(d.stack);
+    if (!v && !PyErr_Occurred()) {
+        Py_INCREF(Py_NotImplemented);
+        return Py_NotImplemented;
+    }
+    return v;
+}
