@@ -310,6 +310,19 @@ fail:
     return NULL;
 }
 
+static int insert(PyObject *dict, PyObject *k, PyObject *v)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    /* Every key is an exact str, hashed already (cached keys) or now. */
+    Py_hash_t h = ((PyASCIIObject *)k)->hash;
+    if (h == -1 && (h = PyObject_Hash(k)) == -1)
+        return -1;
+    return _PyDict_SetItem_KnownHash(dict, k, v, h);
+#else
+    return PyDict_SetItem(dict, k, v);  /* 3.13 made the known-hash call private */
+#endif
+}
+
 static PyObject *object(decoder *d, int depth)
 {
     Py_ssize_t base = d->top;
@@ -349,14 +362,7 @@ static PyObject *object(decoder *d, int depth)
         goto fail;
     /* In text order: a repeated key keeps its last value, as in orjson. */
     for (Py_ssize_t i = base; i < d->top; i += 2) {
-        PyObject *k = d->stack[i];
-        /* Every key is an exact str, hashed already (cached keys) or now. */
-        Py_hash_t h = ((PyASCIIObject *)k)->hash;
-        if (h == -1 && (h = PyObject_Hash(k)) == -1) {
-            Py_DECREF(dict);
-            goto fail;
-        }
-        if (_PyDict_SetItem_KnownHash(dict, k, d->stack[i + 1], h) < 0) {
+        if (insert(dict, d->stack[i], d->stack[i + 1]) < 0) {
             Py_DECREF(dict);
             goto fail;
         }
