@@ -273,6 +273,31 @@ static PyObject *literal(decoder *d, const char *word, size_t n, PyObject *v)
     return v;
 }
 
+/* A member's value, onto the stack: 0, or -1 to decline. */
+static int member(decoder *d, int depth)
+{
+    PyObject *v = value(d, depth + 1);
+    return v ? push(d, v) : -1;
+}
+
+/* After a member: 1 past the container's `closer`, 0 past a comma (and the
+ * whitespace after it), -1 to decline. */
+static int next(decoder *d, unsigned char closer)
+{
+    skip_ws(d);
+    if (d->p == d->end)
+        return -1;
+    if (*d->p == closer) {
+        d->p++;
+        return 1;
+    }
+    if (*d->p != ',')
+        return -1;
+    d->p++;
+    skip_ws(d);
+    return 0;
+}
+
 static PyObject *array(decoder *d, int depth)
 {
     Py_ssize_t base = d->top;
@@ -282,21 +307,11 @@ static PyObject *array(decoder *d, int depth)
         d->p++;
         return PyList_New(0);
     }
-    for (;;) {
-        PyObject *v = value(d, depth + 1);
-        if (!v || push(d, v) < 0)
+    int end;
+    do {
+        if (member(d, depth) < 0 || (end = next(d, ']')) < 0)
             goto fail;
-        skip_ws(d);
-        if (d->p == d->end)
-            goto fail;
-        if (*d->p == ']')
-            break;
-        if (*d->p != ',')
-            goto fail;
-        d->p++;
-        skip_ws(d);
-    }
-    d->p++;
+    } while (!end);
     Py_ssize_t n = d->top - base;
     PyObject *list = PyList_New(n);
     if (!list)
@@ -343,20 +358,12 @@ static PyObject *object(decoder *d, int depth)
             goto fail;
         d->p++;
         skip_ws(d);
-        PyObject *v = value(d, depth + 1);
-        if (!v || push(d, v) < 0)
+        int end;
+        if (member(d, depth) < 0 || (end = next(d, '}')) < 0)
             goto fail;
-        skip_ws(d);
-        if (d->p == d->end)
-            goto fail;
-        if (*d->p == '}')
+        if (end)
             break;
-        if (*d->p != ',')
-            goto fail;
-        d->p++;
-        skip_ws(d);
     }
-    d->p++;
     PyObject *dict = _PyDict_NewPresized((d->top - base) / 2);
     if (!dict)
         goto fail;
