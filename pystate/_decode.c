@@ -3,15 +3,16 @@
  * Every update and read decodes a stored text, and orjson spends about as
  * much of its time on its own machinery (a parsed document, then objects
  * built from it) as on the objects. The texts pystate stores are compact
- * JSON written by orjson: objects, arrays, plain ASCII or UTF-8 strings,
- * short numbers. This decoder builds the objects in one pass over such a
- * text, and declines (Py_NotImplemented) at the first thing outside that
- * form: an escape or control character in a string, invalid UTF-8, a number
- * with more than 18 digits or one a double cannot hold exactly enough to
- * round correctly in one step, nesting deeper than MAX_DEPTH, or anything
- * that is not JSON. orjson then decodes the whole text and decides, so a
- * declined text gives exactly orjson's value or error; what is accepted
- * decodes to the value orjson gives (tests/test_codec.py compares the two).
+ * JSON written by orjson: objects, arrays, strings, short numbers. This
+ * decoder builds the objects in one pass over such a text, and declines
+ * (Py_NotImplemented) at the first thing outside that form: a control
+ * character or an escape orjson refuses in a string, invalid UTF-8, a
+ * number with more than 18 digits or one a double cannot hold exactly
+ * enough to round correctly in one step, nesting deeper than MAX_DEPTH, or
+ * anything that is not JSON. orjson then decodes the whole text and
+ * decides, so a declined text gives exactly orjson's value or error; what
+ * is accepted decodes to the value orjson gives (tests/test_codec.py
+ * compares the two).
  */
 #include "_decode.h"
 
@@ -111,7 +112,7 @@ static void drop(decoder *d, Py_ssize_t base)
 
 /* d->p is on the opening quote. Sets *start, *n and *ascii to the
  * string's bytes and, if hash is not NULL, *hash to their FNV-1a hash;
- * 0, or -1 to decline. */
+ * 0, 1 for a string with escapes (nothing set), or -1 to decline. */
 static inline int scan_string(decoder *d, const unsigned char **start, Py_ssize_t *n, int *ascii,
                               uint32_t *hash)
 {
@@ -129,8 +130,10 @@ static inline int scan_string(decoder *d, const unsigned char **start, Py_ssize_
                 p++;
         if (*p == '"')
             break;
+        if (*p == '\\')
+            return 1;  /* escaped_string() takes it */
         if (*p < 0x80 || p >= d->end)
-            return -1;  /* an escape, a control character, or the text's end */
+            return -1;  /* a control character, or the text's end */
         plain = 0;
         hash = NULL;  /* non-ASCII keys are not cached */
         p++;
@@ -160,13 +163,117 @@ static PyObject *make_string(const unsigned char *s, Py_ssize_t n, int ascii)
     return u;
 }
 
+/* Four hex digits at p (before end): 0 and *cp, or -1. */
+static int hex4(const unsigned char *p, const unsigned char *end, uint32_t *cp)
+{
+    if (end - p < 4)
+        return -1;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (uint32_t)(c - '0');
+        else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+            v |= (uint32_t)((c | 0x20) - 'a' + 10);
+        else
+            return -1;
+    }
+    *cp = v;
+    return 0;
+}
+
+/* A string with escapes, d->p on its opening quote: unescaped into a
+ * buffer (never longer than the escaped text), then made a str. What
+ * orjson refuses (an unknown escape, a lone surrogate) is declined. */
+static PyObject *escaped_string(decoder *d)
+{
+    const unsigned char *p = d->p + 1, *q = p, *end = d->end;
+    while (q < end && *q != '"') {
+        if (*q == '\\')
+            q++;
+        q++;
+    }
+    if (q >= end)
+        return DECLINE;
+    size_t cap = (size_t)(q - p);
+    unsigned char local[256];
+    unsigned char *buf = cap <= sizeof local ? local : PyMem_Malloc(cap);
+    if (!buf)
+        return PyErr_NoMemory();
+    unsigned char *o = buf, high = 0;
+    PyObject *r = DECLINE;
+    while (p < q) {
+        unsigned char c = *p++;
+        if (c != '\\') {
+            if (c < 0x20)
+                goto done;
+            high |= c;
+            *o++ = c;
+            continue;
+        }
+        uint32_t cp, low;
+        switch (*p++) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u':
+            if (hex4(p, q, &cp) < 0)
+                goto done;
+            p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF)
+                goto done;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (q - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, q, &low) < 0 || low < 0xDC00 ||
+                    low > 0xDFFF)
+                    goto done;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            }
+            if (cp < 0x80) {
+                *o++ = (unsigned char)cp;
+            } else {
+                high = 0x80;
+                if (cp < 0x800) {
+                    *o++ = (unsigned char)(0xC0 | (cp >> 6));
+                } else {
+                    if (cp < 0x10000) {
+                        *o++ = (unsigned char)(0xE0 | (cp >> 12));
+                    } else {
+                        *o++ = (unsigned char)(0xF0 | (cp >> 18));
+                        *o++ = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+                    }
+                    *o++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+                }
+                *o++ = (unsigned char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        default:
+            goto done;
+        }
+    }
+    r = make_string(buf, o - buf, high < 0x80);
+    if (r)
+        d->p = q + 1;
+done:
+    if (buf != local)
+        PyMem_Free(buf);
+    return r;
+}
+
 static PyObject *string(decoder *d)
 {
     const unsigned char *s;
     Py_ssize_t n;
     int ascii;
-    if (scan_string(d, &s, &n, &ascii, NULL) < 0)
-        return DECLINE;
+    int rc = scan_string(d, &s, &n, &ascii, NULL);
+    if (rc)
+        return rc > 0 ? escaped_string(d) : DECLINE;
     return make_string(s, n, ascii);
 }
 
@@ -176,8 +283,9 @@ static PyObject *key(decoder *d)
     Py_ssize_t n;
     int ascii;
     uint32_t h = 0;
-    if (scan_string(d, &s, &n, &ascii, &h) < 0)
-        return DECLINE;
+    int rc = scan_string(d, &s, &n, &ascii, &h);
+    if (rc)
+        return rc > 0 ? escaped_string(d) : DECLINE;  /* (keys with escapes are not cached) */
     if (!ascii || n > KEY_CACHE_LEN)
         return make_string(s, n, ascii);
     PyObject **slot = &key_cache[(h ^ (h >> 16)) & (KEY_CACHE_SLOTS - 1)];

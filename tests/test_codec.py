@@ -106,9 +106,25 @@ def test_whitespace_and_bare_scalars_are_decoded_in_one_pass(text):
     assert same(got, orjson.loads(text))
 
 
+ESCAPED = [
+    b'"a\\nb"', b'"\\u00e9"', b'{"a\\"b":1}', b'"\\ud83d\\ude00"', b'"\\uD83D\\uDE00"', b'"\\u0000"',
+    b'"\\"\\\\\\/\\b\\f\\n\\r\\t"', b'"\\u4e2d\\u00e9x\\u007f"', b'"\xc3\xa9\\n\xe4\xb8\xad"',
+    b'"' + b"x\\n" * 300 + b'"', b'{"k\\u00e9y":"v","k":[1,"a\\"b"]}',
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize("text", ESCAPED, ids=range(len(ESCAPED)))
+def test_a_string_with_escapes_is_decoded_in_one_pass(text):
+    got = fast(text)
+    assert got is not NotImplemented
+    assert same(got, orjson.loads(text))
+
+
 DECLINED = [
-    # escapes, control characters, not UTF-8
-    b'"a\\nb"', b'"\\u00e9"', b'"\\ud800"', b'{"a\\"b":1}', b'"a\tb"', b'"a\x00b"',
+    # escapes orjson refuses, control characters, not UTF-8
+    b'"\\ud800"', b'"\\udc00"', b'"\\ud83dx"', b'"\\ud83d\\u0041"', b'"\\U00e9"', b'"\\x41"',
+    b'"\\u12"', b'"\\u12G4"', b'"a\\', b'"a\\"', b'"\\u\xc3\xa9"', b'"a\\nb\x01"', b'"a\tb"', b'"a\x00b"',
     b'"\xff"', b'"\xc0\xaf"', b'"\xed\xa0\x80"', b'"\xf4\x90\x80\x80"', b'"\xe2\x82"', b'{"\xff":1}',
     # numbers outside the fast forms, and not numbers
     b"1234567890123456789", b"-9223372036854775808", b"18446744073709551615", b"18446744073709551616",
