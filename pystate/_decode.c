@@ -6,16 +6,16 @@
  * JSON written by orjson: objects, arrays, strings, short numbers. This
  * decoder builds the objects in one pass over such a text, and declines
  * (Py_NotImplemented) at the first thing outside that form: a control
- * character or an escape orjson refuses in a string, invalid UTF-8, a
- * number with more than 18 digits or one a double cannot hold exactly
- * enough to round correctly in one step, nesting deeper than MAX_DEPTH, or
- * anything that is not JSON. orjson then decodes the whole text and
+ * character or an escape orjson refuses in a string, invalid UTF-8, an
+ * integer of more than 18 digits, a float beyond a double's range,
+ * nesting deeper than MAX_DEPTH, or anything that is not JSON. orjson then decodes the whole text and
  * decides, so a declined text gives exactly orjson's value or error; what
  * is accepted decodes to the value orjson gives (tests/test_codec.py
  * compares the two).
  */
 #include "_decode.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -307,9 +307,29 @@ static PyObject *key(decoder *d)
     return k;
 }
 
+/* A float's text that the fast path does not take, read by CPython's
+ * correctly rounded strtod (what orjson's reader gives too); an infinity
+ * (orjson refuses it) or a text too long to copy is declined. */
+static PyObject *slow_float(const unsigned char *s, const unsigned char *p)
+{
+    char buf[64];
+    size_t n = (size_t)(p - s);
+    if (n >= sizeof buf)
+        return DECLINE;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    char *stop;
+    double x = PyOS_string_to_double(buf, &stop, NULL);
+    if (x == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (stop != buf + n || !isfinite(x))
+        return DECLINE;
+    return PyFloat_FromDouble(x);
+}
+
 static PyObject *number(decoder *d)
 {
-    const unsigned char *p = d->p, *end = d->end;
+    const unsigned char *s = d->p, *p = s, *end = d->end;
     int neg = 0, digits = 0, frac = 0, is_float = 0;
     uint64_t m = 0;
     if (*p == '-') {
@@ -318,6 +338,8 @@ static PyObject *number(decoder *d)
     }
     if (p == end || *p < '0' || *p > '9')
         return DECLINE;
+    /* Digits past MAX_DIGITS are counted, not added: such an integer is
+     * left to orjson, such a float read by slow_float(). */
     if (*p == '0') {
         p++;
         digits = 1;
@@ -325,9 +347,9 @@ static PyObject *number(decoder *d)
             return DECLINE;  /* a leading zero */
     } else {
         while (p < end && *p >= '0' && *p <= '9') {
-            if (++digits > MAX_DIGITS)
-                return DECLINE;
-            m = m * 10 + (uint64_t)(*p++ - '0');
+            if (++digits <= MAX_DIGITS)
+                m = m * 10 + (uint64_t)(*p - '0');
+            p++;
         }
     }
     if (p < end && *p == '.') {
@@ -336,10 +358,11 @@ static PyObject *number(decoder *d)
         if (p == end || *p < '0' || *p > '9')
             return DECLINE;
         while (p < end && *p >= '0' && *p <= '9') {
-            if (++digits > MAX_DIGITS)
-                return DECLINE;
-            m = m * 10 + (uint64_t)(*p++ - '0');
-            frac++;
+            if (++digits <= MAX_DIGITS) {
+                m = m * 10 + (uint64_t)(*p - '0');
+                frac++;
+            }
+            p++;
         }
     }
     int exp = 0;
@@ -352,22 +375,25 @@ static PyObject *number(decoder *d)
         if (p == end || *p < '0' || *p > '9')
             return DECLINE;
         while (p < end && *p >= '0' && *p <= '9') {
-            if (exp > 1000)
-                return DECLINE;
-            exp = exp * 10 + (*p++ - '0');
+            if (exp <= 100000)
+                exp = exp * 10 + (*p - '0');
+            p++;
         }
         if (eneg)
             exp = -exp;
     }
-    d->p = p;
-    if (!is_float)
+    if (!is_float) {
+        if (digits > MAX_DIGITS)
+            return DECLINE;
+        d->p = p;
         return PyLong_FromLongLong(neg ? -(long long)m : (long long)m);
+    }
+    d->p = p;
     /* Both m and 10^|e| are exact doubles, so one multiplication or
-     * division rounds correctly (Clinger's fast path); other numbers are
-     * left to orjson. */
+     * division rounds correctly (Clinger's fast path). */
     int e = exp - frac;
-    if (m > ((uint64_t)1 << 53) || e < -22 || e > 22)
-        return DECLINE;
+    if (digits > MAX_DIGITS || m > ((uint64_t)1 << 53) || e < -22 || e > 22)
+        return slow_float(s, p);
     double x = e < 0 ? (double)m / POW10[-e] : (double)m * POW10[e];
     return PyFloat_FromDouble(neg ? -x : x);
 }

@@ -95,6 +95,18 @@ def test_a_stored_text_is_decoded_in_one_pass_to_orjsons_value(value):
     assert same(got, orjson.loads(text))
 
 
+FLOAT_TEXTS = [b"1e23", b"5e-324", b"1e-400", b"1.7976931348623157e308", b"9007199254740993.0",
+               b"0.1234567890123456789", b"0.30000000000000004", b"-2.5e-10", b"123456789012345678901234.5"]
+
+
+@needs_compiled
+@pytest.mark.parametrize("text", FLOAT_TEXTS, ids=range(len(FLOAT_TEXTS)))
+def test_a_float_outside_the_fast_path_is_read_correctly_rounded(text):
+    got = fast(text)
+    assert got is not NotImplemented
+    assert same(got, orjson.loads(text))
+
+
 @needs_compiled
 @pytest.mark.parametrize(
     "text",
@@ -128,8 +140,7 @@ DECLINED = [
     b'"\xff"', b'"\xc0\xaf"', b'"\xed\xa0\x80"', b'"\xf4\x90\x80\x80"', b'"\xe2\x82"', b'{"\xff":1}',
     # numbers outside the fast forms, and not numbers
     b"1234567890123456789", b"-9223372036854775808", b"18446744073709551615", b"18446744073709551616",
-    b"1e23", b"1e400", b"-1e400", b"5e-324", b"1.7976931348623157e308", b"9007199254740993.0",
-    b"0.1234567890123456789", b"01", b"-01", b"1.", b".5", b"-", b"1e", b"1e+", b"+1", b"NaN",
+    b"1e400", b"-1e400", b"1." + b"1" * 80, b"01", b"-01", b"1.", b".5", b"-", b"1e", b"1e+", b"+1", b"NaN",
     b"Infinity", b"-Infinity", b"0x10",
     # not JSON
     b"", b" ", b"{", b"[", b"[1,]", b"[,1]", b"[1 2]", b'{"a"}', b'{"a":}', b'{"a":1,}', b'{"a" 1}',
