@@ -117,6 +117,15 @@ void *ps_arena_alloc(ps_arena *a, ps_mem *m, size_t n)
     return p;
 }
 
+void ps_arena_prefetch(const ps_arena *a, size_t n)
+{
+    const ps_chunk *c = a->head;
+    if (!c || c->cap - c->used < n)
+        return;
+    for (size_t i = 0; i < n; i += 64)
+        __builtin_prefetch(c->data + c->used + i, 1);
+}
+
 void ps_arena_release(ps_arena *a, ps_mem *m, const void *p, size_t n)
 {
     uint32_t i = chunk_index(a, p);

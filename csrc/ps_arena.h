@@ -50,6 +50,11 @@ void ps_arena_init(ps_arena *a);
  * fails (the arena is then unchanged). */
 void *ps_arena_alloc(ps_arena *a, ps_mem *m, size_t n);
 
+/* Start loading, for writing, the n bytes the next allocation of at most n
+ * bytes would return (nothing when it would need a new chunk): an update
+ * that outgrows its item writes the new one there. Changes nothing. */
+void ps_arena_prefetch(const ps_arena *a, size_t n);
+
 /* Mark n bytes at p, inside one earlier allocation, as no longer used.
  * Frees p's chunk when nothing in it is used any more. Cannot fail. */
 void ps_arena_release(ps_arena *a, ps_mem *m, const void *p, size_t n);

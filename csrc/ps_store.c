@@ -333,6 +333,9 @@ int ps_prefetch(ps_store *st, const char *scope, size_t slen, const char *key, s
     ps_scope *sc = ps_scope_find(st, scope, slen, &w);
     if (sc) {
         ps_table_prefetch(&sc->table, ps_hash(&st->hasher, key, klen));
+        /* Where an update that outgrows its item (a counter that gains a
+         * digit, an append) writes the new one. */
+        ps_arena_prefetch(&sc->table.arena, 256);
         remember(st, &w, NULL, 0); /* saves the ps_get that follows the scope's lookup */
     }
     unlock(st);
