@@ -432,15 +432,24 @@ static int next(decoder *d, unsigned char closer)
     return 0;
 }
 
+/* Steps over a container's opening bracket; 1 (and past `close`) when the
+ * container is empty, so callers build nothing for it. */
+static int opens_empty(decoder *d, unsigned char close)
+{
+    d->p++;
+    skip_ws(d);
+    if (d->p < d->end && *d->p == close) {
+        d->p++;
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *array(decoder *d, int depth)
 {
     Py_ssize_t base = d->top;
-    d->p++;
-    skip_ws(d);
-    if (d->p < d->end && *d->p == ']') {
-        d->p++;
+    if (opens_empty(d, ']'))
         return PyList_New(0);
-    }
     int end;
     do {
         if (member(d, depth) < 0 || (end = next(d, ']')) < 0)
@@ -475,12 +484,8 @@ static int insert(PyObject *dict, PyObject *k, PyObject *v)
 static PyObject *object(decoder *d, int depth)
 {
     Py_ssize_t base = d->top;
-    d->p++;
-    skip_ws(d);
-    if (d->p < d->end && *d->p == '}') {
-        d->p++;
+    if (opens_empty(d, '}'))
         return PyDict_New();
-    }
     for (;;) {
         if (d->p == d->end || *d->p != '"')
             goto fail;
