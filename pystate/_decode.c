@@ -503,7 +503,15 @@ static PyObject *object(decoder *d, int depth)
         if (end)
             break;
     }
+#if PY_VERSION_HEX >= 0x030B0000
+    /* An empty dict that gets only exact str keys keeps the str-only key
+     * table of 3.11 on: a third smaller per entry, and every lookup in it
+     * (the ops', the caller's) compares keys without the generic path.
+     * Presizing would make the generic kind, for any keys. */
+    PyObject *dict = PyDict_New();
+#else
     PyObject *dict = _PyDict_NewPresized((d->top - base) / 2);
+#endif
     if (!dict)
         goto fail;
     /* In text order: a repeated key keeps its last value, as in orjson. */

@@ -170,6 +170,21 @@ def test_a_repeated_key_keeps_its_last_value_as_in_orjson():
     assert same(fast(text), orjson.loads(text)) and fast(text) == {"a": 3, "b": 2}
 
 
+@needs_compiled
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="str-only key tables came with 3.11")
+@pytest.mark.parametrize("n", [1, 5, 6, 10, 40])
+def test_decoded_objects_get_the_compact_str_keyed_table(n):
+    # A dict built by inserting str keys into an empty one has 3.11's
+    # str-only key table; a presized one (orjson's) takes a third more.
+    value = {f"k{i}": i for i in range(n)}
+    built = {}
+    for k, v in value.items():
+        built[k] = v
+    got = fast(orjson.dumps(value))
+    assert same(got, value)
+    assert sys.getsizeof(got) == sys.getsizeof(built)
+
+
 def test_two_decodes_of_one_text_share_no_container():
     text = orjson.dumps({"tags": ["a"], "o": {"n": 1}})
     a, b = _codec.decode(text), _codec.decode(text)
