@@ -19,6 +19,7 @@ cdef object _I64_MIN, _I64_MAX, _U64_MAX, _MISSING
 
 @cython.final
 @cython.no_gc
+@cython.freelist(16)  # every update makes one per op and drops them
 cdef class _Op:
     cdef int kind
     cdef object path     # str for set/increment/decrement/remove, tuple of segments otherwise

@@ -4,6 +4,7 @@ cimport cython
 from libc.stdint cimport uint64_t
 from pystate._core cimport Store as KvStore
 
+@cython.freelist(8)  # one per update, usually dropped at once
 cdef class UpdateResult:
     cdef object _old
     cdef object _new
