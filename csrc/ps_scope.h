@@ -30,6 +30,7 @@ struct ps_store {
     ps_table scopes; /* scope name -> (ps_scope *) */
     ps_disk *disk;   /* NULL for an in-memory store */
     int read_only;   /* writes refused with PS_READONLY */
+    int nolock;      /* ps_options.serialized, in memory: lock() leaves mu alone */
     /* every open store is on one list, for fork (ps_store.c) */
     ps_store *prev_open, *next_open;
     unsigned long forks; /* ps_forks when this store last resumed */

@@ -110,7 +110,8 @@ static void unregister_open(ps_store *st)
 
 static inline void lock(ps_store *st)
 {
-    pthread_mutex_lock(&st->mu);
+    if (!st->nolock)
+        pthread_mutex_lock(&st->mu);
     st->calls++;
     if (__builtin_expect(st->forks != atomic_load_explicit(&ps_forks, memory_order_relaxed), 0)) {
         st->forks = atomic_load(&ps_forks);
@@ -120,7 +121,8 @@ static inline void lock(ps_store *st)
 
 static inline void unlock(ps_store *st)
 {
-    pthread_mutex_unlock(&st->mu);
+    if (!st->nolock)
+        pthread_mutex_unlock(&st->mu);
 }
 
 static int too_long(const ps_store *st, size_t slen, size_t klen, size_t vlen)
@@ -243,6 +245,8 @@ int ps_store_open(ps_store **out, const ps_options *opts, ps_report *report)
             a->free(a->ctx, st);
             return rc;
         }
+    } else {
+        st->nolock = opts && opts->serialized;
     }
     register_open(st);
     *out = st;

@@ -156,6 +156,15 @@ typedef struct ps_options {
      * the store locked. NULL: no calls. */
     void (*hook)(void *ctx, int point);
     void *hook_ctx;
+
+    /* ---- in-memory stores ---- */
+    /* Non-zero: the caller promises that no two calls on this store ever
+     * overlap, and that no other thread forks while one runs (a Python
+     * binding whose calls all hold the interpreter's lock keeps both).
+     * The store then takes no lock of its own (like LMDB's MDB_NOLOCK):
+     * an update (prefetch, read, write) saves three lock/unlock pairs. A
+     * file-based store ignores it: its sync thread shares the store. */
+    int serialized;
 } ps_options;
 
 /* Points at which ps_options.hook is called during a compaction. */

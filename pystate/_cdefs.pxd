@@ -54,6 +54,7 @@ cdef extern from "pystate.h" nogil:
         uint64_t compact_min_dead
         void (*hook)(void *ctx, int point) noexcept
         void *hook_ctx
+        int serialized
 
     ctypedef struct ps_report:
         uint64_t logs

@@ -52,6 +52,18 @@ cdef extern from "Python.h":
     const char *utf8_of "PyUnicode_AsUTF8AndSize" (object s, Py_ssize_t *n)
     bint PyErr_ExceptionMatches(object exc)
 
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #define PS_GIL_SERIALIZES 0
+    #else
+    #define PS_GIL_SERIALIZES 1
+    #endif
+    """
+    # Whether calls that hold the GIL exclude one another (not so on a
+    # free-threaded build).
+    const int PS_GIL_SERIALIZES
+
 #: Names and values of the C core's status codes, from the header itself.
 RC_CODES = {
     "PS_OK": PS_OK,
@@ -316,6 +328,9 @@ cdef class Store:
         cdef ps_report rep
         cdef bytes bpath
         memset_options(&o)
+        # In memory every call holds the GIL from start to end (only a file
+        # store's calls let it go), so the store's own lock would only cost.
+        o.serialized = PS_GIL_SERIALIZES
         if fields is not None:
             bpath = fields["path"]  # alive until ps_store_open copies it
             o.path = bpath
@@ -756,8 +771,11 @@ cdef class Store:
         cdef int rc
         self._enter()
         cdef ps_store *st = self._st
-        with nogil:
-            rc = ps_sync(st)
+        if self.durable:
+            with nogil:
+                rc = ps_sync(st)
+        else:
+            rc = ps_sync(st)  # nothing slow, and in memory no call lets the GIL go
         self._busy -= 1
         if rc:
             raise _error(rc, "flush")
@@ -776,8 +794,11 @@ cdef class Store:
         cdef int rc
         self._enter()
         cdef ps_store *st = self._st
-        with nogil:
-            rc = ps_compact(st, s, sl)
+        if self.durable:
+            with nogil:
+                rc = ps_compact(st, s, sl)
+        else:
+            rc = ps_compact(st, s, sl)  # nothing slow, and in memory no call lets the GIL go
         self._busy -= 1
         if rc:
             raise _error(rc, "compact")
@@ -794,8 +815,11 @@ cdef class Store:
         cdef int rc
         self._enter()
         cdef ps_store *st = self._st
-        with nogil:
-            rc = ps_check(st, &rep)
+        if self.durable:
+            with nogil:
+                rc = ps_check(st, &rep)
+        else:
+            rc = ps_check(st, &rep)  # nothing slow, and in memory no call lets the GIL go
         self._busy -= 1
         if rc and rc != PS_CORRUPT:
             raise _error(rc, "check")
