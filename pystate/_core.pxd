@@ -5,6 +5,13 @@ cimport cython
 from libc.stdint cimport uint64_t
 from pystate._cdefs cimport ps_store
 
+# A scope's and a key's UTF-8, borrowed from their str objects: valid while
+# those live (CPython keeps the UTF-8 with the string).
+ctypedef struct _Names:
+    const char *scope
+    Py_ssize_t slen
+    const char *key
+    Py_ssize_t klen
 
 @cython.final
 cdef class Store:
@@ -28,5 +35,7 @@ cdef class Store:
     # The JSON text at (scope, key) or None, and in *seen (NULL: not
     # wanted) the read's token for put_seen (ps_get_seen).
     cdef object _get_seen(self, object scope, object key, uint64_t *seen)
+    # _get_seen of names _prefetch checked.
+    cdef object _read_seen(self, const _Names *n, uint64_t *seen)
     cpdef bint put_seen(self, uint64_t seen, bytes data) except -1
-    cpdef int prefetch(self, object scope, object key) except -1
+    cdef int _prefetch(self, object scope, object key, _Names *n) except -1

@@ -534,31 +534,34 @@ cdef class Store:
 
     # ---- reads ----------------------------------------------------------
 
-    cpdef int prefetch(self, object scope, object key) except -1:
-        """Make the checks get_seen makes, then start loading the first
-        thing its lookup reads (``ps_prefetch``): work done before the
-        get_seen then overlaps that cache miss. Reads and changes nothing."""
-        cdef Py_ssize_t sl, kl
-        cdef const char *s = _text(scope, &sl, "scope")
-        cdef const char *k = _text(key, &kl, "key")
+    cdef int _prefetch(self, object scope, object key, _Names *n) except -1:
+        """Make the checks get_seen makes, keeping the names' UTF-8 in *n
+        for _read_seen, then start loading the first thing its lookup
+        reads (``ps_prefetch``): work done before _read_seen then overlaps
+        that cache miss. Reads and changes nothing."""
+        n.scope = _text(scope, &n.slen, "scope")
+        n.key = _text(key, &n.klen, "key")
         self._open()
-        ps_prefetch(self._st, s, sl, k, kl)
+        ps_prefetch(self._st, n.scope, n.slen, n.key, n.klen)
         return 0
 
-    cdef object _get_seen(self, object scope, object key, uint64_t *seen):
-        cdef Py_ssize_t sl, kl
-        cdef const char *s = _text(scope, &sl, "scope")
-        cdef const char *k = _text(key, &kl, "key")
+    cdef object _read_seen(self, const _Names *n, uint64_t *seen):
         cdef _Out out
         _out_init(&out)
         self._open()
-        cdef int rc = ps_get_seen(self._st, s, sl, k, kl, &out.sink, seen)
+        cdef int rc = ps_get_seen(self._st, n.scope, n.slen, n.key, n.klen, &out.sink, seen)
         data = _take(&out)
         if rc == PS_NOTFOUND:
             return None
         if rc:
             raise _error(rc, "update")
         return data
+
+    cdef object _get_seen(self, object scope, object key, uint64_t *seen):
+        cdef _Names n
+        n.scope = _text(scope, &n.slen, "scope")
+        n.key = _text(key, &n.klen, "key")
+        return self._read_seen(&n, seen)
 
     def get_seen(self, scope, key):
         """(the JSON text at (scope, key) or None, a token for

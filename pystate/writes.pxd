@@ -2,7 +2,7 @@
 # write path's state as C fields, its helpers as C functions.
 cimport cython
 from libc.stdint cimport uint64_t
-from pystate._core cimport Store as KvStore
+from pystate._core cimport Store as KvStore, _Names
 
 @cython.freelist(8)  # one per update, usually dropped at once
 cdef class UpdateResult:
@@ -38,5 +38,5 @@ cdef class Writes:
 
     cpdef bint _watched(self, object scope, object key) except -1
     cdef object _enter(self, object scope, object key)
-    @cython.locals(kv=KvStore, errors=list, seen=uint64_t)
+    @cython.locals(kv=KvStore, errors=list, seen=uint64_t, names=_Names)
     cdef UpdateResult _update(self, object scope, object key, object ops, bint watched)

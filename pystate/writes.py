@@ -350,11 +350,12 @@ class Writes:
         token = 0  # the same, from any other storage
         if kv is not None:
             # The key's index slot is on its way from memory while the ops
-            # are parsed (the miss was 7% of an in-memory update). prefetch
-            # checks the names first, as the read does without it.
-            kv.prefetch(scope, key)
+            # are parsed (the miss was 7% of an in-memory update). _prefetch
+            # checks the names first, as the read does without it, and
+            # keeps their UTF-8 for every read of this update.
+            kv._prefetch(scope, key, cython.address(names))
             parsed = parse_ops(ops)
-            old_data = kv._get_seen(scope, key, cython.address(seen))
+            old_data = kv._read_seen(cython.address(names), cython.address(seen))
         else:
             old_data, token = get_seen(scope, key)
             parsed = parse_ops(ops)
@@ -392,7 +393,7 @@ class Writes:
                 # Again, with the ops parsed afresh: their values went into
                 # the value just dropped.
                 if kv is not None:
-                    old_data = kv._get_seen(scope, key, cython.address(seen))
+                    old_data = kv._read_seen(cython.address(names), cython.address(seen))
                 else:
                     old_data, token = get_seen(scope, key)
                 parsed = parse_ops(ops)
