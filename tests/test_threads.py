@@ -164,3 +164,37 @@ def test_close_while_other_threads_use_the_store_never_crashes():
     for t in threads:
         t.join(timeout=60)
     assert outcomes == ["closed"] * 3
+
+
+def test_check_flush_and_compact_beside_writers_see_a_consistent_store(st):
+    # In memory the store takes no lock of its own (the GIL serializes its
+    # calls), so these must not let the GIL go while they walk its tables.
+    stop = threading.Event()
+    checks = []
+
+    def work(i):
+        if i == 0:
+            try:
+                while len(checks) < 200:
+                    checks.append(st.check()["ok"])
+                    st.flush()
+                    st.compact()
+            finally:
+                stop.set()
+            return
+        j = 0
+        while not stop.is_set() and j < 200_000:
+            key = f"k{j % 500}"
+            st.set(f"s{j % 7}", key, {"j": j, "pad": "x" * (j % 40)})
+            if j % 3 == 0:
+                st.delete(f"s{(j + 1) % 7}", key)
+            j += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        run_threads(3, work)
+    finally:
+        sys.setswitchinterval(old)
+    assert checks == [True] * 200
+    assert st.check()["ok"]
