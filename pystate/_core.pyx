@@ -272,6 +272,13 @@ cdef inline const char *_text(object s, Py_ssize_t *n, str what) except NULL:
     return p
 
 
+cdef inline int _check_names(object scope, object key, _Names *n) except -1:
+    """_text of a scope and a key, into *n."""
+    n.scope = _text(scope, &n.slen, "scope")
+    n.key = _text(key, &n.klen, "key")
+    return 0
+
+
 cdef list _unpack_names(bytes data, size_t count):
     """The names ps_groups and ps_keys pack as [u32 length][UTF-8 bytes]."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
@@ -539,8 +546,7 @@ cdef class Store:
         for _read_seen, then start loading the first thing its lookup
         reads (``ps_prefetch``): work done before _read_seen then overlaps
         that cache miss. Reads and changes nothing."""
-        n.scope = _text(scope, &n.slen, "scope")
-        n.key = _text(key, &n.klen, "key")
+        _check_names(scope, key, n)
         self._open()
         ps_prefetch(self._st, n.scope, n.slen, n.key, n.klen)
         return 0
@@ -559,8 +565,7 @@ cdef class Store:
 
     cdef object _get_seen(self, object scope, object key, uint64_t *seen):
         cdef _Names n
-        n.scope = _text(scope, &n.slen, "scope")
-        n.key = _text(key, &n.klen, "key")
+        _check_names(scope, key, &n)
         return self._read_seen(&n, seen)
 
     def get_seen(self, scope, key):
